@@ -1,0 +1,48 @@
+"""Live head masking: switch heads off and compare predictions with the cached baseline."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import ServiceDep, check_map_budget, checked_heads, checked_ids
+from app.api.schemas import AblateIn, AblateOut, Error, HeadMap, PredictionOut, TopToken
+from app.inspect.ablation import ablate as run_ablation
+from app.inspect.runs import Prediction
+
+router = APIRouter(prefix="/api", tags=["ablation"])
+
+
+def prediction_out(pred: Prediction, tokenizer: object) -> PredictionOut:
+    decode = tokenizer.decode  # type: ignore[attr-defined]
+    return PredictionOut(
+        loss=pred.loss,
+        token_logprobs=pred.token_logprobs,
+        top_k=[TopToken(token=decode([i]), id=i, prob=p) for i, p in pred.top_k],
+    )
+
+
+@router.post("/ablate", response_model=AblateOut, responses={422: {"model": Error}, 503: {"model": Error}})
+async def ablate(body: AblateIn, svc: ServiceDep) -> AblateOut:
+    """Switch heads off (zero or mean) and compare next-token predictions with the unablated model."""
+    layout = svc.model.adapter.layout
+    heads = checked_heads(layout, body.ablate, "ablate")
+    map_heads = checked_heads(layout, body.maps, "maps")
+    ids = checked_ids(svc, body.text)
+    check_map_budget(svc, len(map_heads), len(ids))
+
+    def work() -> AblateOut:
+        loaded = svc.model
+        run = svc.run_for(body.text)
+        cmp = run_ablation(loaded, run, heads, body.mode, body.top_k, map_heads)
+        return AblateOut(
+            tokens=run.tokens,
+            token_ids=run.token_ids,
+            baseline=prediction_out(cmp.baseline, loaded.tokenizer),
+            ablated=prediction_out(cmp.ablated, loaded.tokenizer),
+            kl_last=cmp.kl_last,
+            kl_per_position=cmp.kl_per_position,
+            delta_loss=cmp.delta_loss,
+            maps=[HeadMap(layer=ly, head=h, weights=w.tolist()) for (ly, h), w in cmp.maps.items()],
+        )
+
+    return await svc.call(work)

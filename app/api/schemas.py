@@ -1,0 +1,202 @@
+"""Pydantic models of every request and response; their field descriptions become the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Requests: unknown fields are an error, numbers must be finite."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class HeadRef(Strict):
+    """One query head, 0-based. Shown as L{layer}H{head} on screen."""
+
+    layer: int = Field(ge=0, le=10_000)
+    head: int = Field(ge=0, le=10_000)
+
+
+class TextIn(Strict):
+    text: str = Field(
+        min_length=1, max_length=200_000, description="the input text, tokenized as the model's tokenizer does"
+    )
+
+
+class Error(BaseModel):
+    """The one error shape."""
+
+    error: str = Field(description="machine-readable code, e.g. invalid_input, busy, out_of_memory")
+    detail: object = Field(None, description="human-readable message or a list of field errors")
+
+
+# -- model ---------------------------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    status: str
+
+
+class KVCacheCost(BaseModel):
+    """Bytes of K and V cache per token, for this model and for its MHA / MQA variants."""
+
+    this_model: int
+    mha: int
+    mqa: int
+    saving_vs_mha: float = Field(description="1 − this_model / mha")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_model: int
+    vocab_size: int
+    max_positions: int
+    max_tokens: int
+    device: str
+    dtype: str
+    n_params: int
+    kv_groups: list[list[int]] = Field(description="per KV head, the query heads that share it")
+    kv_cache_bytes_per_token: int
+    kv_cache: KVCacheCost
+
+
+class Tokens(BaseModel):
+    tokens: list[str] = Field(description="display string of each token: the token decoded alone")
+    token_ids: list[int]
+
+
+class TokenizeOut(Tokens):
+    n_tokens: int
+
+
+# -- attention -----------------------------------------------------------------------------------
+
+
+class AttentionIn(TextIn):
+    heads: list[HeadRef] | None = Field(None, max_length=10_000, description="heads to return")
+    layers: list[int] | None = Field(None, max_length=10_000, description="return every head of these layers")
+
+
+class HeadMap(BaseModel):
+    layer: int
+    head: int
+    weights: list[list[float]] = Field(description="rows = query positions, columns = key positions")
+
+
+class AttentionOut(Tokens):
+    maps: list[HeadMap]
+
+
+# -- ablation ------------------------------------------------------------------------------------
+
+
+class TopToken(BaseModel):
+    token: str
+    id: int
+    prob: float
+
+
+class PredictionOut(BaseModel):
+    loss: float | None = Field(description="mean next-token cross-entropy over the text, nats (None for one token)")
+    token_logprobs: list[float] = Field(description="log p(token i+1 | tokens ≤ i), length n_tokens − 1")
+    top_k: list[TopToken] = Field(description="most likely next tokens after the text")
+
+
+class AblateIn(TextIn):
+    ablate: list[HeadRef] = Field(default_factory=list, max_length=100_000, description="heads to switch off")
+    mode: Literal["zero", "mean"] = Field(
+        "zero", description="zero the head's output, or replace it by its mean over positions"
+    )
+    top_k: int = Field(10, ge=1, le=100)
+    maps: list[HeadRef] = Field(
+        default_factory=list, max_length=64, description="heads whose maps under the ablation to return"
+    )
+
+
+class AblateOut(Tokens):
+    baseline: PredictionOut
+    ablated: PredictionOut
+    kl_last: float = Field(
+        description="KL(baseline ‖ ablated) of the next-token distribution after the last token, nats"
+    )
+    kl_per_position: list[float]
+    delta_loss: float | None = Field(description="ablated.loss − baseline.loss")
+    maps: list[HeadMap] = Field(description="requested heads' maps under the ablation")
+
+
+# -- similarity ----------------------------------------------------------------------------------
+
+
+class SimilarityIn(TextIn):
+    metric: Literal["js", "cosine"] = "js"
+    order: Literal["layer", "cluster"] = "layer"
+    layer: int | None = Field(None, ge=0, description="restrict to the heads of one layer")
+    kv_head: int | None = Field(
+        None, ge=0, description="with `layer`: restrict to the query heads sharing this KV head"
+    )
+
+
+class LayerCollapse(BaseModel):
+    layer: int
+    mean_similarity: float = Field(description="mean over pairs of this layer's heads: JS divergence (js) or cosine")
+
+
+class Head(BaseModel):
+    layer: int
+    head: int
+
+
+class SimilarityOut(BaseModel):
+    metric: str
+    order: str
+    heads: list[Head] = Field(description="the heads, in the order used for both axes")
+    matrix: list[list[float]]
+    collapse: list[LayerCollapse] = Field(description="per layer, mean pairwise value within the layer")
+    query_rows: int = Field(description="query positions averaged over (all of them unless the text is long)")
+
+
+# -- importance and roles ------------------------------------------------------------------------
+
+
+class ImportanceIn(TextIn):
+    method: Literal["gradient", "ablation"] = "gradient"
+
+
+class ImportanceOut(BaseModel):
+    method: str
+    scores: list[list[float]] = Field(
+        description="n_layers × n_heads: |∂loss/∂gate| (gradient), "
+        "or the loss increase when the head alone is zeroed (ablation)"
+    )
+    normalized: list[list[float]] | None = Field(None, description="gradient: scores / per-layer L2 norm")
+    kl_last: list[list[float]] | None = Field(None, description="ablation: KL(baseline ‖ ablated) after the last token")
+
+
+class HeadRoles(BaseModel):
+    layer: int
+    head: int
+    kv_group: int = Field(description="the KV head this query head reads")
+    entropy: float = Field(description="mean attention entropy over query positions, nats")
+    entropy_ratio: float = Field(description="mean entropy / ln(number of visible keys); 1 = uniform")
+    confidence: float = Field(description="mean of each row's largest weight (Voita et al. 2019)")
+    previous_token: float = Field(description="mean weight on the previous token")
+    self: float = Field(description="mean weight on the query's own position")
+    first_token: float = Field(description="mean weight on the first token (attention sink)")
+    duplicate_token: float | None = Field(
+        description="mean weight on earlier copies of the query's token (None if none repeat)"
+    )
+    induction: float = Field(
+        description="Olsson et al. prefix-matching score on the model's repeated-random-token probe"
+    )
+
+
+class HeadsOut(Tokens):
+    heads: list[HeadRoles]

@@ -1,0 +1,44 @@
+"""Head-similarity matrices: which heads attend alike."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api.deps import ServiceDep, checked_ids, checked_layers
+from app.api.schemas import Error, Head, LayerCollapse, SimilarityIn, SimilarityOut
+from app.inspect.similarity import head_similarity
+from app.service import InvalidInput
+
+router = APIRouter(prefix="/api", tags=["heads"])
+
+
+@router.post("/similarity", response_model=SimilarityOut, responses={422: {"model": Error}, 503: {"model": Error}})
+async def similarity(body: SimilarityIn, svc: ServiceDep) -> SimilarityOut:
+    """Heads × heads: Jensen–Shannon divergence (nats, 0 = identical) or cosine similarity of their maps."""
+    layout = svc.model.adapter.layout
+    if body.kv_head is not None and body.layer is None:
+        raise InvalidInput("kv_head needs layer: a KV group is the query heads of one layer sharing one KV head")
+    layers = checked_layers(layout, [body.layer], "layer") if body.layer is not None else range(layout.n_layers)
+    query_heads = list(range(layout.n_heads))
+    if body.kv_head is not None:
+        if body.kv_head >= layout.n_kv_heads:
+            raise InvalidInput(
+                f"kv_head {body.kv_head} out of range; the model has KV heads 0..{layout.n_kv_heads - 1}"
+            )
+        query_heads = layout.kv_groups()[body.kv_head]
+    heads = [(layer, h) for layer in layers for h in query_heads]
+    checked_ids(svc, body.text)
+
+    def work() -> SimilarityOut:
+        run = svc.run_for(body.text)
+        sim = head_similarity(run, layout, heads, body.metric, body.order)
+        return SimilarityOut(
+            metric=body.metric,
+            order=body.order,
+            heads=[Head(layer=ly, head=h) for ly, h in sim.heads],
+            matrix=sim.matrix.tolist(),
+            collapse=[LayerCollapse(layer=ly, mean_similarity=v) for ly, v in sim.collapse.items()],
+            query_rows=sim.query_rows,
+        )
+
+    return await svc.call(work)

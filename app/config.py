@@ -1,0 +1,32 @@
+"""Settings: HEADSCOPE_* environment variables, overridable by command-line flags."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. The model comes only from here, never from a request."""
+
+    model_config = SettingsConfigDict(env_prefix="HEADSCOPE_", extra="ignore")
+
+    model: str = Field("smollm2-135m", description="registry name, local directory, or hub id")
+    device: str = "auto"
+    dtype: str = "auto"
+    device_map: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    max_tokens: int = Field(2048, ge=1, description="longest text accepted, in tokens")
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_map_cells: int = Field(16_000_000, ge=1, description="largest number of weights one response may carry")
+    queue_size: int = Field(16, ge=1, description="requests waiting for the model before 503")
+    queue_timeout_s: float = Field(60.0, gt=0, description="a request waiting longer is dropped with 503")
+    retry_after_s: int = 2
+    cache_entries: int = Field(16, ge=1)
+    cache_bytes: int = Field(2 << 30, ge=1)
+    warmup: bool = True
+
+    api_key: SecretStr | None = None
+    cors_origins: list[str] = []

@@ -1,0 +1,1 @@
+"""Pure PyTorch + transformers inspection code; never imports the web layer."""

@@ -1,0 +1,141 @@
+"""Per-architecture facts: where the layers and attention output projections live, head layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+
+class UnsupportedArchitecture(ValueError):
+    """The model's architecture has no adapter."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where one architecture family keeps its decoder layers and attention output projection."""
+
+    name: str
+    layers: str  # dotted path from the CausalLM to the ModuleList of blocks
+    attention: str  # attribute of a block holding the attention module
+    out_proj: str  # attribute of the attention module: input is (B, T, n_heads * head_dim)
+
+
+_LLAMA = Family("llama", "model.layers", "self_attn", "o_proj")
+FAMILIES: dict[str, Family] = {
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gpt2": Family("gpt2", "transformer.h", "attn", "c_proj"),
+    "gpt_neox": Family("gpt_neox", "gpt_neox.layers", "attention", "dense"),
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The head layout of a model, as the API reports it."""
+
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_model: int
+    vocab_size: int
+    max_positions: int
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        """The KV head that query head `head` reads (transformers' repeat_kv order)."""
+        return head // self.group_size
+
+    def kv_groups(self) -> list[list[int]]:
+        """Per KV head, the query heads that share it."""
+        g = self.group_size
+        return [list(range(k * g, (k + 1) * g)) for k in range(self.n_kv_heads)]
+
+    def kv_cache_bytes_per_token(self, bytes_per_value: int, kv_heads: int | None = None) -> int:
+        """K and V for every layer of one token; `kv_heads` overrides (n_heads = MHA, 1 = MQA)."""
+        heads = self.n_kv_heads if kv_heads is None else kv_heads
+        return 2 * self.n_layers * heads * self.head_dim * bytes_per_value
+
+
+class Adapter:
+    """Architecture-independent access to one loaded causal LM."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        model_type = getattr(model.config, "model_type", "?")
+        family = FAMILIES.get(model_type)
+        if family is None:
+            raise UnsupportedArchitecture(
+                f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}"
+            )
+        self.model = model
+        self.family = family
+        self.layout = _layout(model, model_type)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The decoder blocks, in order."""
+        found = reduce(getattr, self.family.layers.split("."), self.model)
+        assert isinstance(found, nn.ModuleList)
+        return found
+
+    def set_layers(self, layers: nn.ModuleList) -> None:
+        """Swap the decoder blocks (used to resume a forward at a later layer)."""
+        *parent_path, last = self.family.layers.split(".")
+        parent = reduce(getattr, parent_path, self.model)
+        setattr(parent, last, layers)
+
+    def attention(self, layer: int) -> nn.Module:
+        """The attention module of block `layer`."""
+        module: nn.Module = getattr(self.layers[layer], self.family.attention)
+        return module
+
+    def out_proj(self, layer: int) -> nn.Module:
+        """The attention output projection of block `layer`; its input is the heads side by side."""
+        module: nn.Module = getattr(self.attention(layer), self.family.out_proj)
+        return module
+
+    def out_proj_bias(self, layer: int) -> torch.Tensor | None:
+        """The output projection's bias (GPT-2 has one), or None."""
+        bias = getattr(self.out_proj(layer), "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
+
+    def backbone(self) -> nn.Module:
+        """The model without its LM head; its output is the final-normed hidden state."""
+        base: nn.Module = self.model.base_model
+        return base
+
+    def lm_head(self) -> nn.Module:
+        """The unembedding."""
+        head = self.model.get_output_embeddings()  # type: ignore[no-untyped-call]
+        assert isinstance(head, nn.Module)
+        return head
+
+
+def _layout(model: PreTrainedModel, model_type: str) -> Layout:
+    cfg = model.config
+    n_heads = int(cfg.num_attention_heads)
+    d_model = int(cfg.hidden_size)
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(cfg, "head_dim", None) or d_model // n_heads
+    max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 0)
+    return Layout(
+        architecture=model_type,
+        n_layers=int(cfg.num_hidden_layers),  # type: ignore[arg-type]
+        n_heads=n_heads,
+        n_kv_heads=int(n_kv),
+        head_dim=int(head_dim),
+        d_model=d_model,
+        vocab_size=int(cfg.vocab_size),  # type: ignore[arg-type]
+        max_positions=int(max_pos),
+    )

@@ -1,0 +1,85 @@
+"""Which heads matter: Michel et al. (2019) gradient importance and the exact single-head ablation sweep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from app.inspect.gates import gate_tensor, head_gates
+from app.inspect.loading import Loaded
+from app.inspect.runs import LOGIT_CHUNK, Run
+
+
+def _next_token_stats(loaded: Loaded, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token loss per row and last-position log-probs, from (B, T, d) hidden states.
+
+    Returns:
+        (loss (B,), last_logprobs (B, vocab)).
+    """
+    lm_head = loaded.adapter.lm_head()
+    b, t, _ = hidden.shape
+    nll = torch.zeros(b, device=hidden.device)
+    last = torch.empty(0)
+    for start in range(0, t, LOGIT_CHUNK):
+        logp = torch.log_softmax(lm_head(hidden[:, start : start + LOGIT_CHUNK]).float(), dim=-1)  # (B, c, V)
+        tgt = targets[start : start + LOGIT_CHUNK]
+        if tgt.numel():
+            picked = logp[:, : tgt.shape[0]].gather(2, tgt[None, :, None].expand(b, -1, 1))[..., 0]
+            nll -= picked.sum(1)
+        last = logp[:, -1]
+    return nll / max(targets.numel(), 1), last
+
+
+@dataclass
+class SweepResult:
+    """Effect of zeroing each head alone, each (n_layers, n_heads)."""
+
+    delta_loss: torch.Tensor
+    kl_last: torch.Tensor
+
+
+@torch.inference_mode()
+def ablation_sweep(loaded: Loaded, run: Run, batch_size: int = 16) -> SweepResult:
+    """Zero every head alone, several heads per batched forward (one gate row per head)."""
+    layout = loaded.adapter.layout
+    targets = torch.tensor(run.token_ids[1:], device=loaded.device)
+    ids = torch.tensor([run.token_ids], device=loaded.device)
+    base_loss, base_last = _next_token_stats(loaded, run.hidden[None], targets)
+    heads = [(layer, head) for layer in range(layout.n_layers) for head in range(layout.n_heads)]
+    delta = torch.zeros(layout.n_layers, layout.n_heads)
+    kl = torch.zeros(layout.n_layers, layout.n_heads)
+    for start in range(0, len(heads), batch_size):
+        chunk = heads[start : start + batch_size]
+        gates = gate_tensor(len(chunk), layout.n_layers, layout.n_heads, [[h] for h in chunk], loaded.device)
+        with head_gates(loaded.adapter, gates, "zero"):
+            hidden = loaded.adapter.backbone()(input_ids=ids.expand(len(chunk), -1), use_cache=False).last_hidden_state
+        loss, last = _next_token_stats(loaded, hidden, targets)
+        kl_rows = (base_last.exp() * (base_last - last)).sum(-1).clamp_min(0.0)
+        for row, (layer, head) in enumerate(chunk):
+            delta[layer, head] = float(loss[row] - base_loss[0])
+            kl[layer, head] = float(kl_rows[row])
+    return SweepResult(delta_loss=delta, kl_last=kl)
+
+
+def gradient_importance(loaded: Loaded, token_ids: list[int]) -> torch.Tensor:
+    """Michel et al. (2019): |∂L/∂ξ_h| for gates ξ = 1 on every head, L the mean next-token loss.
+
+    Returns:
+        (n_layers, n_heads) non-negative scores.
+    """
+    layout = loaded.adapter.layout
+    gates = torch.ones(1, layout.n_layers, layout.n_heads, device=loaded.device, requires_grad=True)
+    ids = torch.tensor([token_ids], device=loaded.device)
+    targets = ids[0, 1:]
+    with torch.enable_grad(), head_gates(loaded.adapter, gates, "zero"):
+        hidden = loaded.adapter.backbone()(input_ids=ids, use_cache=False).last_hidden_state
+        loss, _ = _next_token_stats(loaded, hidden, targets)
+        (grad,) = torch.autograd.grad(loss.sum(), gates)
+    return grad[0].abs().detach().cpu()
+
+
+def normalise_per_layer(scores: torch.Tensor) -> torch.Tensor:
+    """Each layer's scores divided by their L2 norm (Michel et al.'s per-layer normalisation)."""
+    normalised: torch.Tensor = scores / scores.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return normalised

@@ -1,0 +1,187 @@
+"""A Run: one analysed text (tokens, captured queries/keys, final hidden state) and the LRU cache of runs."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.inspect import capture
+from app.inspect.adapters import Adapter
+from app.inspect.capture import LayerQK
+from app.inspect.loading import Loaded
+
+LOGIT_CHUNK = 512  # positions per LM-head chunk: bounds the (chunk, vocab) logits in memory
+
+
+@dataclass
+class Run:
+    """Everything one forward of one text leaves behind; maps are derived from it on demand."""
+
+    model_name: str
+    text: str
+    token_ids: list[int]
+    tokens: list[str]
+    qk: dict[int, LayerQK]  # per layer, batch 1
+    hidden: torch.Tensor  # (T, d_model), after the final norm
+    head_means: dict[int, torch.Tensor]  # per layer, (n_heads * head_dim,): mean head output over positions
+    extras: dict[str, Any] = field(default_factory=dict)  # derived results (head stats, thumbnails)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def maps(self, layer: int, heads: list[int], group_size: int, rows: slice | None = None) -> torch.Tensor:
+        """Attention maps (len(heads), Tq, T) of some query heads of one layer, float32."""
+        return capture.attention_maps(self.qk[layer], heads, group_size, rows)[0]
+
+    @property
+    def nbytes(self) -> int:
+        size = sum(qk.nbytes for qk in self.qk.values())
+        size += self.hidden.numel() * self.hidden.element_size()
+        return size + sum(m.numel() * m.element_size() for m in self.head_means.values())
+
+
+def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Display strings: each token decoded alone (" capital", not "Ġcapital")."""
+    return [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids]
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids exactly as the tokenizer gives them with its default special tokens."""
+    ids: list[int] = tokenizer(text)["input_ids"]
+    return ids
+
+
+class _MeanHooks:
+    """Pre-hooks on every output projection that record each head's mean output over positions."""
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.means: dict[int, torch.Tensor] = {}
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> _MeanHooks:
+        for layer in range(self.adapter.layout.n_layers):
+            self.handles.append(self.adapter.out_proj(layer).register_forward_pre_hook(self._hook(layer)))
+        return self
+
+    def _hook(self, layer: int) -> Any:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0]  # (1, T, n_heads * head_dim)
+            self.means[layer] = x.detach().mean(dim=1)[0]
+
+        return hook
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+@torch.inference_mode()
+def analyse(
+    loaded: Loaded, text: str, store_dtype: torch.dtype | None = None, token_ids: list[int] | None = None
+) -> Run:
+    """Run the model once on `text`, keeping queries/keys of every layer, head means and the final hidden state.
+
+    Args:
+        loaded: the model.
+        text: the input; tokenized with default special tokens.
+        store_dtype: dtype to keep Q/K in (None = the model's dtype).
+        token_ids: run these ids instead of tokenizing `text` (probes).
+    """
+    ids = encode(loaded.tokenizer, text) if token_ids is None else token_ids
+    input_ids = torch.tensor([ids], device=loaded.device)
+    with capture.recording(store_dtype=store_dtype) as rec, _MeanHooks(loaded.adapter) as means:
+        out = loaded.adapter.backbone()(input_ids=input_ids, use_cache=False)
+    hidden = out.last_hidden_state[0]  # (T, d_model)
+    return Run(
+        model_name=loaded.name,
+        text=text,
+        token_ids=ids,
+        tokens=token_strings(loaded.tokenizer, ids),
+        qk=rec.captured,
+        hidden=hidden,
+        head_means=means.means,
+    )
+
+
+def logits_chunks(lm_head: nn.Module, hidden: torch.Tensor) -> list[torch.Tensor]:
+    """LM-head logits of (T, d) hidden states, float32, in position chunks of LOGIT_CHUNK."""
+    return [lm_head(hidden[i : i + LOGIT_CHUNK]).float() for i in range(0, hidden.shape[0], LOGIT_CHUNK)]
+
+
+@dataclass
+class Prediction:
+    """What the model predicts along a text: per-token log-probs, mean loss, next-token top-k."""
+
+    token_logprobs: list[float]  # log p(token i+1 | tokens ≤ i), length T-1
+    loss: float | None  # mean next-token cross-entropy (nats); None for a one-token text
+    top_k: list[tuple[int, float]]  # (id, prob) for the token after the text
+    last_logprobs: torch.Tensor  # (vocab,) log-softmax after the last token
+
+
+@torch.inference_mode()
+def predict(lm_head: nn.Module, hidden: torch.Tensor, token_ids: list[int], k: int) -> Prediction:
+    """Predictions from a (T, d) final hidden state."""
+    targets = torch.tensor(token_ids[1:], device=hidden.device)
+    picked: list[torch.Tensor] = []
+    last = torch.empty(0)
+    for start, logits in zip(range(0, hidden.shape[0], LOGIT_CHUNK), logits_chunks(lm_head, hidden), strict=True):
+        logp = torch.log_softmax(logits, dim=-1)  # (chunk, vocab)
+        tgt = targets[start : start + logp.shape[0]]
+        picked.append(logp[: tgt.shape[0]].gather(1, tgt[:, None])[:, 0])
+        last = logp[-1]
+    token_logprobs = torch.cat(picked) if picked else torch.empty(0)
+    loss = float(-token_logprobs.mean()) if token_logprobs.numel() else None
+    probs = last.exp()
+    top = torch.topk(probs, min(k, probs.shape[0]))
+    return Prediction(
+        token_logprobs=token_logprobs.tolist(),
+        loss=loss,
+        top_k=list(zip(top.indices.tolist(), top.values.tolist(), strict=True)),
+        last_logprobs=last,
+    )
+
+
+class RunCache:
+    """LRU of runs keyed by (model name, text), bounded by entries and bytes. Thread-safe."""
+
+    def __init__(self, max_entries: int = 16, max_bytes: int = 2 << 30) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._runs: OrderedDict[tuple[str, str], Run] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, model_name: str, text: str) -> Run | None:
+        with self._lock:
+            run = self._runs.get((model_name, text))
+            if run is None:
+                self.misses += 1
+                return None
+            self._runs.move_to_end((model_name, text))
+            self.hits += 1
+            return run
+
+    def put(self, run: Run) -> None:
+        with self._lock:
+            self._runs[(run.model_name, run.text)] = run
+            self._runs.move_to_end((run.model_name, run.text))
+            while len(self._runs) > 1 and (
+                len(self._runs) > self.max_entries or sum(r.nbytes for r in self._runs.values()) > self.max_bytes
+            ):
+                self._runs.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._runs.clear()
+
+    def __len__(self) -> int:
+        return len(self._runs)

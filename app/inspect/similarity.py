@@ -1,0 +1,76 @@
+"""Head-similarity matrices over a run: which heads attend alike (head redundancy / collapse)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from app.inspect import metrics
+from app.inspect.adapters import Layout
+from app.inspect.runs import Run
+
+Metric = Literal["js", "cosine"]
+MAX_CELLS = 32_000_000  # maps kept at once: heads × rows × T floats
+MAX_JS_WORK = 1_000_000_000  # pairwise JS terms: pairs × rows × T
+
+
+@dataclass
+class Similarity:
+    heads: list[tuple[int, int]]  # in matrix order
+    matrix: torch.Tensor  # (n, n)
+    collapse: dict[int, float]  # per layer: mean pairwise value among that layer's heads
+    query_rows: int
+
+
+def query_rows(n_heads: int, t: int, metric: Metric) -> torch.Tensor:
+    """Query positions to average over: all of them, or an even spread when the work would be too large."""
+    budget = MAX_CELLS // max(n_heads * t, 1)
+    if metric == "js":
+        budget = min(budget, MAX_JS_WORK // max(n_heads * n_heads // 2 * t, 1))
+    rows = max(1, min(t, budget))
+    if rows >= t:
+        return torch.arange(t)
+    spread: torch.Tensor = torch.linspace(0, t - 1, rows).round().long().unique()  # type: ignore[no-untyped-call]
+    return spread
+
+
+@torch.inference_mode()
+def head_similarity(
+    run: Run, layout: Layout, heads: list[tuple[int, int]], metric: Metric, order: Literal["layer", "cluster"]
+) -> Similarity:
+    """Pairwise similarity of `heads`' maps on the run's text.
+
+    Args:
+        run: the analysed text.
+        layout: the model's head layout.
+        heads: (layer, head) pairs, in layer order.
+        metric: "js" (Jensen–Shannon divergence, nats, averaged over query rows) or "cosine" (of flattened maps).
+        order: "layer" keeps `heads` order; "cluster" reorders by hierarchical clustering.
+    """
+    rows = query_rows(len(heads), run.n_tokens, metric).to(run.hidden.device)
+    parts = []
+    for layer in dict.fromkeys(ly for ly, _ in heads):
+        in_layer = [h for ly, h in heads if ly == layer]
+        maps = run.maps(layer, in_layer, layout.group_size)  # (h, T, T)
+        parts.append(maps[:, rows])
+    maps = torch.cat(parts)  # (n, rows, T)
+    if metric == "js":
+        matrix = metrics.js_divergence_matrix(maps)
+        distance = matrix
+    else:
+        matrix = metrics.cosine_matrix(maps)
+        distance = 1 - matrix
+    collapse = {}
+    for layer in dict.fromkeys(ly for ly, _ in heads):
+        idx = [i for i, (ly, _) in enumerate(heads) if ly == layer]
+        if len(idx) > 1:
+            block = matrix[idx][:, idx]
+            off = ~torch.eye(len(idx), dtype=torch.bool, device=block.device)
+            collapse[layer] = float(block[off].mean())
+    if order == "cluster":
+        perm = metrics.cluster_order(distance)
+        heads = [heads[i] for i in perm]
+        matrix = matrix[perm][:, perm]
+    return Similarity(heads=heads, matrix=matrix.cpu(), collapse=collapse, query_rows=int(rows.numel()))

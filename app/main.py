@@ -1,0 +1,71 @@
+"""create_app(): assembles settings, the model service, routers, pages and static files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+
+from app import __version__, web
+from app.api import ablate, attention, errors, heads, importance, meta, similarity
+from app.config import Settings
+from app.inspect.loading import Loaded
+from app.middleware import Guard
+from app.service import Service
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -> FastAPI:
+    """The HeadScope ASGI app. The model loads in the background once the app starts (see /api/ready).
+
+    Args:
+        settings: configuration (default: from HEADSCOPE_* environment variables).
+        loaded: an already loaded model (tests); skips loading.
+    """
+    settings = settings or Settings()
+    service = Service(settings, loaded)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def start() -> None:
+            try:
+                await asyncio.to_thread(service.start)
+            except Exception:
+                log.exception("the model failed to load; /api/ready stays 503")
+
+        task = asyncio.create_task(start())
+        app.state.loading = task
+        try:
+            yield
+        finally:
+            service.stopping = True
+            service.ready = False
+            await asyncio.to_thread(service.shutdown)
+            task.cancel()
+
+    app = FastAPI(
+        title="HeadScope",
+        version=__version__,
+        summary="See, compare and switch off the attention heads of a causal language model.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    errors.install(app, settings.retry_after_s)
+    for module in (meta, attention, ablate, similarity, importance, heads):
+        app.include_router(module.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
+    api_key = settings.api_key.get_secret_value() if settings.api_key else None
+    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, api_key=api_key)
+    return app

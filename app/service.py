@@ -1,0 +1,160 @@
+"""The one worker per device: a bounded queue in front of the model, the run cache, limits and timing."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import torch
+
+from app.config import Settings
+from app.inspect import roles, runs
+from app.inspect.loading import Loaded, load
+from app.inspect.runs import Run, RunCache
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status and a machine-readable code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class InvalidInput(ServiceError):
+    status = 422
+    code = "invalid_input"
+
+
+class Unavailable(ServiceError):
+    """503: retry later."""
+
+    status = 503
+    code = "unavailable"
+
+
+class Busy(Unavailable):
+    code = "busy"
+
+
+class NotReady(Unavailable):
+    code = "not_ready"
+
+
+class OutOfMemory(Unavailable):
+    code = "out_of_memory"
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError | torch.OutOfMemoryError)
+
+
+class Service:
+    """Holds the model; runs all model work on one thread, one job at a time, behind a bounded queue."""
+
+    def __init__(self, settings: Settings, loaded: Loaded | None = None) -> None:
+        self.settings = settings
+        self.loaded = loaded
+        self.cache = RunCache(settings.cache_entries, settings.cache_bytes)
+        self.ready = False
+        self.stopping = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headscope-model")
+        self._waiting = 0  # admitted jobs not yet finished
+        self._lock = threading.Lock()
+        self._induction: torch.Tensor | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load (if not given) and warm the model. Blocking; call off the event loop."""
+        if self.loaded is None:
+            s = self.settings
+            self.loaded = load(s.model, s.device, s.dtype, s.device_map)
+        if self.settings.warmup:
+            run = runs.analyse(self.loaded, "Warm up the attention heads.")
+            roles.head_stats(run, self.loaded.adapter.layout)
+        self.ready = True
+        log.info("model %s ready", self.loaded.name)
+
+    def shutdown(self) -> None:
+        self.stopping = True
+        self.ready = False
+        self._executor.shutdown(wait=True)
+
+    @property
+    def model(self) -> Loaded:
+        if self.loaded is None or not self.ready:
+            raise NotReady("the model is still loading")
+        return self.loaded
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    # -- the queue -------------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the model thread; 503 at once when the queue is full or past the deadline."""
+        if self.stopping:
+            raise NotReady("the server is shutting down")
+        self.model  # noqa: B018 - raises NotReady before anything is queued
+        with self._lock:
+            if self._waiting >= self.settings.queue_size:
+                raise Busy(f"{self._waiting} requests are already waiting for the model; retry shortly")
+            self._waiting += 1
+        enqueued = time.monotonic()
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._guarded, enqueued, fn, args)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+
+    def _guarded(self, enqueued: float, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        waited = time.monotonic() - enqueued
+        if waited > self.settings.queue_timeout_s:
+            raise Busy(
+                f"the request waited {waited:.1f} s for the model, past the {self.settings.queue_timeout_s} s limit"
+            )
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if _is_oom(exc):
+                self._release_memory()
+                raise OutOfMemory("the model ran out of memory on this input; try a shorter text") from exc
+            raise
+
+    def _release_memory(self) -> None:
+        self.cache.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- helpers run on the model thread ---------------------------------------------------------
+
+    def run_for(self, text: str) -> Run:
+        """The cached run of `text`, analysing it first if needed (model thread only)."""
+        loaded = self.model
+        run = self.cache.get(loaded.name, text)
+        if run is None:
+            run = runs.analyse(loaded, text)
+            self.cache.put(run)
+        return run
+
+    def induction(self) -> torch.Tensor:
+        """Induction scores of every head, measured once per model on the probe (model thread only)."""
+        if self._induction is None:
+            self._induction = roles.induction_scores(self.model)
+        return self._induction
