@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__, web
-from app.api import ablate, attention, errors, heads, importance, meta, similarity
+from app.api import ablate, attention, errors, heads, importance, meta, overview, similarity
 from app.config import Settings
 from app.inspect.loading import Loaded
 from app.middleware import Guard
@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     app.state.service = service
     app.state.settings = settings
     errors.install(app, settings.retry_after_s)
-    for module in (meta, attention, ablate, similarity, importance, heads):
+    for module in (meta, attention, overview, ablate, similarity, importance, heads):
         app.include_router(module.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")

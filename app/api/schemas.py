@@ -200,3 +200,37 @@ class HeadRoles(BaseModel):
 
 class HeadsOut(Tokens):
     heads: list[HeadRoles]
+
+
+# -- overview ------------------------------------------------------------------------------------
+
+
+class OverviewIn(TextIn):
+    thumb: int = Field(32, ge=4, le=64, description="thumbnail side in pixels (block means of each map)")
+    top_k: int = Field(10, ge=1, le=100)
+
+
+class RoleGrid(BaseModel):
+    """Per-head scores as n_layers × n_heads grids (definitions as in /api/heads)."""
+
+    entropy: list[list[float]]
+    entropy_ratio: list[list[float]]
+    confidence: list[list[float]]
+    previous_token: list[list[float]]
+    self: list[list[float]]
+    first_token: list[list[float]]
+    duplicate_token: list[list[float]] | None
+    induction: list[list[float]]
+
+
+class OverviewOut(Tokens):
+    n_layers: int
+    n_heads: int
+    thumb_size: int = Field(description="side s of each thumbnail (min of `thumb` and the token count)")
+    thumbnails: str = Field(
+        description="base64 of n_layers·n_heads·s·s uint8, layer-major then head then row then column; each "
+        "thumbnail is its map's block means scaled so its largest value is 255"
+    )
+    thumb_max: list[list[float]] = Field(description="per head, the block mean that 255 stands for")
+    stats: RoleGrid
+    prediction: PredictionOut

@@ -137,5 +137,5 @@ def _layout(model: PreTrainedModel, model_type: str) -> Layout:
         head_dim=int(head_dim),
         d_model=d_model,
         vocab_size=int(cfg.vocab_size),  # type: ignore[arg-type]
-        max_positions=int(max_pos),
+        max_positions=int(max_pos or 0),
     )

@@ -29,7 +29,7 @@ PROBE_SEED = 0
 
 @dataclass
 class HeadStats:
-    """Role scores of every head, each tensor (n_layers, n_heads)."""
+    """Role scores of every head, each tensor (n_layers, n_heads), and optional map thumbnails."""
 
     entropy: torch.Tensor
     entropy_ratio: torch.Tensor
@@ -38,22 +38,47 @@ class HeadStats:
     self_attention: torch.Tensor
     first_token: torch.Tensor
     duplicate_token: torch.Tensor | None
+    thumbnails: torch.Tensor | None = None  # (n_layers, n_heads, s, s): block means of each map
+
+
+def bin_edges(t: int, s: int) -> list[int]:
+    """Edges of s near-equal bins over t positions: bin j covers [e_j, e_{j+1})."""
+    return [(j * t) // s for j in range(s + 1)]
+
+
+def _key_bins(maps: torch.Tensor, edges: list[int]) -> torch.Tensor:
+    """Sum of each row over key bins, via a cumulative sum: (..., c, T) → (..., c, s)."""
+    cs = torch.nn.functional.pad(maps.cumsum(-1), (1, 0))  # (..., c, T + 1), cs[..., k] = Σ_{<k}
+    idx = torch.tensor(edges, device=maps.device)
+    at = cs[..., idx]  # (..., c, s + 1)
+    return at[..., 1:] - at[..., :-1]
 
 
 @torch.inference_mode()
-def head_stats(run: Run, layout: Layout) -> HeadStats:
-    """Role scores of every head of a run (cached on the run)."""
-    cached = run.extras.get("head_stats")
+def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
+    """Role scores of every head of a run, and (if `thumb`) thumb×thumb block-mean thumbnails of every map.
+
+    One pass over every layer in query-row chunks; nothing larger than n_heads × ROW_CHUNK × T is
+    held at once. Cached on the run per thumbnail size.
+    """
+    key = f"head_stats:{thumb}"
+    cached = run.extras.get(key)
     if isinstance(cached, HeadStats):
         return cached
     shape = (layout.n_layers, layout.n_heads)
     sums = {name: torch.zeros(shape) for name in ("ent", "ratio", "conf", "prev", "self", "first", "dup")}
-    n_dup_rows = 0
     t = run.n_tokens
-    ids = torch.tensor(run.token_ids, device=run.hidden.device)
+    s = min(thumb, t) if thumb else 0
+    edges = bin_edges(t, s) if s else []
+    thumbs = torch.zeros(layout.n_layers, layout.n_heads, s, s) if s else None
+    device = run.hidden.device
+    row_bin = torch.bucketize(torch.arange(t), torch.tensor(edges[1:-1]), right=True).to(device) if s else None
+    ids = torch.tensor(run.token_ids, device=device)
     heads = list(range(layout.n_heads))
+    n_dup_rows = 0
     for layer in range(layout.n_layers):
         n_dup_rows = 0
+        layer_thumb = torch.zeros(layout.n_heads, s, s, device=device) if s else None
         for start in range(0, t, ROW_CHUNK):
             maps = run.maps(layer, heads, layout.group_size, slice(start, start + ROW_CHUNK))  # (H, c, T)
             ent, ratio = metrics.entropy_stats(maps, start)
@@ -66,7 +91,13 @@ def head_stats(run: Run, layout: Layout) -> HeadStats:
             dup, rows = metrics.duplicate_mass(maps, ids, start)
             sums["dup"][layer] += dup.cpu()
             n_dup_rows += rows
+            if layer_thumb is not None and row_bin is not None:
+                binned = _key_bins(maps, edges)  # (H, c, s)
+                layer_thumb.index_add_(1, row_bin[start : start + maps.shape[1]], binned)
         sums["dup"][layer] /= max(n_dup_rows, 1)
+        if thumbs is not None and layer_thumb is not None:
+            widths = torch.tensor(edges[1:], dtype=torch.float32) - torch.tensor(edges[:-1], dtype=torch.float32)
+            thumbs[layer] = layer_thumb.cpu() / (widths[:, None] * widths[None, :])
     stats = HeadStats(
         entropy=sums["ent"] / t,
         entropy_ratio=sums["ratio"] / max(t - 1, 1),
@@ -75,8 +106,9 @@ def head_stats(run: Run, layout: Layout) -> HeadStats:
         self_attention=sums["self"] / t,
         first_token=sums["first"] / t,
         duplicate_token=sums["dup"] if n_dup_rows else None,
+        thumbnails=thumbs,
     )
-    run.extras["head_stats"] = stats
+    run.extras[key] = stats
     return stats
 
 

@@ -1,0 +1,60 @@
+"""Everything the all-heads grid needs in one compact response: thumbnails, role scores, prediction."""
+
+from __future__ import annotations
+
+import base64
+
+import torch
+from fastapi import APIRouter
+
+from app.api.ablate import prediction_out
+from app.api.deps import ServiceDep, checked_ids
+from app.api.schemas import Error, OverviewIn, OverviewOut, RoleGrid
+from app.inspect.roles import head_stats
+from app.inspect.runs import predict
+
+router = APIRouter(prefix="/api", tags=["attention"])
+
+
+def _grid(t: torch.Tensor) -> list[list[float]]:
+    out: list[list[float]] = t.tolist()
+    return out
+
+
+@router.post("/overview", response_model=OverviewOut, responses={422: {"model": Error}, 503: {"model": Error}})
+async def overview(body: OverviewIn, svc: ServiceDep) -> OverviewOut:
+    """Thumbnails of every head's map, every head's role scores, and the model's prediction, for one text."""
+    checked_ids(svc, body.text)
+
+    def work() -> OverviewOut:
+        loaded = svc.model
+        layout = loaded.adapter.layout
+        run = svc.run_for(body.text)
+        s = head_stats(run, layout, body.thumb)
+        assert s.thumbnails is not None
+        peak = s.thumbnails.amax(dim=(-1, -2)).clamp_min(1e-12)  # (L, H)
+        scaled = (s.thumbnails / peak[..., None, None] * 255).round().clamp(0, 255).to(torch.uint8)
+        induction = svc.induction()
+        pred = predict(loaded.adapter.lm_head(), run.hidden, run.token_ids, body.top_k)
+        return OverviewOut(
+            tokens=run.tokens,
+            token_ids=run.token_ids,
+            n_layers=layout.n_layers,
+            n_heads=layout.n_heads,
+            thumb_size=int(s.thumbnails.shape[-1]),
+            thumbnails=base64.b64encode(scaled.numpy().tobytes()).decode("ascii"),
+            thumb_max=_grid(peak),
+            stats=RoleGrid(
+                entropy=_grid(s.entropy),
+                entropy_ratio=_grid(s.entropy_ratio),
+                confidence=_grid(s.confidence),
+                previous_token=_grid(s.previous_token),
+                self=_grid(s.self_attention),
+                first_token=_grid(s.first_token),
+                duplicate_token=None if s.duplicate_token is None else _grid(s.duplicate_token),
+                induction=_grid(induction),
+            ),
+            prediction=prediction_out(pred, loaded.tokenizer),
+        )
+
+    return await svc.call(work)
