@@ -20,7 +20,9 @@ class Settings(BaseSettings):
 
     max_tokens: int = Field(2048, ge=1, description="longest text accepted, in tokens")
     max_body_bytes: int = Field(1_000_000, ge=1024)
-    max_map_cells: int = Field(16_000_000, ge=1, description="largest number of weights one response may carry")
+    max_map_cells: int = Field(
+        2048 * 2048, ge=1, description="most attention weights one response may carry (default: one 2048-token map)"
+    )
     queue_size: int = Field(16, ge=1, description="requests waiting for the model before 503")
     queue_timeout_s: float = Field(60.0, gt=0, description="a request waiting longer is dropped with 503")
     retry_after_s: int = 2

@@ -10,14 +10,17 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__, web
 from app.api import ablate, attention, errors, heads, importance, meta, overview, similarity
+from app.api.encode import FiniteJSONResponse
 from app.config import Settings
 from app.inspect.loading import Loaded
 from app.middleware import Guard
 from app.service import Service
+from app.telemetry import RequestMetrics, Telemetry
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +34,8 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         loaded: an already loaded model (tests); skips loading.
     """
     settings = settings or Settings()
-    service = Service(settings, loaded)
+    telemetry = Telemetry()
+    service = Service(settings, loaded, telemetry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,6 +60,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         version=__version__,
         summary="See, compare and switch off the attention heads of a causal language model.",
         lifespan=lifespan,
+        default_response_class=FiniteJSONResponse,
     )
     app.state.service = service
     app.state.settings = settings
@@ -63,9 +68,16 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     for module in (meta, attention, overview, ablate, similarity, importance, heads):
         app.include_router(module.router)
     app.include_router(web.router)
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus metrics."""
+        return Response(telemetry.render(), media_type=telemetry.content_type)
+
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, api_key=api_key)
+    app.add_middleware(RequestMetrics, telemetry=telemetry)  # outermost: counts 401/413 too
     return app

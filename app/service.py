@@ -17,6 +17,7 @@ from app.config import Settings
 from app.inspect import roles, runs
 from app.inspect.loading import Loaded, load
 from app.inspect.runs import Run, RunCache
+from app.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,8 +65,9 @@ def _is_oom(exc: BaseException) -> bool:
 class Service:
     """Holds the model; runs all model work on one thread, one job at a time, behind a bounded queue."""
 
-    def __init__(self, settings: Settings, loaded: Loaded | None = None) -> None:
+    def __init__(self, settings: Settings, loaded: Loaded | None = None, telemetry: Telemetry | None = None) -> None:
         self.settings = settings
+        self.telemetry = telemetry or Telemetry()
         self.loaded = loaded
         self.cache = RunCache(settings.cache_entries, settings.cache_bytes)
         self.ready = False
@@ -74,6 +76,7 @@ class Service:
         self._waiting = 0  # admitted jobs not yet finished
         self._lock = threading.Lock()
         self._induction: torch.Tensor | None = None
+        self.telemetry.watch_queue(lambda: self._waiting)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -105,36 +108,46 @@ class Service:
 
     # -- the queue -------------------------------------------------------------------------------
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def call(self, fn: Callable[..., T], *args: Any, n_tokens: int = 0) -> T:
         """Run `fn(*args)` on the model thread; 503 at once when the queue is full or past the deadline."""
-        if self.stopping:
-            raise NotReady("the server is shutting down")
-        self.model  # noqa: B018 - raises NotReady before anything is queued
+        if self.stopping or not self.ready:
+            self.telemetry.rejections.labels("not_ready").inc()
+            raise NotReady("the server is shutting down" if self.stopping else "the model is still loading")
         with self._lock:
             if self._waiting >= self.settings.queue_size:
+                self.telemetry.rejections.labels("queue_full").inc()
                 raise Busy(f"{self._waiting} requests are already waiting for the model; retry shortly")
             self._waiting += 1
+        if n_tokens:
+            self.telemetry.tokens.observe(n_tokens)
         enqueued = time.monotonic()
+        loop = asyncio.get_running_loop()
+        # the job itself gives its queue slot back when it ends, even if the caller has gone away
+        return await loop.run_in_executor(self._executor, self._guarded, enqueued, fn, args)
+
+    def _guarded(self, enqueued: float, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._guarded, enqueued, fn, args)
+            waited = time.monotonic() - enqueued
+            self.telemetry.queue_wait.observe(waited)
+            if waited > self.settings.queue_timeout_s:
+                self.telemetry.rejections.labels("deadline").inc()
+                raise Busy(
+                    f"the request waited {waited:.1f} s for the model, past the {self.settings.queue_timeout_s} s limit"
+                )
+            start = time.monotonic()
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if _is_oom(exc):
+                    self.telemetry.ooms.inc()
+                    self._release_memory()
+                    raise OutOfMemory("the model ran out of memory on this input; try a shorter text") from exc
+                raise
+            finally:
+                self.telemetry.model_time.observe(time.monotonic() - start)
         finally:
             with self._lock:
                 self._waiting -= 1
-
-    def _guarded(self, enqueued: float, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        waited = time.monotonic() - enqueued
-        if waited > self.settings.queue_timeout_s:
-            raise Busy(
-                f"the request waited {waited:.1f} s for the model, past the {self.settings.queue_timeout_s} s limit"
-            )
-        try:
-            return fn(*args)
-        except Exception as exc:
-            if _is_oom(exc):
-                self._release_memory()
-                raise OutOfMemory("the model ran out of memory on this input; try a shorter text") from exc
-            raise
 
     def _release_memory(self) -> None:
         self.cache.clear()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from app.api.deps import ServiceDep, check_map_budget, checked_heads, checked_ids
-from app.api.schemas import AblateIn, AblateOut, Error, HeadMap, PredictionOut, TopToken
+from app.api.encode import json_response, maps_json
+from app.api.schemas import ERRORS, AblateIn, AblateOut, PredictionOut, TopToken
 from app.inspect.ablation import ablate as run_ablation
 from app.inspect.runs import Prediction
 
@@ -21,8 +23,8 @@ def prediction_out(pred: Prediction, tokenizer: object) -> PredictionOut:
     )
 
 
-@router.post("/ablate", response_model=AblateOut, responses={422: {"model": Error}, 503: {"model": Error}})
-async def ablate(body: AblateIn, svc: ServiceDep) -> AblateOut:
+@router.post("/ablate", response_model=AblateOut, responses=ERRORS)
+async def ablate(body: AblateIn, svc: ServiceDep) -> Response:
     """Switch heads off (zero or mean) and compare next-token predictions with the unablated model."""
     layout = svc.model.adapter.layout
     heads = checked_heads(layout, body.ablate, "ablate")
@@ -30,11 +32,11 @@ async def ablate(body: AblateIn, svc: ServiceDep) -> AblateOut:
     ids = checked_ids(svc, body.text)
     check_map_budget(svc, len(map_heads), len(ids))
 
-    def work() -> AblateOut:
+    def work() -> Response:
         loaded = svc.model
         run = svc.run_for(body.text)
         cmp = run_ablation(loaded, run, heads, body.mode, body.top_k, map_heads)
-        return AblateOut(
+        out = AblateOut(
             tokens=run.tokens,
             token_ids=run.token_ids,
             baseline=prediction_out(cmp.baseline, loaded.tokenizer),
@@ -42,7 +44,8 @@ async def ablate(body: AblateIn, svc: ServiceDep) -> AblateOut:
             kl_last=cmp.kl_last,
             kl_per_position=cmp.kl_per_position,
             delta_loss=cmp.delta_loss,
-            maps=[HeadMap(layer=ly, head=h, weights=w.tolist()) for (ly, h), w in cmp.maps.items()],
         )
+        maps = maps_json([(ly, h, w) for (ly, h), w in cmp.maps.items()])
+        return json_response(out.model_dump(exclude={"maps"}), {"maps": maps})
 
-    return await svc.call(work)
+    return await svc.call(work, n_tokens=len(ids))

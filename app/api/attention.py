@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import torch
 from fastapi import APIRouter
+from fastapi.responses import Response
 
 from app.api.deps import ServiceDep, check_map_budget, checked_heads, checked_ids, checked_layers
-from app.api.schemas import AttentionIn, AttentionOut, Error, HeadMap
+from app.api.encode import json_response, maps_json
+from app.api.schemas import ERRORS, AttentionIn, AttentionOut
 from app.service import InvalidInput
 
 router = APIRouter(prefix="/api", tags=["attention"])
 
 
-@router.post("/attention", response_model=AttentionOut, responses={422: {"model": Error}, 503: {"model": Error}})
-async def attention(body: AttentionIn, svc: ServiceDep) -> AttentionOut:
+@router.post("/attention", response_model=AttentionOut, responses=ERRORS)
+async def attention(body: AttentionIn, svc: ServiceDep) -> Response:
     """Per-head attention maps (rows = queries, columns = keys) for `heads`, or every head of `layers`."""
     layout = svc.model.adapter.layout
     if body.heads is None and body.layers is None:
@@ -23,15 +26,14 @@ async def attention(body: AttentionIn, svc: ServiceDep) -> AttentionOut:
     ids = checked_ids(svc, body.text)
     check_map_budget(svc, len(heads), len(ids))
 
-    def work() -> AttentionOut:
+    def work() -> Response:
         run = svc.run_for(body.text)
-        maps: list[HeadMap] = []
+        found: dict[tuple[int, int], torch.Tensor] = {}
         for layer in dict.fromkeys(layer for layer, _ in heads):
             in_layer = [h for ly, h in heads if ly == layer]
             weights = run.maps(layer, in_layer, layout.group_size)  # (h, T, T)
-            maps += [HeadMap(layer=layer, head=h, weights=w.tolist()) for h, w in zip(in_layer, weights, strict=True)]
-        order = {head: i for i, head in enumerate(heads)}
-        maps.sort(key=lambda m: order[(m.layer, m.head)])
-        return AttentionOut(tokens=run.tokens, token_ids=run.token_ids, maps=maps)
+            found.update({(layer, h): w for h, w in zip(in_layer, weights, strict=True)})
+        maps = maps_json([(layer, head, found[(layer, head)]) for layer, head in heads])
+        return json_response({"tokens": run.tokens, "token_ids": run.token_ids}, {"maps": maps})
 
-    return await svc.call(work)
+    return await svc.call(work, n_tokens=len(ids))

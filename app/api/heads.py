@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServiceDep, checked_ids
-from app.api.schemas import Error, HeadRoles, HeadsOut, TextIn
+from app.api.schemas import ERRORS, HeadRoles, HeadsOut, TextIn
 from app.inspect.roles import head_stats
 
 router = APIRouter(prefix="/api", tags=["heads"])
 
 
-@router.post("/heads", response_model=HeadsOut, responses={422: {"model": Error}, 503: {"model": Error}})
+@router.post("/heads", response_model=HeadsOut, responses=ERRORS)
 async def heads(body: TextIn, svc: ServiceDep) -> HeadsOut:
     """Role scores of every head on the text; `induction` comes from the model's own repeated-token probe."""
-    checked_ids(svc, body.text)
+    ids = checked_ids(svc, body.text)
 
     def work() -> HeadsOut:
         loaded = svc.model
@@ -41,4 +41,4 @@ async def heads(body: TextIn, svc: ServiceDep) -> HeadsOut:
         ]
         return HeadsOut(tokens=run.tokens, token_ids=run.token_ids, heads=rows)
 
-    return await svc.call(work)
+    return await svc.call(work, n_tokens=len(ids))

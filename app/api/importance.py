@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServiceDep, checked_ids
-from app.api.schemas import Error, ImportanceIn, ImportanceOut
+from app.api.schemas import ERRORS, ImportanceIn, ImportanceOut
 from app.inspect.importance import ablation_sweep, gradient_importance, normalise_per_layer
 from app.service import InvalidInput
 
 router = APIRouter(prefix="/api", tags=["heads"])
 
 
-@router.post("/importance", response_model=ImportanceOut, responses={422: {"model": Error}, 503: {"model": Error}})
+@router.post("/importance", response_model=ImportanceOut, responses=ERRORS)
 async def importance(body: ImportanceIn, svc: ServiceDep) -> ImportanceOut:
     """Which heads matter for predicting this text (n_layers × n_heads scores)."""
     ids = checked_ids(svc, body.text)
@@ -29,4 +29,4 @@ async def importance(body: ImportanceIn, svc: ServiceDep) -> ImportanceOut:
         sweep = ablation_sweep(loaded, svc.run_for(body.text))
         return ImportanceOut(method="ablation", scores=sweep.delta_loss.tolist(), kl_last=sweep.kl_last.tolist())
 
-    return await svc.call(work)
+    return await svc.call(work, n_tokens=len(ids))

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServiceDep, checked_ids
-from app.api.schemas import Error, Health, KVCacheCost, ModelInfo, TextIn, TokenizeOut
+from app.api.schemas import ERRORS, Health, KVCacheCost, ModelInfo, TextIn, TokenizeOut
 from app.inspect.runs import token_strings
 
 router = APIRouter(prefix="/api", tags=["model"])
@@ -18,7 +18,7 @@ def health() -> Health:
     return Health(status="ok")
 
 
-@router.get("/ready", response_model=Health, responses={503: {"model": Error}})
+@router.get("/ready", response_model=Health, responses=ERRORS)
 def ready(svc: ServiceDep) -> Health | JSONResponse:
     """Readiness: 200 once the model is loaded and warmed, 503 before that and while shutting down."""
     if svc.ready and not svc.stopping:
@@ -27,7 +27,7 @@ def ready(svc: ServiceDep) -> Health | JSONResponse:
     return JSONResponse({"error": "not_ready", "detail": state}, status_code=503, headers={"Retry-After": "2"})
 
 
-@router.get("/model", response_model=ModelInfo, responses={503: {"model": Error}})
+@router.get("/model", response_model=ModelInfo, responses=ERRORS)
 def model_info(svc: ServiceDep) -> ModelInfo:
     """The served model: head layout, KV groups and what its KV cache costs per token."""
     loaded = svc.model
@@ -60,7 +60,7 @@ def model_info(svc: ServiceDep) -> ModelInfo:
     )
 
 
-@router.post("/tokenize", response_model=TokenizeOut, responses={422: {"model": Error}})
+@router.post("/tokenize", response_model=TokenizeOut, responses=ERRORS)
 def tokenize(body: TextIn, svc: ServiceDep) -> TokenizeOut:
     """Token ids and display strings of a text, exactly as the model sees it."""
     ids = checked_ids(svc, body.text)

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 
 from app.api.ablate import prediction_out
 from app.api.deps import ServiceDep, checked_ids
-from app.api.schemas import Error, OverviewIn, OverviewOut, RoleGrid
+from app.api.schemas import ERRORS, OverviewIn, OverviewOut, RoleGrid
 from app.inspect.roles import head_stats
 from app.inspect.runs import predict
 
@@ -21,10 +21,10 @@ def _grid(t: torch.Tensor) -> list[list[float]]:
     return out
 
 
-@router.post("/overview", response_model=OverviewOut, responses={422: {"model": Error}, 503: {"model": Error}})
+@router.post("/overview", response_model=OverviewOut, responses=ERRORS)
 async def overview(body: OverviewIn, svc: ServiceDep) -> OverviewOut:
     """Thumbnails of every head's map, every head's role scores, and the model's prediction, for one text."""
-    checked_ids(svc, body.text)
+    ids = checked_ids(svc, body.text)
 
     def work() -> OverviewOut:
         loaded = svc.model
@@ -57,4 +57,4 @@ async def overview(body: OverviewIn, svc: ServiceDep) -> OverviewOut:
             prediction=prediction_out(pred, loaded.tokenizer),
         )
 
-    return await svc.call(work)
+    return await svc.call(work, n_tokens=len(ids))

@@ -33,6 +33,14 @@ class Error(BaseModel):
     detail: object = Field(None, description="human-readable message or a list of field errors")
 
 
+ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": Error, "description": "missing or wrong API key (only when HEADSCOPE_API_KEY is set)"},
+    413: {"model": Error, "description": "request body too large"},
+    422: {"model": Error, "description": "invalid or too long input"},
+    503: {"model": Error, "description": "busy, out of memory, or not ready: retry after Retry-After seconds"},
+}
+
+
 # -- model ---------------------------------------------------------------------------------------
 
 
@@ -129,7 +137,7 @@ class AblateOut(Tokens):
     )
     kl_per_position: list[float]
     delta_loss: float | None = Field(description="ablated.loss − baseline.loss")
-    maps: list[HeadMap] = Field(description="requested heads' maps under the ablation")
+    maps: list[HeadMap] = Field(default_factory=list, description="requested heads' maps under the ablation")
 
 
 # -- similarity ----------------------------------------------------------------------------------

@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServiceDep, checked_ids, checked_layers
-from app.api.schemas import Error, Head, LayerCollapse, SimilarityIn, SimilarityOut
+from app.api.schemas import ERRORS, Head, LayerCollapse, SimilarityIn, SimilarityOut
 from app.inspect.similarity import head_similarity
 from app.service import InvalidInput
 
 router = APIRouter(prefix="/api", tags=["heads"])
 
 
-@router.post("/similarity", response_model=SimilarityOut, responses={422: {"model": Error}, 503: {"model": Error}})
+@router.post("/similarity", response_model=SimilarityOut, responses=ERRORS)
 async def similarity(body: SimilarityIn, svc: ServiceDep) -> SimilarityOut:
     """Heads × heads: Jensen–Shannon divergence (nats, 0 = identical) or cosine similarity of their maps."""
     layout = svc.model.adapter.layout
@@ -27,7 +27,7 @@ async def similarity(body: SimilarityIn, svc: ServiceDep) -> SimilarityOut:
             )
         query_heads = layout.kv_groups()[body.kv_head]
     heads = [(layer, h) for layer in layers for h in query_heads]
-    checked_ids(svc, body.text)
+    ids = checked_ids(svc, body.text)
 
     def work() -> SimilarityOut:
         run = svc.run_for(body.text)
@@ -41,4 +41,4 @@ async def similarity(body: SimilarityIn, svc: ServiceDep) -> SimilarityOut:
             query_rows=sim.query_rows,
         )
 
-    return await svc.call(work)
+    return await svc.call(work, n_tokens=len(ids))
