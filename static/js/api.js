@@ -1,0 +1,78 @@
+// The JSON API, one function per endpoint. Each takes an optional {signal} to cancel a stale request.
+
+export class ApiError extends Error {
+  constructor(status, code, detail) {
+    super(describe(detail) || code);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+  }
+}
+
+function describe(detail) {
+  if (Array.isArray(detail)) return detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+  return typeof detail === "string" ? detail : "";
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(new DOMException("aborted", "AbortError"));
+    });
+  });
+}
+
+const MAX_RETRIES = 3;
+
+/** One request; a 503 (busy or not ready yet) is retried after its Retry-After, a few times. */
+async function request(method, path, body, { signal } = {}) {
+  for (let attempt = 0; ; attempt++) {
+    const res = await fetch(path, {
+      method,
+      signal,
+      headers: body ? { "content-type": "application/json" } : {},
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    if (res.status === 503 && attempt < MAX_RETRIES) {
+      const wait = Math.min(5, Number(res.headers.get("retry-after")) || 1);
+      await sleep(wait * 1000, signal);
+      continue;
+    }
+    let data = null;
+    try {
+      data = await res.json();
+    } catch {
+      // not JSON: fall through to the status check
+    }
+    if (!res.ok) throw new ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);
+    return data;
+  }
+}
+
+export const health = (opts) => request("GET", "/api/health", null, opts);
+export const ready = (opts) => request("GET", "/api/ready", null, opts);
+export const model = (opts) => request("GET", "/api/model", null, opts);
+
+/** Thumbnails, role scores and the prediction for every head, in one pass. */
+export const overview = (text, { thumb = 32, topK = 10 } = {}, opts) =>
+  request("POST", "/api/overview", { text, thumb, top_k: topK }, opts);
+
+/** Full attention maps of some heads. */
+export const attention = (text, heads, opts) => request("POST", "/api/attention", { text, heads }, opts);
+
+/** Prediction with heads switched off, and maps under that ablation. */
+export const ablate = (text, heads, { mode = "zero", topK = 10, maps = [] } = {}, opts) =>
+  request("POST", "/api/ablate", { text, ablate: heads, mode, top_k: topK, maps }, opts);
+
+export function similarity(text, { metric = "js", order = "layer", layer = null } = {}, opts) {
+  const body = { text, metric, order };
+  if (layer !== null) body.layer = layer;
+  return request("POST", "/api/similarity", body, opts);
+}
+
+export const importance = (text, method = "gradient", opts) =>
+  request("POST", "/api/importance", { text, method }, opts);
+
+export const heads = (text, opts) => request("POST", "/api/heads", { text }, opts);

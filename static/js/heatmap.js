@@ -1,0 +1,198 @@
+// Head heatmaps: one head, two heads side by side, or a head before / after ablation with the difference.
+import { BLUES, plotlyText, rgb, visible } from "./util.js";
+
+const ATTN_SCALE = BLUES.map((c, i) => [i / (BLUES.length - 1), rgb(c)]);
+// Difference maps: blue where the ablation took attention away, red where it added some.
+const DIFF_SCALE = [
+  [0, "#2166ac"],
+  [0.25, "#92c5de"],
+  [0.5, "#f7f7f7"],
+  [0.75, "#f4a582"],
+  [1, "#b2182b"],
+];
+const LOG_FLOOR = -6;
+const COLORBAR_PX = 78;
+const MIN_PANEL_PX = 280;
+const ROW_EXTRA_PX = 120;
+
+export const PLOT_CONFIG = {
+  displaylogo: false,
+  responsive: true,
+  modeBarButtonsToRemove: ["lasso2d", "select2d", "autoScale2d"],
+};
+
+const short = (s, n = 14) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
+
+/** Unique category names ("·cat [12]"), so repeated tokens keep their own row and column. */
+export function categories(tokens) {
+  return tokens.map((t, i) => `${plotlyText(visible(t))} [${i}]`);
+}
+
+/** Tick labels thinned to what fits in `px` pixels: every token when short, every k-th when long. */
+export function ticks(labels, cats, px) {
+  const fits = Math.max(4, Math.floor(px / 11));
+  const step = Math.ceil(labels.length / fits);
+  const tickvals = [];
+  const ticktext = [];
+  for (let i = 0; i < labels.length; i += step) {
+    tickvals.push(cats[i]);
+    ticktext.push(plotlyText(short(labels[i])));
+  }
+  const size = labels.length <= 40 ? 11 : labels.length <= 120 ? 9 : 8;
+  return { tickmode: "array", tickvals, ticktext, tickfont: { size } };
+}
+
+function causal(weights, f) {
+  // above the diagonal nothing is visible: null draws it as background and skips its hover
+  return weights.map((row, q) => row.map((w, k) => (k > q ? null : f(w))));
+}
+
+const log10 = (w) => (w > 0 ? Math.max(LOG_FLOOR, Math.log10(w)) : LOG_FLOOR);
+
+/**
+ * Draw maps side by side in `div`.
+ * panels: [{title, weights (T×T), diff: bool}] — diff panels share a diverging scale centred on 0.
+ */
+export function drawMaps(div, tokens, panels, { scale = "linear", maxHeight = 900 } = {}) {
+  const Plotly = window.Plotly;
+  const T = tokens.length;
+  const cats = categories(tokens);
+  const labels = tokens.map(visible);
+  const hasDiff = panels.some((p) => p.diff);
+  const hasAttn = panels.some((p) => !p.diff);
+  const width = Math.max(360, div.clientWidth || 640);
+  const reserve = ((Number(hasAttn) + Number(hasDiff)) * COLORBAR_PX) / width;
+  const n = panels.length;
+  // as many panels per row as stay readable (≥ MIN_PANEL_PX); the rest wrap to further rows
+  const cols = Math.max(1, Math.min(n, Math.floor((width * (1 - reserve)) / MIN_PANEL_PX)));
+  const rows = Math.ceil(n / cols);
+  const span = (1 - reserve) / cols;
+  const panelPx = span * width;
+  const height =
+    rows === 1 ? Math.min(maxHeight, Math.round(panelPx * 0.85 + 150)) : Math.round(rows * (panelPx * 0.95 + ROW_EXTRA_PX));
+  const rowH = 1 / rows;
+  const below = ROW_EXTRA_PX / height; // room under each row for the key-token labels
+  const above = 26 / height; // room over each row for the panel title
+  const isLog = scale === "log";
+
+  let cmax = 0;
+  let dmax = 0;
+  for (const p of panels) {
+    for (const row of p.weights) {
+      for (const w of row) {
+        if (p.diff) dmax = Math.max(dmax, Math.abs(w));
+        else cmax = Math.max(cmax, w);
+      }
+    }
+  }
+  const tickX = ticks(labels, cats, panelPx * 0.8);
+  const tickY = ticks(labels, cats, Math.min(panelPx, maxHeight) * 0.8);
+  const layout = {
+    height,
+    margin: { l: 10, r: 10, t: 34, b: 10 },
+    paper_bgcolor: "rgba(0,0,0,0)",
+    plot_bgcolor: "#eef0f3",
+    font: { family: "Inter, system-ui, sans-serif", size: 11, color: "#1f2937" },
+    hoverlabel: { font: { family: "ui-monospace, SFMono-Regular, Menlo, monospace", size: 12 } },
+    annotations: [],
+    coloraxis: {
+      colorscale: ATTN_SCALE,
+      cmin: isLog ? LOG_FLOOR : 0,
+      cmax: isLog ? Math.max(LOG_FLOOR + 1, Math.log10(cmax || 1)) : cmax || 1,
+      colorbar: {
+        title: { text: isLog ? "weight (log)" : "weight", side: "right" },
+        thickness: 12,
+        len: 0.8,
+        x: 1 - reserve + 0.01,
+        xanchor: "left",
+        ...(isLog ? { tickvals: [-6, -5, -4, -3, -2, -1, 0], ticktext: ["1e-6", "1e-5", "1e-4", "0.001", "0.01", "0.1", "1"] } : {}),
+      },
+    },
+  };
+  if (hasDiff) {
+    const m = dmax || 1e-6;
+    layout.coloraxis2 = {
+      colorscale: DIFF_SCALE,
+      cmin: -m,
+      cmax: m,
+      colorbar: {
+        title: { text: "Δ weight", side: "right" },
+        thickness: 12,
+        len: 0.8,
+        x: 1 - reserve + 0.01 + (hasAttn ? COLORBAR_PX / width : 0),
+        xanchor: "left",
+      },
+    };
+  }
+  const traces = panels.map((p, i) => {
+    const suffix = i === 0 ? "" : String(i + 1);
+    const gap = cols > 1 ? 0.035 : 0;
+    const [r, c] = [Math.floor(i / cols), i % cols];
+    const top = 1 - r * rowH - (rows > 1 ? above : 0);
+    const bottom = rows > 1 ? 1 - (r + 1) * rowH + below : 0;
+    layout[`xaxis${suffix}`] = {
+      type: "category",
+      domain: [c * span + gap, (c + 1) * span - gap],
+      anchor: `y${suffix}`,
+      ...tickX,
+      tickangle: T > 10 ? -90 : "auto",
+      automargin: true,
+      showgrid: false,
+      title: { text: "key token", standoff: 6, font: { size: 11, color: "#6b7280" } },
+      constrain: "domain",
+    };
+    layout[`yaxis${suffix}`] = {
+      type: "category",
+      anchor: `x${suffix}`,
+      domain: [bottom, top],
+      constraintoward: "top",
+      autorange: "reversed",
+      ...tickY,
+      automargin: true,
+      showgrid: false,
+      scaleanchor: `x${suffix}`,
+      constrain: "domain",
+      title: i === 0 ? { text: "query token", standoff: 6, font: { size: 11, color: "#6b7280" } } : undefined,
+    };
+    layout.annotations.push({
+      text: `<b>${plotlyText(p.title)}</b>`,
+      xref: "paper",
+      yref: "paper",
+      x: (c + 0.5) * span,
+      y: top,
+      yanchor: "bottom",
+      showarrow: false,
+      font: { size: 13 },
+    });
+    const trace = {
+      type: "heatmap",
+      x: cats,
+      y: cats,
+      xaxis: `x${suffix}`,
+      yaxis: `y${suffix}`,
+      coloraxis: p.diff ? "coloraxis2" : "coloraxis",
+      hoverongaps: false,
+      xgap: T <= 48 ? 0.5 : 0,
+      ygap: T <= 48 ? 0.5 : 0,
+      name: p.title,
+    };
+    const extra = `<extra>${plotlyText(p.title)}</extra>`;
+    if (p.diff) {
+      trace.z = causal(p.weights, (w) => w);
+      trace.hovertemplate = `%{y} → %{x}: Δ %{z:+.4f}${extra}`;
+    } else if (isLog) {
+      trace.z = causal(p.weights, log10);
+      trace.customdata = p.weights;
+      trace.hovertemplate = `%{y} → %{x}: %{customdata:.4g}${extra}`;
+    } else {
+      trace.z = causal(p.weights, (w) => w);
+      trace.hovertemplate = `%{y} → %{x}: %{z:.4f}${extra}`;
+    }
+    return trace;
+  });
+  return Plotly.react(div, traces, layout, PLOT_CONFIG);
+}
+
+export function clear(div) {
+  window.Plotly.purge(div);
+}

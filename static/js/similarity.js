@@ -1,0 +1,98 @@
+// Head × head similarity matrix (JS divergence or cosine), in layer or clustered order, and per-layer collapse.
+import { PLOT_CONFIG } from "./heatmap.js";
+import { headLabel, parseHead } from "./util.js";
+
+const METRIC = {
+  js: { name: "JS divergence (nats)", scale: "Viridis", reverse: true, fmt: ".4f" },
+  cosine: { name: "cosine similarity", scale: "Viridis", reverse: false, fmt: ".3f" },
+};
+
+/** Draw the matrix; clicking a cell calls onPick(rowHead, columnHead). */
+export function drawSimilarity(div, data, onPick, { maxHeight = 900 } = {}) {
+  const Plotly = window.Plotly;
+  const labels = data.heads.map(headLabel);
+  const n = labels.length;
+  const m = METRIC[data.metric] ?? METRIC.js;
+  const width = Math.max(360, div.clientWidth || 640);
+  const side = Math.min(width - 110, maxHeight - 90);
+  // In layer order label each layer's first head; otherwise thin labels to what fits.
+  const byLayer = data.order === "layer" && n > 40;
+  const step = Math.ceil(n / Math.max(4, Math.floor(side / 12)));
+  const tickIdx = labels
+    .map((_, i) => i)
+    .filter((i) => (byLayer ? i === 0 || data.heads[i].layer !== data.heads[i - 1].layer : i % step === 0));
+  const keep = byLayer ? tickIdx.filter((_, k) => k % Math.ceil(tickIdx.length / Math.max(4, Math.floor(side / 14))) === 0) : tickIdx;
+  const axis = {
+    type: "category",
+    tickmode: "array",
+    tickvals: keep.map((i) => labels[i]),
+    ticktext: keep.map((i) => (byLayer ? `L${data.heads[i].layer}` : labels[i])),
+    tickfont: { size: n > 60 ? 9 : 11 },
+    showgrid: false,
+    automargin: true,
+    constrain: "domain",
+  };
+  const shapes = [];
+  if (data.order === "layer") {
+    // thin separators between layers
+    for (let i = 1; i < n; i++) {
+      if (data.heads[i].layer !== data.heads[i - 1].layer) {
+        const pos = i - 0.5;
+        shapes.push({ type: "line", xref: "x", yref: "y", x0: pos, x1: pos, y0: -0.5, y1: n - 0.5, line: { color: "rgba(255,255,255,0.55)", width: 0.6 } });
+        shapes.push({ type: "line", xref: "x", yref: "y", y0: pos, y1: pos, x0: -0.5, x1: n - 0.5, line: { color: "rgba(255,255,255,0.55)", width: 0.6 } });
+      }
+    }
+  }
+  const trace = {
+    type: "heatmap",
+    x: labels,
+    y: labels,
+    z: data.matrix,
+    colorscale: m.scale,
+    reversescale: m.reverse,
+    colorbar: { title: { text: m.name, side: "right" }, thickness: 12, len: 0.8 },
+    hovertemplate: `%{y} ↔ %{x}: %{z:${m.fmt}}<extra>${m.name}</extra>`,
+  };
+  const layout = {
+    height: side + 90,
+    margin: { l: 10, r: 10, t: 10, b: 10 },
+    paper_bgcolor: "rgba(0,0,0,0)",
+    font: { family: "Inter, system-ui, sans-serif", size: 11, color: "#1f2937" },
+    xaxis: { ...axis, title: { text: "head", font: { size: 11, color: "#6b7280" } } },
+    yaxis: { ...axis, autorange: "reversed", scaleanchor: "x", constraintoward: "top" },
+    shapes: n <= 600 ? shapes : [],
+  };
+  return Plotly.react(div, [trace], layout, PLOT_CONFIG).then(() => {
+    div.removeAllListeners?.("plotly_click");
+    div.on("plotly_click", (ev) => {
+      const pt = ev.points?.[0];
+      const a = pt && parseHead(String(pt.y));
+      const b = pt && parseHead(String(pt.x));
+      if (a && b) onPick(a, b);
+    });
+  });
+}
+
+/** Per layer, the mean pairwise value among its heads: low JS divergence / high cosine = redundant heads. */
+export function drawCollapse(div, data) {
+  const m = METRIC[data.metric] ?? METRIC.js;
+  const trace = {
+    type: "bar",
+    x: data.collapse.map((c) => c.layer),
+    y: data.collapse.map((c) => c.mean_similarity),
+    marker: { color: "#4f46e5" },
+    hovertemplate: `L%{x}: %{y:${m.fmt}}<extra>mean within layer</extra>`,
+  };
+  const layout = {
+    height: 180,
+    margin: { l: 50, r: 10, t: 28, b: 36 },
+    paper_bgcolor: "rgba(0,0,0,0)",
+    plot_bgcolor: "rgba(0,0,0,0)",
+    font: { family: "Inter, system-ui, sans-serif", size: 11, color: "#1f2937" },
+    title: { text: `Within-layer mean ${m.name}`, font: { size: 12 }, x: 0, xanchor: "left" },
+    xaxis: { title: { text: "layer" }, dtick: data.collapse.length > 12 ? 2 : 1, showgrid: false },
+    yaxis: { gridcolor: "#e5e7eb", zeroline: false },
+    bargap: 0.25,
+  };
+  return window.Plotly.react(div, [trace], layout, { ...PLOT_CONFIG, responsive: true });
+}

@@ -1,0 +1,66 @@
+// The view state, and its round trip through the URL query string so a view can be shared or reloaded.
+import { headLabel, parseHead } from "./util.js";
+
+const DEFAULTS = {
+  text: "",
+  mask: [], // heads switched off
+  head: null, // selected head (heatmap A)
+  cmp: null, // compare head (heatmap B)
+  view: "head", // head | similarity
+  mode: "single", // single | compare | diff
+  scale: "linear", // linear | log
+  color: "none", // grid overlay
+  abl: "zero", // ablation mode: zero | mean
+  metric: "js",
+  order: "layer",
+  scope: "all", // similarity scope: all | a layer number
+};
+
+const CHOICES = {
+  view: ["head", "similarity"],
+  mode: ["single", "compare", "diff"],
+  scale: ["linear", "log"],
+  abl: ["zero", "mean"],
+  metric: ["js", "cosine"],
+  order: ["layer", "cluster"],
+};
+
+export function defaults() {
+  return { ...DEFAULTS, mask: [] };
+}
+
+/** State from a query string; unknown or malformed values fall back to the defaults. */
+export function fromURL(search = location.search) {
+  const q = new URLSearchParams(search);
+  const s = defaults();
+  if (q.has("text")) s.text = q.get("text");
+  if (q.has("mask")) s.mask = q.get("mask").split(",").map(parseHead).filter(Boolean);
+  s.head = parseHead(q.get("head"));
+  s.cmp = parseHead(q.get("cmp"));
+  for (const [key, allowed] of Object.entries(CHOICES)) {
+    if (allowed.includes(q.get(key))) s[key] = q.get(key);
+  }
+  if (/^[a-z_:]+$/.test(q.get("color") || "")) s.color = q.get("color");
+  if (/^(all|\d+)$/.test(q.get("scope") || "")) s.scope = q.get("scope");
+  return s;
+}
+
+/** The query string for a state: only what differs from the defaults. */
+export function toQuery(s) {
+  const q = new URLSearchParams();
+  if (s.text) q.set("text", s.text);
+  if (s.mask.length) q.set("mask", s.mask.map(headLabel).join(","));
+  if (s.head) q.set("head", headLabel(s.head));
+  if (s.cmp) q.set("cmp", headLabel(s.cmp));
+  for (const key of ["view", "mode", "scale", "color", "abl", "metric", "order", "scope"]) {
+    if (s[key] !== DEFAULTS[key]) q.set(key, s[key]);
+  }
+  return q.toString();
+}
+
+/** Record the state in the address bar without adding a history entry per click. */
+export function save(s) {
+  const query = toQuery(s);
+  const url = query ? `${location.pathname}?${query}` : location.pathname;
+  if (url !== location.pathname + location.search) history.replaceState(null, "", url);
+}
