@@ -1,0 +1,223 @@
+"""The page against a real server with a tiny model (2 layers × 4 heads, 2 KV heads), in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from tests.browser.conftest import Server
+from tests.browser.pages import (
+    click_head,
+    open_app,
+    painted,
+    query,
+    run_prompt,
+    show_head,
+    tick_labels,
+    top_tokens,
+    wait_repaint,
+)
+
+pytestmark = pytest.mark.browser
+
+PROMPT = "The cat sat on the mat. The cat"
+PROMPT_TOKENS = ["The", "·cat", "·sat", "·on", "·the", "·mat", ".", "·The", "·cat"]
+
+
+def test_enter_paints_one_cell_per_head_grouped_by_kv_head(page: Any, tiny_server: Server, artifacts: Path) -> None:
+    open_app(page, tiny_server.url)
+    assert "KV0" in page.inner_text("#model-card") and "H0 H1" in page.inner_text("#model-card")
+    run_prompt(page, PROMPT)
+    assert page.locator("#grid .cell").count() == 2 * 4
+    assert page.locator("#grid .kv-head").all_inner_texts() == ["KV0", "KV1"]
+    assert page.inner_text("#token-count") == f"{len(PROMPT_TOKENS)} tokens"
+    # every thumbnail was drawn: no canvas is blank
+    blank = page.eval_on_selector_all(
+        "#grid canvas",
+        "cs => cs.filter(c => !c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v < 250)).length",
+    )
+    assert blank == 0
+    assert query(page)["text"] == PROMPT
+    page.screenshot(path=str(artifacts / "tiny-grid.png"))
+
+
+def test_click_head_shows_its_map_with_token_labels_and_hover(page: Any, tiny_server: Server, artifacts: Path) -> None:
+    open_app(page, tiny_server.url)
+    run_prompt(page, PROMPT)
+    show_head(page, "L1H2")
+    assert page.get_attribute("#heatmap", "data-heads") == "L1H2"
+    assert tick_labels(page, "x") == PROMPT_TOKENS
+    assert tick_labels(page, "y") == PROMPT_TOKENS
+    assert page.locator('.cell[data-head="L1H2"]').get_attribute("class").split().count("selected") == 1
+    assert query(page)["head"] == "L1H2"
+    # hover the cell (query ·mat, key ·cat): "query token → key token: weight"
+    box = page.locator("#heatmap .nsewdrag").first.bounding_box()
+    n = len(PROMPT_TOKENS)
+    page.mouse.move(box["x"] + box["width"] * 1.5 / n, box["y"] + box["height"] * 5.5 / n)
+    hover = page.locator("#heatmap .hoverlayer .hovertext").first
+    hover.wait_for()
+    assert re.search(r"·mat \[5\] → ·cat \[1\]: 0\.\d{4}", hover.text_content() or "")
+    page.screenshot(path=str(artifacts / "tiny-heatmap.png"))
+    # log scale keeps the raw weight in the hover
+    before = painted(page, "#heatmap")
+    page.click('#scale button[data-scale="log"]')
+    wait_repaint(page, "#heatmap", before)
+    assert query(page)["scale"] == "log"
+
+
+def test_switching_a_head_off_changes_the_prediction_and_the_url(page: Any, tiny_server: Server) -> None:
+    open_app(page, tiny_server.url)
+    run_prompt(page, PROMPT)
+    assert page.get_attribute("#prediction", "data-state") == "baseline"
+    baseline = page.inner_text("#metrics")
+    click_head(page, "L0H1", modifiers=["Shift"])
+    page.wait_for_selector('#prediction[data-state="ablated"]')
+    assert query(page)["mask"] == "L0H1"
+    assert "masked" in (page.get_attribute('.cell[data-head="L0H1"]', "class") or "")
+    assert float(page.get_attribute("#prediction", "data-kl") or "nan") > 0
+    assert page.inner_text("#metrics") != baseline
+    assert len(top_tokens(page, 1)) == 10
+    # the chip switches it back on
+    page.click("#mask-chips .chip-off")
+    page.wait_for_selector('#prediction[data-state="baseline"]')
+    assert "mask" not in query(page)
+    assert page.inner_text("#metrics") == baseline
+
+
+def test_reloading_the_url_restores_the_view(page: Any, tiny_server: Server, artifacts: Path) -> None:
+    open_app(page, tiny_server.url)
+    run_prompt(page, PROMPT)
+    show_head(page, "L1H0")
+    click_head(page, "L0H1", modifiers=["Shift"])
+    page.wait_for_selector('#prediction[data-state="ablated"]')
+    before = painted(page, "#heatmap")
+    click_head(page, "L1H3", modifiers=["Alt"])
+    wait_repaint(page, "#heatmap", before)
+    assert page.get_attribute("#heatmap", "data-heads") == "L1H0,L1H3"
+    page.select_option("#color-by", "induction")
+    url = page.url
+    predicted = page.inner_text("#topk")
+
+    page.reload()
+    page.wait_for_selector('#prediction[data-state="ablated"]')
+    page.wait_for_selector("#heatmap[data-painted]")
+    assert page.url == url
+    assert page.input_value("#prompt") == PROMPT
+    assert page.get_attribute("#heatmap", "data-heads") == "L1H0,L1H3"
+    assert "masked" in (page.get_attribute('.cell[data-head="L0H1"]', "class") or "")
+    assert "selected" in (page.get_attribute('.cell[data-head="L1H0"]', "class") or "")
+    assert "compare" in (page.get_attribute('.cell[data-head="L1H3"]', "class") or "")
+    assert page.input_value("#color-by") == "induction"
+    assert page.inner_text("#topk") == predicted
+    page.screenshot(path=str(artifacts / "tiny-restored-compare.png"))
+
+
+HOSTILE = 'Hi <img src=x onerror=alert(1)> and </script><script>alert(2)</script> "q" & <b>bold</b>'
+
+
+def test_hostile_prompt_shows_literally_and_runs_nothing(page: Any, tiny_server: Server, artifacts: Path) -> None:
+    open_app(page, tiny_server.url)
+    run_prompt(page, HOSTILE)
+    show_head(page, "L0H0")
+    shown = HOSTILE.replace(" ", "·")
+    assert page.text_content("#token-text") == shown
+    assert "<img" in "".join(tick_labels(page, "x"))
+    # nothing from the text became an element
+    assert page.locator("img[src='x']").count() == 0
+    assert page.locator("b", has_text="bold").count() == 0
+    assert page.locator("#token-text *:not(span):not(br)").count() == 0
+    assert page.locator("script").count() == 2  # plotly.js and main.js
+    # the same text arriving through the URL
+    page.goto(f"{tiny_server.url}/?text={quote(HOSTILE)}&head=L0H1")
+    page.wait_for_selector("#heatmap[data-painted]")
+    assert page.input_value("#prompt") == HOSTILE
+    assert page.text_content("#token-text") == shown
+    page.screenshot(path=str(artifacts / "tiny-hostile.png"))
+    assert page.watch.dialogs == []
+
+
+def test_similarity_cell_opens_the_two_heads_side_by_side(page: Any, tiny_server: Server, artifacts: Path) -> None:
+    open_app(page, tiny_server.url)
+    run_prompt(page, PROMPT)
+    before = painted(page, "#simplot")
+    page.click('.tabs button[data-view="similarity"]')
+    wait_repaint(page, "#simplot", before)
+    assert query(page)["view"] == "similarity"
+    assert len(page.locator("#simplot .xtick text").all_text_contents()) == 8
+    page.screenshot(path=str(artifacts / "tiny-similarity.png"))
+    before = painted(page, "#simplot")
+    page.click('#metric button[data-metric="cosine"]')
+    wait_repaint(page, "#simplot", before)
+    # row 1 (L0H1) × column 6 (L1H2) of the 8 × 8 matrix in layer order
+    box = page.locator("#simplot .nsewdrag").first.bounding_box()
+    before = painted(page, "#heatmap")
+    page.mouse.click(box["x"] + box["width"] * 6.5 / 8, box["y"] + box["height"] * 1.5 / 8)
+    wait_repaint(page, "#heatmap", before)
+    assert page.get_attribute("#heatmap", "data-heads") == "L0H1,L1H2"
+    q = query(page)
+    assert (q.get("view"), q["mode"], q["head"], q["cmp"]) == (None, "compare", "L0H1", "L1H2")
+
+
+def test_layer_kv_group_and_top_k_buttons(page: Any, tiny_server: Server) -> None:
+    open_app(page, tiny_server.url)
+    run_prompt(page, PROMPT)
+    show_head(page, "L1H1")
+
+    def mask() -> set[str]:
+        m = query(page).get("mask")
+        return set(m.split(",")) if m else set()
+
+    page.click("#ablate-layer")
+    page.wait_for_selector('#prediction[data-state="ablated"]')
+    assert mask() == {"L1H0", "L1H1", "L1H2", "L1H3"}
+    page.click("#ablate-layer")
+    assert mask() == set()
+    page.click("#ablate-kv")  # the tiny llama's KV groups are [0, 1] and [2, 3]
+    assert mask() == {"L1H0", "L1H1"}
+    page.click("#reset")
+    assert mask() == set()
+    page.fill("#keep-k", "3")
+    page.click("#keep-top")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('mask')?.split(',').length === 5")
+    page.wait_for_selector('#prediction[data-state="ablated"]')
+    assert page.locator(".cell.masked").count() == 5
+
+
+def test_overlays_and_exports(page: Any, tiny_server: Server, tmp_path: Path) -> None:
+    open_app(page, tiny_server.url)
+    run_prompt(page, PROMPT)
+    page.select_option("#color-by", "importance")
+    page.wait_for_selector(".legend-name")
+    assert page.inner_text(".legend-name") == "importance (gradient)"
+    assert page.get_attribute('.cell[data-head="L0H0"]', "style").count("--overlay") == 1
+    show_head(page, "L0H2")
+    with page.expect_download() as dl:
+        page.click("#export-json")
+    data = json.loads(Path(dl.value.path()).read_text())
+    assert data["text"] == PROMPT and data["heatmap"]["panels"][0]["title"] == "L0H2"
+    assert len(data["heatmap"]["panels"][0]["weights"]) == len(PROMPT_TOKENS)
+    for button in ("#heat-png", "#grid-png"):
+        with page.expect_download() as dl:
+            page.click(button)
+        assert Path(dl.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_512_tokens_stay_usable(page: Any, tiny_server: Server, artifacts: Path) -> None:
+    text = " ".join(f"w{i % 50}" for i in range(256))  # 512 GPT-2 tokens: " w" + digits
+    open_app(page, tiny_server.url)
+    run_prompt(page, text)
+    assert page.inner_text("#token-count") == "512 tokens"
+    show_head(page, "L1H1")
+    labels = tick_labels(page, "x")
+    assert 8 <= len(labels) <= 80  # thinned, not 512 overlapping labels
+    # the page answers input promptly while the big map is on screen
+    elapsed = page.evaluate(
+        "() => new Promise(r => { const t = performance.now(); requestAnimationFrame(() => r(performance.now() - t)); })"
+    )
+    assert elapsed < 1000
+    page.screenshot(path=str(artifacts / "tiny-512-tokens.png"))

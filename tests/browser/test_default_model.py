@@ -1,0 +1,70 @@
+"""The page with the real default model (SmolLM2-135M: 30 layers × 9 heads, 3 KV heads)."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import Server
+from tests.browser.pages import click_head, open_app, query, run_prompt, show_head, tick_labels, top_tokens
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+REPEATED = (
+    "Mr and Mrs Dursley, of number four, Privet Drive, were proud to say that they were perfectly normal. "
+    "Mr and Mrs Dursley, of number four, Privet"
+)
+
+
+@pytest.fixture(scope="module")
+def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server("smollm2-135m", tmp_path_factory.mktemp("smollm") / "server.log")
+    yield server
+    server.stop()
+
+
+def api_tokens(url: str, text: str) -> list[str]:
+    req = urllib.request.Request(
+        url + "/api/attention",
+        data=json.dumps({"text": text, "heads": [{"layer": 0, "head": 0}]}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        tokens: list[str] = json.load(r)["tokens"]
+    return tokens
+
+
+def test_default_model_grid_heatmap_and_live_ablation(page: Any, smollm: Server, artifacts: Path) -> None:
+    open_app(page, smollm.url)
+    assert "GQA, 3 query heads per KV head" in page.inner_text("#model-card")
+    run_prompt(page, REPEATED)
+    assert page.locator("#grid .cell").count() == 30 * 9
+    assert page.locator("#grid .kv-head").all_inner_texts() == ["KV0", "KV1", "KV2"]
+    page.select_option("#color-by", "induction")
+    page.wait_for_selector(".legend-name")
+    page.screenshot(path=str(artifacts / "smollm-grid-induction.png"))
+
+    show_head(page, "L4H3")
+    tokens = api_tokens(smollm.url, REPEATED)
+    shown = [t.replace(" ", "·") for t in tokens]
+    labels = tick_labels(page, "x")
+    assert labels and all(label in shown for label in labels) and labels[0] == shown[0]
+
+    baseline = top_tokens(page, 0)
+    assert baseline[0] == "·Drive"  # the induction copy of the earlier phrase
+    click_head(page, "L4H3", modifiers=["Shift"])
+    page.wait_for_selector('#prediction[data-state="ablated"]')
+    assert query(page)["mask"] == "L4H3"
+    assert float(page.get_attribute("#prediction", "data-kl") or "nan") > 0
+    # an earlier head can change L4H3's own map: before / after / difference
+    click_head(page, "L2H4", modifiers=["Shift"])
+    page.wait_for_selector('#prediction[data-state="ablated"]')
+    page.click('#head-mode button[data-mode="diff"]')
+    page.wait_for_selector('#heatmap[data-heads="L4H3 before,after (2 off),after − before"]')
+    assert page.is_hidden("#head-note")
+    page.screenshot(path=str(artifacts / "smollm-heatmap-diff.png"))
