@@ -7,8 +7,10 @@ const LUT = (() => {
   for (let v = 0; v < 256; v++) {
     lut.set([...ramp(BLUES, (v / 255) ** 0.4), 255], v * 4);
   }
-  return lut;
+  return new Uint32Array(lut.buffer); // one RGBA word per value, in the platform's byte order like ImageData
 })();
+
+const THUMB_INSET = 3; // px of cell frame around each thumbnail: KV tint, or the overlay colour
 
 export const ROLE_NAMES = {
   entropy: "entropy",
@@ -52,8 +54,8 @@ export class Grid {
   /** Draw every head's thumbnail from an /api/overview response. */
   render(ov) {
     this.ov = ov;
-    const { n_layers: nL, n_heads: nH, thumb_size: s } = ov;
-    const pixels = decode(ov.thumbnails);
+    const { n_layers: nL, n_heads: nH } = ov;
+    this.pixels = decode(ov.thumbnails);
     const groups = this.groups?.length ? this.groups : [...Array(nH).keys()].map((h) => [h]);
     const gap = groups.length > 1 && groups.length < nH;
     // columns: layer label, then each KV group's heads with a thin gutter between groups
@@ -64,46 +66,79 @@ export class Grid {
       for (const h of group) colOf[h] = cols.push("var(--cell)");
     });
     this.root.style.gridTemplateColumns = cols.join(" ");
-    const nodes = [el("div", { class: "corner" })];
+    const at = (col) => ({ gridColumn: String(col) });
+    const nodes = [el("div", { class: "corner", style: at(1) })];
     if (gap) {
       groups.forEach((group, g) =>
         nodes.push(
           el("div", { class: `kv-head kv-${g % 2}`, style: { gridColumn: `${colOf[group[0]]} / span ${group.length}` } }, `KV${g}`),
         ),
       );
+      nodes.push(el("div", { class: "corner", style: at(1) }));
     }
-    nodes.push(el("div", { class: "corner" }));
-    for (let h = 0; h < nH; h++) nodes.push(el("div", { class: "col-label", style: { gridColumn: String(colOf[h]) } }, `H${h}`));
+    for (let h = 0; h < nH; h++) nodes.push(el("div", { class: "col-label", style: at(colOf[h]) }, `H${h}`));
     this.cells = [];
     for (let layer = 0; layer < nL; layer++) {
-      nodes.push(el("div", { class: "row-label", style: { gridColumn: "1" } }, `L${layer}`));
+      nodes.push(el("div", { class: "row-label", style: at(1) }, `L${layer}`));
       const row = [];
       for (let head = 0; head < nH; head++) {
-        const canvas = el("canvas", { width: s, height: s });
-        const img = new ImageData(s, s);
-        const base = (layer * nH + head) * s * s;
-        for (let i = 0; i < s * s; i++) img.data.set(LUT.subarray(pixels[base + i] * 4, pixels[base + i] * 4 + 4), i * 4);
-        canvas.getContext("2d").putImageData(img, 0, 0);
         const label = headLabel({ layer, head });
-        const cell = el(
-          "button",
-          {
-            type: "button",
-            class: `cell kv-${(this.kvOf?.[head] ?? 0) % 2}`,
-            dataset: { head: label, layer: String(layer), h: String(head) },
-            "aria-label": label,
-            style: { gridColumn: String(colOf[head]) },
-          },
-          canvas,
-        );
+        const cell = el("button", {
+          type: "button",
+          class: `cell kv-${(this.kvOf?.[head] ?? 0) % 2}`,
+          dataset: { head: label, layer: String(layer), h: String(head) },
+          "aria-label": label,
+          style: at(colOf[head]),
+        });
         row.push(cell);
         nodes.push(cell);
       }
       this.cells.push(row);
     }
+    // One canvas over the cell backgrounds holds every thumbnail: hundreds of canvases cost more to paint.
+    this.canvas = el("canvas", { class: "thumbs", "aria-hidden": "true" });
+    nodes.push(this.canvas);
     fill(this.root, nodes);
+    this.#paintThumbnails();
     this.root.dataset.cells = String(nL * nH);
     this.#applyOverlay();
+  }
+
+  /** Each head's s×s thumbnail, scaled (nearest) into the inner square of its cell. */
+  #paintThumbnails() {
+    const { n_heads: nH, thumb_size: s } = this.ov;
+    const canvas = this.canvas;
+    const [w, h] = [this.root.scrollWidth, this.root.scrollHeight];
+    Object.assign(canvas, { width: w, height: h });
+    Object.assign(canvas.style, { width: `${w}px`, height: `${h}px` });
+    const img = new ImageData(w, h);
+    const words = new Uint32Array(img.data.buffer);
+    this.cells.forEach((row, layer) =>
+      row.forEach((cell, head) => {
+        const inset = THUMB_INSET;
+        const side = cell.offsetWidth - 2 * inset;
+        const [x0, y0] = [cell.offsetLeft + inset, cell.offsetTop + inset];
+        const base = (layer * nH + head) * s * s;
+        for (let y = 0; y < side; y++) {
+          const src = base + Math.floor((y * s) / side) * s;
+          let dst = (y0 + y) * w + x0;
+          for (let x = 0; x < side; x++) words[dst++] = LUT[this.pixels[src + Math.floor((x * s) / side)]];
+        }
+      }),
+    );
+    canvas.getContext("2d").putImageData(img, 0, 0);
+  }
+
+  /** One head's thumbnail as its own small canvas (for the PNG export). */
+  #thumb(layer, head) {
+    const { n_heads: nH, thumb_size: s } = this.ov;
+    const img = new ImageData(s, s);
+    const words = new Uint32Array(img.data.buffer);
+    const base = (layer * nH + head) * s * s;
+    for (let i = 0; i < s * s; i++) words[i] = LUT[this.pixels[base + i]];
+    const canvas = el("canvas", { width: s, height: s });
+    canvas.getContext("2d").putImageData(img, 0, 0);
+    return canvas;
   }
 
   cell(h) {
@@ -204,7 +239,7 @@ export class Grid {
       row.forEach((cell, h) => {
         const x = left + h * (size + pad);
         const y = top + l * (size + pad);
-        ctx.drawImage(cell.querySelector("canvas"), x, y, size, size);
+        ctx.drawImage(this.#thumb(l, h), x, y, size, size);
         if (cell.classList.contains("masked")) {
           ctx.strokeStyle = "#dc2626";
           ctx.lineWidth = 2;

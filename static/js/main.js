@@ -199,6 +199,7 @@ function toggle(h) {
 }
 
 function select(h) {
+  performance.mark("hs:select");
   S.head = h;
   S.view = "head";
   if (sameHead(S.cmp, h) && S.mode === "compare") S.cmp = null;
