@@ -108,14 +108,23 @@ class Watch:
     def __init__(self, page: Any) -> None:
         self.errors: list[str] = []
         self.dialogs: list[str] = []
+        self.allowed: list[str] = []
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
-        page.on("console", lambda m: m.type == "error" and self.errors.append(f"console.error: {m.text}"))
+        page.on("console", self._console)
 
         def on_dialog(d: Any) -> None:
             self.dialogs.append(f"{d.type}: {d.message}")
             d.dismiss()
 
         page.on("dialog", on_dialog)
+
+    def allow(self, fragment: str) -> None:
+        """Tolerate console errors containing `fragment` (a test that provokes an HTTP error on purpose)."""
+        self.allowed.append(fragment)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error" and not any(f in message.text for f in self.allowed):
+            self.errors.append(f"console.error: {message.text}")
 
 
 @pytest.fixture
