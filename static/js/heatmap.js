@@ -1,5 +1,7 @@
-// Head heatmaps: one head, two heads side by side, or a head before / after ablation with the difference.
-import { BLUES, plotlyText, rgb, visible } from "./util.js";
+// The head view: one head's map, two heads side by side, or a head before / after ablation with the difference.
+import * as api from "./api.js";
+import { ROLE_NAMES } from "./grid.js";
+import { BLUES, el, fill, fmt, headLabel, plotlyText, rgb, sameHead, visible } from "./util.js";
 
 const ATTN_SCALE = BLUES.map((c, i) => [i / (BLUES.length - 1), rgb(c)]);
 // Difference maps: blue where the ablation took attention away, red where it added some.
@@ -193,6 +195,95 @@ export function drawMaps(div, tokens, panels, { scale = "linear", maxHeight = 90
   return Plotly.react(div, traces, layout, PLOT_CONFIG);
 }
 
-export function clear(div) {
-  window.Plotly.purge(div);
+/** Fetches (and caches, per text) the maps the state asks for and draws them with a caption and a note. */
+export class HeadView {
+  constructor({ plot, info, note }) {
+    Object.assign(this, { plot, info, noteNode: note });
+    this.maps = new Map(); // head label → weights, for the current text
+    this.ctl = null;
+    this.seq = 0;
+    this.shown = null; // what is on screen, for the JSON export
+  }
+
+  setModel(model) {
+    this.model = model;
+  }
+
+  /** A new text: forget its maps. */
+  setRun(ov) {
+    this.ctl?.abort();
+    this.ov = ov;
+    this.maps.clear();
+  }
+
+  async #fetch(heads) {
+    const missing = heads.filter((h) => !this.maps.has(headLabel(h)));
+    if (missing.length) {
+      this.ctl?.abort();
+      this.ctl = new AbortController();
+      const res = await api.attention(this.ov.text, missing, { signal: this.ctl.signal });
+      for (const m of res.maps) this.maps.set(headLabel(m), m.weights);
+    }
+    return heads.map((h) => this.maps.get(headLabel(h)));
+  }
+
+  #note(text) {
+    this.noteNode.hidden = !text;
+    this.noteNode.textContent = text || "";
+  }
+
+  #describe(h) {
+    const st = this.ov.stats;
+    const parts = [`KV${this.model?.kv_groups.findIndex((g) => g.includes(h.head)) ?? "?"}`];
+    for (const key of ["entropy", "confidence", "previous_token", "self", "first_token", "duplicate_token", "induction"]) {
+      if (st[key]) parts.push(`${ROLE_NAMES[key]} ${fmt(st[key][h.layer][h.head], 2)}`);
+    }
+    return [el("b", {}, headLabel(h)), " ", parts.join(" · ")];
+  }
+
+  /**
+   * Draw what the state asks for. `ablated` is the latest /api/ablate result (its maps hold the
+   * selected head under the ablation). Resolves to true when something new was painted.
+   */
+  async draw({ head: A, cmp, mode, mask, scale }, ablated, maxHeight) {
+    const seq = ++this.seq;
+    if (!this.ov) return false;
+    if (!A) {
+      fill(this.info);
+      this.#note("");
+      window.Plotly.purge(this.plot);
+      fill(this.plot, el("p", { class: "empty" }, "Click a head in the grid to see its attention map."));
+      return false;
+    }
+    const B = mode === "compare" && cmp && !sameHead(cmp, A) ? cmp : null;
+    const [wa, wb] = await this.#fetch(B ? [A, B] : [A]);
+    if (seq !== this.seq) return false; // a newer draw started meanwhile
+    let panels = [{ title: headLabel(A), weights: wa }];
+    let note = "";
+    if (B) panels.push({ title: headLabel(B), weights: wb });
+    else if (mode === "compare") note = `Alt-click a head in the grid (or type one above) to compare it with ${headLabel(A)}.`;
+    if (mode === "diff") {
+      const after = ablated?.maps?.find((m) => sameHead(m, A));
+      if (!mask.length) note = "Switch heads off (shift-click in the grid) to see how this map changes.";
+      else if (!after) return false; // the ablated run is on its way; its arrival redraws
+      else {
+        const delta = after.weights.map((row, q) => row.map((w, k) => w - wa[q][k]));
+        panels = [
+          { title: `${headLabel(A)} before`, weights: wa },
+          { title: `after (${mask.length} off)`, weights: after.weights },
+          { title: "after − before", weights: delta, diff: true },
+        ];
+        if (mask.every((m) => m.layer >= A.layer)) {
+          note = `Every head switched off sits in layer ${A.layer} or later, so it cannot change this map.`;
+        }
+      }
+    }
+    fill(this.info, this.#describe(A), B ? [el("br"), this.#describe(B)] : null);
+    this.#note(note);
+    if (this.plot.querySelector(".empty")) fill(this.plot);
+    this.shown = { tokens: this.ov.tokens, scale, panels };
+    await drawMaps(this.plot, this.ov.tokens, panels, { scale, maxHeight });
+    this.plot.dataset.heads = panels.map((p) => p.title).join(",");
+    return true;
+  }
 }

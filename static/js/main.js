@@ -2,11 +2,11 @@
 import { Ablation, allButTop, kvGroupHeads, layerHeads, toggleAll } from "./ablation.js";
 import * as api from "./api.js";
 import { Grid, ROLE_NAMES } from "./grid.js";
-import { drawMaps } from "./heatmap.js";
+import { HeadView } from "./heatmap.js";
 import { renderModel } from "./modelcard.js";
-import { drawCollapse, drawSimilarity } from "./similarity.js";
+import { SimilarityView } from "./similarity.js";
 import * as store from "./state.js";
-import { download, el, fill, fmt, headLabel, isAbort, parseHead, sameHead } from "./util.js";
+import { download, el, fill, headLabel, isAbort, parseHead, sameHead } from "./util.js";
 
 const EXAMPLES = [
   ["Repeated phrase", "Mr and Mrs Dursley, of number four, Privet Drive, were proud to say that they were perfectly normal, thank you very much. Mr and Mrs Dursley, of number four, Privet Drive"],
@@ -22,13 +22,11 @@ let model = null;
 let ov = null; // the current /api/overview result, plus .text
 let runSeq = 0;
 let runCtl = null;
-const maps = new Map(); // head label → weights, for the current text
-const sims = new Map(); // "metric|order|scope" → /api/similarity result
 const importance = {}; // method → promise of /api/importance result
-const ctl = { head: null, sim: null };
-const shown = { heatmap: null, similarity: null }; // what the plots show, for the JSON export
 
 const grid = new Grid($("grid"), { legend: $("legend"), info: $("grid-info") }, { select, toggle, compare });
+const headView = new HeadView({ plot: $("heatmap"), info: $("head-info"), note: $("head-note") });
+const similarityView = new SimilarityView({ plot: $("simplot"), collapse: $("collapse") }, pickPair);
 const ablation = new Ablation(
   { panel: $("prediction"), metrics: $("metrics"), topk: $("topk"), tokens: $("token-text"), caption: $("token-caption") },
   () => {
@@ -134,8 +132,6 @@ async function run() {
   }
   performance.mark("hs:enter");
   runCtl?.abort();
-  ctl.head?.abort();
-  ctl.sim?.abort();
   runCtl = new AbortController();
   const seq = ++runSeq;
   S.text = text;
@@ -144,8 +140,8 @@ async function run() {
   const result = await api.overview(text, { thumb: 32, topK: 10 }, { signal: runCtl.signal });
   if (seq !== runSeq) return;
   ov = { ...result, text };
-  maps.clear();
-  sims.clear();
+  headView.setRun(ov);
+  similarityView.setRun(ov);
   for (const key of Object.keys(importance)) delete importance[key];
   $("token-count").textContent = `${ov.tokens.length} tokens`;
   fillColorOptions();
@@ -227,93 +223,14 @@ function refreshView() {
 
 const plotHeight = (div) => Math.max(420, window.innerHeight - div.getBoundingClientRect().top - 24);
 
-async function fetchMaps(heads) {
-  const missing = heads.filter((h) => !maps.has(headLabel(h)));
-  if (missing.length) {
-    ctl.head?.abort();
-    ctl.head = new AbortController();
-    const res = await api.attention(ov.text, missing, { signal: ctl.head.signal });
-    for (const m of res.maps) maps.set(headLabel(m), m.weights);
-  }
-  return heads.map((h) => maps.get(headLabel(h)));
-}
-
-function headInfo(h) {
-  if (!h || !ov) return "";
-  const st = ov.stats;
-  const g = model?.kv_groups.findIndex((grp) => grp.includes(h.head)) ?? -1;
-  const parts = [`KV${g}`];
-  for (const key of ["entropy", "confidence", "previous_token", "self", "first_token", "duplicate_token", "induction"]) {
-    if (st[key]) parts.push(`${ROLE_NAMES[key]} ${fmt(st[key][h.layer][h.head], 2)}`);
-  }
-  return parts.join(" · ");
-}
-
 async function drawHead() {
-  const div = $("heatmap");
-  const note = (text) => {
-    $("head-note").hidden = !text;
-    $("head-note").textContent = text || "";
-  };
-  if (!ov) return;
-  const A = S.head;
-  if (!A) {
-    fill($("head-info"));
-    note("");
-    window.Plotly.purge(div);
-    fill(div, el("p", { class: "empty" }, "Click a head in the grid to see its attention map."));
-    return;
-  }
-  const seq = runSeq;
-  const B = S.mode === "compare" && S.cmp && !sameHead(S.cmp, A) ? S.cmp : null;
-  const [wa, wb] = await fetchMaps(B ? [A, B] : [A]);
-  if (seq !== runSeq || !sameHead(A, S.head)) return;
-  fill($("head-info"), el("b", {}, headLabel(A)), " ", headInfo(A), B ? [el("br"), el("b", {}, headLabel(B)), " ", headInfo(B)] : null);
-  let panels = [{ title: headLabel(A), weights: wa }];
-  note("");
-  if (B) panels.push({ title: headLabel(B), weights: wb });
-  else if (S.mode === "compare") note("Alt-click a head in the grid (or type one above) to compare it with " + headLabel(A) + ".");
-  if (S.mode === "diff") {
-    const after = ablation.result?.maps?.find((m) => sameHead(m, A));
-    if (!S.mask.length) note("Switch heads off (shift-click in the grid) to see how this map changes.");
-    else if (!after) return; // the ablated run is on its way; its arrival redraws
-    else {
-      panels = [
-        { title: `${headLabel(A)} before`, weights: wa },
-        { title: `after (${S.mask.length} off)`, weights: after.weights },
-        { title: "after − before", weights: after.weights.map((row, q) => row.map((w, k) => w - wa[q][k])), diff: true },
-      ];
-      if (S.mask.every((m) => m.layer >= A.layer)) {
-        note(`Every head switched off sits in layer ${A.layer} or later, so it cannot change this map.`);
-      }
-    }
-  }
-  if (div.querySelector(".empty")) fill(div);
-  shown.heatmap = { tokens: ov.tokens, scale: S.scale, panels };
-  await drawMaps(div, ov.tokens, panels, { scale: S.scale, maxHeight: plotHeight(div) });
-  div.dataset.heads = panels.map((p) => p.title).join(",");
-  markPainted(div, "hs:heatmap", "hs:select");
+  const plot = $("heatmap");
+  if (await headView.draw(S, ablation.result, plotHeight(plot))) markPainted(plot, "hs:heatmap", "hs:select");
 }
 
 async function drawSimilarityView() {
-  const key = `${S.metric}|${S.order}|${S.scope}`;
-  if (!sims.has(key)) {
-    ctl.sim?.abort();
-    ctl.sim = new AbortController();
-    const opts = { metric: S.metric, order: S.order, layer: S.scope === "all" ? null : Number(S.scope) };
-    const seq = runSeq;
-    const res = await api.similarity(ov.text, opts, { signal: ctl.sim.signal });
-    if (seq !== runSeq) return;
-    sims.set(key, res);
-  }
-  const data = sims.get(key);
-  if (key !== `${S.metric}|${S.order}|${S.scope}` || S.view !== "similarity") return;
-  shown.similarity = data;
-  const div = $("simplot");
-  await drawSimilarity(div, data, pickPair, { maxHeight: plotHeight(div) - 40 });
-  $("collapse").hidden = S.scope !== "all";
-  if (S.scope === "all") await drawCollapse($("collapse"), data);
-  markPainted(div, "hs:similarity", "hs:enter");
+  const plot = $("simplot");
+  if (await similarityView.draw(S, plotHeight(plot) - 40)) markPainted(plot, "hs:similarity", "hs:enter");
 }
 
 function pickPair(a, b) {
@@ -338,8 +255,8 @@ function exportJSON() {
     prediction: ov?.prediction ?? null,
     stats: ov?.stats ?? null,
     ablation: ablation.result,
-    heatmap: shown.heatmap,
-    similarity: shown.similarity,
+    heatmap: headView.shown,
+    similarity: similarityView.shown,
   };
   download(`headscope-${Date.now()}.json`, new Blob([JSON.stringify(data, null, 1)], { type: "application/json" }));
 }
@@ -447,7 +364,7 @@ function wire() {
     const blob = await grid.toBlob();
     if (blob) download("headscope-grid.png", blob);
   });
-  $("heat-png").addEventListener("click", () => exportPlot($("heatmap"), `headscope-${shown.heatmap?.panels.map((p) => p.title).join("-") ?? "map"}`));
+  $("heat-png").addEventListener("click", () => exportPlot($("heatmap"), `headscope-${headView.shown?.panels.map((p) => p.title).join("-") ?? "map"}`));
   $("sim-png").addEventListener("click", () => exportPlot($("simplot"), `headscope-similarity-${S.metric}`));
   $("export-json").addEventListener("click", exportJSON);
   let resizeTimer = 0;
@@ -474,6 +391,7 @@ async function start() {
   model = await api.model();
   renderModel($("model-body"), $("model-chip"), model);
   grid.setModel(model);
+  headView.setModel(model);
   fill($("scope"), el("option", { value: "all" }, "all layers"), [...Array(model.n_layers).keys()].map((l) => el("option", { value: String(l) }, `layer ${l}`)));
   validHeads();
   commit();

@@ -1,4 +1,5 @@
 // Head × head similarity matrix (JS divergence or cosine), in layer or clustered order, and per-layer collapse.
+import * as api from "./api.js";
 import { PLOT_CONFIG } from "./heatmap.js";
 import { headLabel, parseHead } from "./util.js";
 
@@ -95,4 +96,42 @@ export function drawCollapse(div, data) {
     bargap: 0.25,
   };
   return window.Plotly.react(div, [trace], layout, { ...PLOT_CONFIG, responsive: true });
+}
+
+/** Fetches (and caches, per text and settings) the matrix the state asks for and draws it. */
+export class SimilarityView {
+  /** onPick(rowHead, columnHead) when a cell is clicked. */
+  constructor({ plot, collapse }, onPick) {
+    Object.assign(this, { plot, collapse, onPick });
+    this.cache = new Map();
+    this.ctl = null;
+    this.seq = 0;
+    this.shown = null;
+  }
+
+  setRun(ov) {
+    this.ctl?.abort();
+    this.ov = ov;
+    this.cache.clear();
+  }
+
+  /** Resolves to true when something new was painted. */
+  async draw({ metric, order, scope }, maxHeight) {
+    const seq = ++this.seq;
+    if (!this.ov) return false;
+    const key = `${metric}|${order}|${scope}`;
+    if (!this.cache.has(key)) {
+      this.ctl?.abort();
+      this.ctl = new AbortController();
+      const opts = { metric, order, layer: scope === "all" ? null : Number(scope) };
+      this.cache.set(key, await api.similarity(this.ov.text, opts, { signal: this.ctl.signal }));
+    }
+    if (seq !== this.seq) return false;
+    const data = this.cache.get(key);
+    this.shown = data;
+    await drawSimilarity(this.plot, data, this.onPick, { maxHeight });
+    this.collapse.hidden = scope !== "all";
+    if (scope === "all") await drawCollapse(this.collapse, data);
+    return true;
+  }
 }
