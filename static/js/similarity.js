@@ -55,7 +55,7 @@ export function drawSimilarity(div, data, onPick, { maxHeight = 900 } = {}) {
     hovertemplate: `%{y} ↔ %{x}: %{z:${m.fmt}}<extra>${m.name}</extra>`,
   };
   const layout = {
-    height: side + 90,
+    height: side + 50,
     margin: { l: 10, r: 10, t: 10, b: 10 },
     paper_bgcolor: "rgba(0,0,0,0)",
     font: { family: "Inter, system-ui, sans-serif", size: 11, color: "#1f2937" },
