@@ -74,8 +74,9 @@ export class Grid {
           el("div", { class: `kv-head kv-${g % 2}`, style: { gridColumn: `${colOf[group[0]]} / span ${group.length}` } }, `KV${g}`),
         ),
       );
-      nodes.push(el("div", { class: "corner", style: at(1) }));
+      nodes.push(el("div", { class: "corner second", style: at(1) }));
     }
+    this.root.classList.toggle("has-kv", gap); // two sticky header rows instead of one
     for (let h = 0; h < nH; h++) nodes.push(el("div", { class: "col-label", style: at(colOf[h]) }, `H${h}`));
     this.cells = [];
     for (let layer = 0; layer < nL; layer++) {

@@ -47,6 +47,10 @@ def test_default_model_grid_heatmap_and_live_ablation(page: Any, smollm: Server,
     assert page.locator("#grid .kv-head").all_inner_texts() == ["KV0", "KV1", "KV2"]
     page.select_option("#color-by", "induction")
     page.wait_for_selector(".legend-name")
+    # the strongest induction head (L18H6 for SmolLM2-135M) gets the top colour of the overlay ramp
+    top = page.locator('.cell[data-head="L18H6"]')
+    assert top.evaluate("c => getComputedStyle(c).getPropertyValue('--overlay')").strip() == "rgb(128, 0, 38)"
+    top.scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "smollm-grid-induction.png"))
 
     show_head(page, "L4H3")
