@@ -81,7 +81,9 @@ def test_follow_up_request_reuses_the_cached_run(client: TestClient) -> None:
 
 
 def test_ablate_contract(client: TestClient) -> None:
-    out = post(client, "/api/ablate", text=TEXT, ablate=[{"layer": 0, "head": 1}], top_k=3, maps=[{"layer": 1, "head": 0}])
+    out = post(
+        client, "/api/ablate", text=TEXT, ablate=[{"layer": 0, "head": 1}], top_k=3, maps=[{"layer": 1, "head": 0}]
+    )
     t = len(out["token_ids"])
     for side in ("baseline", "ablated"):
         pred = out[side]
@@ -186,14 +188,26 @@ def test_malformed_json_non_finite_and_oversized_bodies(client: TestClient) -> N
 
 def test_map_budget_limits_response_size(tiny_loaded: dict[str, Loaded]) -> None:
     for c in make_client(tiny_loaded["llama"], max_map_cells=100):
-        body = assert_error(c.post("/api/attention", json={"text": "one two three four five six", "layers": [0, 1]}), 422)
+        body = assert_error(
+            c.post("/api/attention", json={"text": "one two three four five six", "layers": [0, 1]}), 422
+        )
         assert "fewer heads" in body["detail"]
 
 
 def test_openapi_documents_every_route(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
-    for path in ("/api/health", "/api/ready", "/api/model", "/api/tokenize", "/api/attention", "/api/ablate",
-                 "/api/similarity", "/api/importance", "/api/heads", "/api/overview"):
+    for path in (
+        "/api/health",
+        "/api/ready",
+        "/api/model",
+        "/api/tokenize",
+        "/api/attention",
+        "/api/ablate",
+        "/api/similarity",
+        "/api/importance",
+        "/api/heads",
+        "/api/overview",
+    ):
         assert path in spec["paths"]
     assert client.get("/docs").status_code == 200
 

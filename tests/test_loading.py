@@ -22,7 +22,9 @@ def test_registry_lists_the_default_model() -> None:
 
 
 def test_unsupported_architecture_names_it_and_the_supported_ones(tmp_path: Path) -> None:
-    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path)
     gpt2_tokenizer().save_pretrained(tmp_path)
     with pytest.raises(UnsupportedArchitecture, match=r"'bert'.*gpt2.*llama"):
         loading.check(str(tmp_path))

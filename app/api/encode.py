@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.service import ServiceError
 
@@ -45,9 +46,22 @@ def maps_json(head_maps: list[tuple[int, int, torch.Tensor]]) -> bytes:
     return b"[" + b",".join(parts) + b"]"
 
 
+STREAM_CHUNK = 1 << 20  # bytes per write: big bodies go out in pieces, so the event loop keeps answering
+
+
 def json_response(fields: dict[str, Any], raw: dict[str, bytes]) -> Response:
-    """A JSON object from plain `fields` plus already-encoded `raw` members."""
-    body = dumps(fields)[:-1]
+    """A JSON object from plain `fields` plus already-encoded `raw` members; streamed when large."""
+    parts = [dumps(fields)[:-1]]
     for key, value in raw.items():
-        body += b"," + dumps(key) + b":" + value
-    return Response(body + b"}", media_type="application/json")
+        parts += [b",", dumps(key), b":", value]
+    parts.append(b"}")
+    size = sum(len(p) for p in parts)
+    if size <= STREAM_CHUNK:
+        return Response(b"".join(parts), media_type="application/json")
+
+    def chunks() -> Iterator[bytes]:
+        for part in parts:
+            for start in range(0, len(part), STREAM_CHUNK):
+                yield part[start : start + STREAM_CHUNK]
+
+    return StreamingResponse(chunks(), media_type="application/json", headers={"Content-Length": str(size)})

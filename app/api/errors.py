@@ -41,6 +41,8 @@ def install(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body": invalid input, so 422 like the rest
+            return error_response(422, "invalid_request", "the body is not valid JSON (UTF-8)")
         codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail, exc.headers)
 

@@ -8,9 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
-    """Requests: unknown fields are an error, numbers must be finite."""
+    """Requests: unknown fields are an error, types are exact (no "1" or true for 1), numbers finite."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class HeadRef(Strict):
@@ -22,7 +22,7 @@ class HeadRef(Strict):
 
 class TextIn(Strict):
     text: str = Field(
-        min_length=1, max_length=200_000, description="the input text, tokenized as the model's tokenizer does"
+        min_length=1, max_length=50_000, description="the input text, tokenized as the model's tokenizer does"
     )
 
 
