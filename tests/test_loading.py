@@ -33,7 +33,7 @@ def test_unsupported_architecture_names_it_and_the_supported_ones(tmp_path: Path
 
 
 def test_unknown_model_name_is_refused() -> None:
-    with pytest.raises(loading.ModelNotFound, match="not in registry.toml"):
+    with pytest.raises(loading.ModelNotFound, match=r"not in registry\.toml"):
         loading.resolve("no-such-model")
 
 
