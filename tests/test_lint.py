@@ -23,3 +23,13 @@ def test_ruff_lint_and_format() -> None:
 def test_mypy_strict_on_app() -> None:
     result = _run("mypy")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_lints_and_installs_like_the_makefile() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "RUN make env" in docker  # the image installs exactly what the Makefile installs
+    assert "USER 10001" in docker and "HEALTHCHECK" in docker and "EXPOSE 8000" in docker
+    assert "HEADSCOPE_HOST=0.0.0.0" in docker
