@@ -9,7 +9,7 @@ import torch
 from app.inspect import capture
 from app.inspect.gates import Mode, gate_tensor, head_gates
 from app.inspect.loading import Loaded
-from app.inspect.runs import LOGIT_CHUNK, Prediction, Run
+from app.inspect.runs import LOGIT_CHUNK, Prediction, Run, logits_chunks
 
 Head = tuple[int, int]
 
@@ -45,6 +45,23 @@ def _prediction(token_logprobs: list[torch.Tensor], last: torch.Tensor, k: int) 
     )
 
 
+BASELINE_CACHE_BYTES = 128 << 20  # keep a run's baseline log-probs when they fit: a toggle then costs one LM head
+
+
+def baseline_logprobs(lm_head: torch.nn.Module, run: Run) -> list[torch.Tensor] | None:
+    """The run's baseline next-token log-probs per LM-head chunk, cached on the run when small enough."""
+    cached = run.extras.get("baseline_logprobs")
+    if isinstance(cached, list):
+        return cached
+    vocab = int(lm_head.weight.shape[0])  # type: ignore[index]
+    if run.n_tokens * vocab * 4 > BASELINE_CACHE_BYTES:
+        return None
+    chunks = [torch.log_softmax(logits, dim=-1) for logits in logits_chunks(lm_head, run.hidden)]
+    run.extras["baseline_logprobs"] = chunks
+    run.extra_bytes += sum(c.numel() * c.element_size() for c in chunks)
+    return chunks
+
+
 @torch.inference_mode()
 def compare(
     loaded: Loaded, run: Run, ablated_hidden: torch.Tensor, k: int, maps: dict[Head, torch.Tensor] | None = None
@@ -52,13 +69,14 @@ def compare(
     """Baseline (the run's hidden state) vs ablated (T, d) hidden states, in one pass over LM-head chunks."""
     lm_head = loaded.adapter.lm_head()
     targets = torch.tensor(run.token_ids[1:], device=run.hidden.device)
+    cached = baseline_logprobs(lm_head, run)
     picked_base: list[torch.Tensor] = []
     picked_abl: list[torch.Tensor] = []
     kl: list[torch.Tensor] = []
     base = abl = torch.empty(0)
-    for start in range(0, run.n_tokens, LOGIT_CHUNK):
+    for i, start in enumerate(range(0, run.n_tokens, LOGIT_CHUNK)):
         stop = start + LOGIT_CHUNK
-        base = torch.log_softmax(lm_head(run.hidden[start:stop]).float(), dim=-1)  # (c, vocab)
+        base = cached[i] if cached else torch.log_softmax(lm_head(run.hidden[start:stop]).float(), dim=-1)
         abl = torch.log_softmax(lm_head(ablated_hidden[start:stop]).float(), dim=-1)
         kl.append((base.exp() * (base - abl)).sum(-1).clamp_min(0.0))
         tgt = targets[start:stop, None]

@@ -30,6 +30,7 @@ class Run:
     hidden: torch.Tensor  # (T, d_model), after the final norm
     head_means: dict[int, torch.Tensor]  # per layer, (n_heads * head_dim,): mean head output over positions
     extras: dict[str, Any] = field(default_factory=dict)  # derived results (head stats, thumbnails)
+    extra_bytes: int = 0  # memory held by large tensors in extras (counted by the cache)
 
     @property
     def n_tokens(self) -> int:
@@ -43,7 +44,7 @@ class Run:
     def nbytes(self) -> int:
         size = sum(qk.nbytes for qk in self.qk.values())
         size += self.hidden.numel() * self.hidden.element_size()
-        return size + sum(m.numel() * m.element_size() for m in self.head_means.values())
+        return size + sum(m.numel() * m.element_size() for m in self.head_means.values()) + self.extra_bytes
 
 
 def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
