@@ -103,6 +103,12 @@ class Service:
         return self.loaded
 
     @property
+    def max_tokens(self) -> int:
+        """The longest text accepted: the configured limit, capped by the model's position table."""
+        positions = self.model.adapter.layout.max_positions
+        return min(self.settings.max_tokens, positions) if positions > 0 else self.settings.max_tokens
+
+    @property
     def queue_depth(self) -> int:
         return self._waiting
 

@@ -222,3 +222,10 @@ def test_app_loads_a_model_directory_by_path(gpt2_client: TestClient) -> None:
     assert m["architecture"] == "gpt2" and m["n_kv_heads"] == 4 and m["kv_groups"] == [[0], [1], [2], [3]]
     out = post(gpt2_client, "/api/ablate", text=TEXT, ablate=[{"layer": 0, "head": h} for h in range(4)])
     assert out["kl_last"] > 0
+
+
+def test_max_tokens_is_capped_by_the_models_positions(tiny_loaded: dict[str, Loaded]) -> None:
+    for c in make_client(tiny_loaded["gpt2"], max_tokens=5000):  # GPT-2 has 1024 positions
+        assert c.get("/api/model").json()["max_tokens"] == 1024
+        body = assert_error(c.post("/api/tokenize", json={"text": "hi " * 1100}), 422)
+        assert "at most 1024" in body["detail"]

@@ -17,6 +17,7 @@ def test_ruff_lint_and_format() -> None:
     lint = _run("ruff", "check", "app", "tests", "bench")
     assert lint.returncode == 0, lint.stdout + lint.stderr
     fmt = _run("ruff", "format", "--check", "app", "tests", "bench")
+    assert (ROOT / "bench").is_dir()
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 

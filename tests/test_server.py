@@ -137,7 +137,7 @@ def test_load_8_clients_for_30_seconds(server: Server) -> None:
 
 def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     with serve(str(tiny_dirs["gpt2"]), tmp_path) as s, httpx.Client(timeout=120) as c:
-        text = text_of(c, s.url, 1500, 1)
+        text = text_of(c, s.url, 1000, 1)  # tiny GPT-2 has 1024 positions
         box: dict[str, int] = {}
 
         def slow() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 import torch
@@ -16,6 +18,23 @@ from app.service import Busy, Service
 from tests.conftest import make_client
 
 TEXT = "Heads, heads, everywhere heads."
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """asyncio.run in a thread of its own (the browser tests' Playwright keeps a loop in this one)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(60)
+    if errors:
+        raise errors[0]
 
 
 def _service(loaded: Loaded, **overrides: object) -> Service:
@@ -71,7 +90,7 @@ def test_full_queue_answers_503_at_once(tiny_loaded: dict[str, Loaded]) -> None:
         assert await second == "second"
         assert svc.queue_depth == 0
 
-    asyncio.run(scenario())
+    run_async(scenario)
     svc.shutdown()
 
 
@@ -86,7 +105,7 @@ def test_a_request_past_its_deadline_is_dropped_and_never_runs(tiny_loaded: dict
             await svc.call(lambda: ran.append("late"))
         await slow
 
-    asyncio.run(scenario())
+    run_async(scenario)
     assert ran == []
     svc.shutdown()
 
@@ -123,7 +142,7 @@ def test_not_ready_until_loaded(tiny_loaded: dict[str, Loaded]) -> None:
         async def go() -> None:
             await svc.call(lambda: 1)
 
-        asyncio.run(go())
+        run_async(go)
     svc.shutdown()
 
 

@@ -51,7 +51,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, n_layers: int = 2, attn: str 
             num_hidden_layers=n_layers,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=1024,
+            max_position_embeddings=4096,
             **common,
         )
         model = LlamaForCausalLM(cfg)
@@ -63,7 +63,7 @@ def tiny_model(arch: str = "llama", seed: int = 0, n_layers: int = 2, attn: str 
             intermediate_size=64,
             num_hidden_layers=n_layers,
             num_attention_heads=4,
-            max_position_embeddings=1024,
+            max_position_embeddings=4096,
             **common,
         )
         model = GPTNeoXForCausalLM(cfg)

@@ -26,9 +26,12 @@ def checked_ids(svc: Service, text: str) -> list[int]:
     ids = encode(svc.model.tokenizer, text)
     if not ids:
         raise InvalidInput("text gives no tokens")
-    limit = svc.settings.max_tokens
+    limit = svc.max_tokens
     if len(ids) > limit:
-        raise InvalidInput(f"text is {len(ids)} tokens; this server accepts at most {limit} (HEADSCOPE_MAX_TOKENS)")
+        raise InvalidInput(
+            f"text is {len(ids)} tokens; this server accepts at most {limit} "
+            "(HEADSCOPE_MAX_TOKENS, capped by the model's max positions)"
+        )
     return ids
 
 

@@ -45,7 +45,7 @@ def model_info(svc: ServiceDep) -> ModelInfo:
         d_model=layout.d_model,
         vocab_size=layout.vocab_size,
         max_positions=layout.max_positions,
-        max_tokens=svc.settings.max_tokens,
+        max_tokens=svc.max_tokens,
         device=str(loaded.device),
         dtype=str(loaded.dtype).removeprefix("torch."),
         n_params=sum(p.numel() for p in loaded.model.parameters()),
