@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from app.config import Settings
@@ -46,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.main import create_app
 
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal through the handler that was
+    # installed before it started. A graceful drain is a clean exit, so that handler does nothing: exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30
     )

@@ -191,3 +191,16 @@ def test_security_headers_and_cors(client: TestClient, tiny_loaded: dict[str, Lo
 def test_settings_bind_loopback_by_default() -> None:
     assert Settings().host == "127.0.0.1"
     assert not any(name in Settings.model_fields for name in ("path", "model_path"))
+
+
+def test_ready_is_503_while_shutting_down(tiny_loaded: dict[str, Loaded]) -> None:
+    for c in make_client(tiny_loaded["llama"]):
+        svc = c.app.state.service  # type: ignore[attr-defined]
+        svc.stopping = True  # what the lifespan sets when SIGTERM arrives
+        r = c.get("/api/ready")
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert c.get("/api/health").status_code == 200
+        assert c.post("/api/tokenize", json={"text": "x"}).status_code == 200  # no model work needed
+        busy = c.post("/api/attention", json={"text": "x", "layers": [0]})
+        assert busy.status_code == 503 and busy.json()["error"] == "not_ready"
+        svc.stopping = False
