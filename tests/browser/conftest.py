@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.server import Server, serve
 from tests.tiny import save_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,47 +28,6 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1600, "height": 1000}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/api/ready", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-class Server:
-    """`python -m app serve` on a free loopback port, stopped with SIGTERM."""
-
-    def __init__(self, model: str, log: Path, timeout: float = 180.0) -> None:
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        cmd = [sys.executable, "-m", "app", "serve", "--model", model, "--host", "127.0.0.1", "--port", str(port)]
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not _ready(self.url):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"server did not become ready:\n{log.read_text(errors='replace')}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -85,9 +39,8 @@ def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The tiny llama (2 layers, 4 query heads, 2 KV heads, GPT-2 tokenizer) behind a real server."""
     root = tmp_path_factory.mktemp("browser")
     model = save_tiny(root / "tiny-llama", "llama")
-    server = Server(str(model), root / "server.log")
-    yield server
-    server.stop()
+    with serve(str(model), root) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, Server
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
 from tests.browser.pages import click_head, open_app, painted, wait_repaint
+from tests.server import serve
 
 PARAGRAPH = (
     "The old lighthouse keeper climbed the spiral stairs every evening to light the lamp. Ships passing the "
@@ -89,18 +90,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.monotonic()
-        server = Server(args.model, Path(tmp) / "server.log")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, serve(args.model, Path(tmp)) as server:
         print(f"server ready in {time.monotonic() - started:.1f} s")
-        try:
-            n = n_tokens(server.url, text_of(server.url, args.tokens, 1))
-            print(f"{args.model}, {n}-token texts, {args.repeats} repeats (median, min–max):")
-            for name, values in measure(server.url, args.tokens, args.repeats).items():
-                spread = f"{min(values):.0f}–{max(values):.0f}, n={len(values)}"
-                print(f"  {name:26s} {statistics.median(values):7.0f}   ({spread})")
-        finally:
-            server.stop()
+        n = n_tokens(server.url, text_of(server.url, args.tokens, 1))
+        print(f"{args.model}, {n}-token texts, {args.repeats} repeats (median, min–max):")
+        for name, values in measure(server.url, args.tokens, args.repeats).items():
+            spread = f"{min(values):.0f}–{max(values):.0f}, n={len(values)}"
+            print(f"  {name:26s} {statistics.median(values):7.0f}   ({spread})")
 
 
 if __name__ == "__main__":

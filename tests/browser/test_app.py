@@ -10,7 +10,6 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.browser.conftest import Server
 from tests.browser.pages import (
     click_head,
     open_app,
@@ -22,6 +21,7 @@ from tests.browser.pages import (
     top_tokens,
     wait_repaint,
 )
+from tests.server import Server
 
 pytestmark = pytest.mark.browser
 

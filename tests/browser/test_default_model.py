@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Server
 from tests.browser.pages import click_head, open_app, query, run_prompt, show_head, tick_labels, top_tokens
+from tests.server import Server, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -23,9 +23,8 @@ REPEATED = (
 
 @pytest.fixture(scope="module")
 def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server("smollm2-135m", tmp_path_factory.mktemp("smollm") / "server.log")
-    yield server
-    server.stop()
+    with serve("smollm2-135m", tmp_path_factory.mktemp("smollm")) as server:
+        yield server
 
 
 def api_tokens(url: str, text: str) -> list[str]:
