@@ -80,3 +80,20 @@ def test_induction_probe_is_seeded_and_repeats() -> None:
     scores = roles.induction_scores(tiny_loaded("gpt_neox"))
     assert scores.shape == (2, 4)
     assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_fast_statistics_equal_their_definitions_on_the_maps() -> None:
+    from app.inspect import metrics
+
+    loaded = tiny_loaded("gpt_neox", seed=2)
+    layout = loaded.adapter.layout
+    run = runs.analyse(loaded, "Seven swans swim; seven swans sing; and the seventh swan sleeps.")
+    stats = roles.head_stats(run, layout)
+    t = run.n_tokens
+    for layer in range(layout.n_layers):
+        maps = run.maps(layer, list(range(layout.n_heads)), layout.group_size)  # reference path
+        torch.testing.assert_close(stats.entropy[layer], metrics.row_entropy(maps).mean(-1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(stats.confidence[layer], maps.amax(-1).mean(-1), atol=1e-6, rtol=1e-6)
+        prev = torch.stack([maps[:, q, q - 1] for q in range(1, t)], -1).mean(-1)
+        torch.testing.assert_close(stats.previous_token[layer], prev, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(stats.first_token[layer], maps[:, :, 0].mean(-1), atol=1e-6, rtol=1e-6)

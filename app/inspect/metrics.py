@@ -19,6 +19,30 @@ def row_entropy(maps: torch.Tensor) -> torch.Tensor:
     return -(maps * torch.log(maps + EPS)).sum(-1)
 
 
+MASKED = -1e30  # a masked score: exp underflows to exactly 0, and 0 · MASKED stays finite (unlike −inf)
+
+
+def softmax_stats(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax of attention scores with each row's entropy and largest weight, in few passes.
+
+    With m = max s, p = softmax(s) and Z = Σ exp(s − m): max p = 1/Z and
+    H = log Z − Σ p·(s − m) = m − Σ p·s − log(max p). No log over the whole row is needed,
+    which keeps per-head statistics cheap next to the forward.
+
+    Args:
+        scores: (..., S) scaled q·k with masked entries set to MASKED.
+
+    Returns:
+        (probs (..., S), entropy in nats (...), largest weight (...)).
+    """
+    m = scores.amax(-1)
+    probs = torch.softmax(scores, dim=-1)
+    top = probs.amax(-1)
+    expected = (probs * scores).sum(-1)
+    entropy = (m - expected - torch.log(top)).clamp_min(0.0)
+    return probs, entropy, top
+
+
 def entropy_stats(maps: torch.Tensor, row_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Sums over rows of entropy and of entropy / ln(#visible keys) (rows with one key excluded).
 
@@ -52,14 +76,16 @@ def duplicate_mass(maps: torch.Tensor, token_ids: torch.Tensor, row_offset: int 
     Returns:
         (sum over such rows, shape (...), number of such rows).
     """
-    t_q, s = maps.shape[-2], maps.shape[-1]
-    q = torch.arange(t_q, device=maps.device) + row_offset
-    same = token_ids[q][:, None] == token_ids[:s][None, :]  # (Tq, S)
-    earlier = torch.arange(s, device=maps.device)[None, :] < q[:, None]
-    match = same & earlier
-    rows = match.any(-1)
-    mass = (maps * match).sum(-1)  # (..., Tq)
-    return (mass * rows).sum(-1), int(rows.sum())
+    match = duplicate_match(token_ids, row_offset, row_offset + maps.shape[-2], maps.shape[-1])
+    return (maps * match).sum((-1, -2)), int(match.any(-1).sum())
+
+
+def duplicate_match(token_ids: torch.Tensor, start: int, stop: int, n_keys: int) -> torch.Tensor:
+    """(stop − start, n_keys) float: 1 where key k < query q holds the same token as q, else 0."""
+    q = torch.arange(start, stop, device=token_ids.device)
+    same = token_ids[q][:, None] == token_ids[:n_keys][None, :]
+    earlier = torch.arange(n_keys, device=token_ids.device)[None, :] < q[:, None]
+    return (same & earlier).float()
 
 
 def induction_mass(maps: torch.Tensor, period: int, row_offset: int = 0) -> tuple[torch.Tensor, int]:

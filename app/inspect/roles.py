@@ -19,6 +19,7 @@ import torch
 from app.inspect import metrics
 from app.inspect.adapters import Layout
 from app.inspect.loading import Loaded
+from app.inspect.capture import LayerQK
 from app.inspect.runs import Run, analyse
 
 ROW_CHUNK = 256  # query rows per step: bounds memory at n_heads · ROW_CHUNK · T floats
@@ -47,11 +48,34 @@ def bin_edges(t: int, s: int) -> list[int]:
 
 
 def _key_bins(maps: torch.Tensor, edges: list[int]) -> torch.Tensor:
-    """Sum of each row over key bins, via a cumulative sum: (..., c, T) → (..., c, s)."""
-    cs = torch.nn.functional.pad(maps.cumsum(-1), (1, 0))  # (..., c, T + 1), cs[..., k] = Σ_{<k}
-    idx = torch.tensor(edges, device=maps.device)
-    at = cs[..., idx]  # (..., c, s + 1)
-    return at[..., 1:] - at[..., :-1]
+    """Sum of each row over key bins, via a cumulative sum: (..., c, S) → (..., c, s); keys ≥ S count as 0."""
+    cs = maps.cumsum(-1)  # (..., c, S): cs[..., k] = Σ_{≤k}
+    ends = torch.tensor(edges[1:], device=maps.device).clamp(max=maps.shape[-1]) - 1
+    at = cs[..., ends]  # (..., c, s): mass up to the end of each bin
+    return torch.diff(at, dim=-1, prepend=torch.zeros_like(at[..., :1]))
+
+
+def _chunk(qk: LayerQK, group_size: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Maps, entropies and largest weights of every head for query rows [start, stop) of a batch-1 run.
+
+    Causal rows never see keys ≥ stop, so only keys [0, stop) are scored: half the work of full rows.
+
+    Returns:
+        (maps (H, c, stop), entropy (H, c), confidence (H, c)).
+    """
+    q = qk.q[0, :, start:stop].float() * qk.scaling  # (H, c, D)
+    kv = torch.arange(q.shape[0], device=q.device) // group_size
+    k = qk.k[0, kv, :stop].float()  # (H, stop, D)
+    scores = torch.matmul(q, k.transpose(-1, -2))  # (H, c, stop)
+    if qk.mask is None:  # causal: only the diagonal block [start, stop)² has keys to hide
+        c = stop - start
+        above = torch.ones(c, c, dtype=torch.bool, device=q.device).triu_(1)
+        scores[..., start:].masked_fill_(above, metrics.MASKED)
+    elif qk.mask.dtype == torch.bool:
+        scores.masked_fill_(~qk.mask[0, 0, start:stop, :stop], metrics.MASKED)
+    else:
+        scores += qk.mask[0, 0, start:stop, :stop].float()
+    return metrics.softmax_stats(scores)
 
 
 @torch.inference_mode()
@@ -74,25 +98,33 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
     device = run.hidden.device
     row_bin = torch.bucketize(torch.arange(t), torch.tensor(edges[1:-1]), right=True).to(device) if s else None
     ids = torch.tensor(run.token_ids, device=device)
+    # where each chunk's queries repeat an earlier token: the same for every layer, so built once
+    matches = (
+        [metrics.duplicate_match(ids, a, min(a + ROW_CHUNK, t), min(a + ROW_CHUNK, t)) for a in range(0, t, ROW_CHUNK)]
+        if len(set(run.token_ids)) < t
+        else []
+    )
     heads = list(range(layout.n_heads))
     n_dup_rows = 0
     for layer in range(layout.n_layers):
         n_dup_rows = 0
         layer_thumb = torch.zeros(layout.n_heads, s, s, device=device) if s else None
-        for start in range(0, t, ROW_CHUNK):
-            maps = run.maps(layer, heads, layout.group_size, slice(start, start + ROW_CHUNK))  # (H, c, T)
-            ent, ratio = metrics.entropy_stats(maps, start)
-            sums["ent"][layer] += ent.cpu()
-            sums["ratio"][layer] += ratio.cpu()
-            sums["conf"][layer] += maps.amax(-1).sum(-1).cpu()
+        for chunk, start in enumerate(range(0, t, ROW_CHUNK)):
+            stop = min(start + ROW_CHUNK, t)
+            maps, ent, conf = _chunk(run.qk[layer], layout.group_size, start, stop)  # (H, c, stop), (H, c)
+            visible = torch.arange(start + 1, stop + 1, device=device, dtype=torch.float32)
+            ratio = torch.where(visible > 1, ent / torch.log(visible).clamp_min(metrics.EPS), torch.zeros_like(ent))
+            sums["ent"][layer] += ent.sum(-1).cpu()
+            sums["ratio"][layer] += ratio.sum(-1).cpu()
+            sums["conf"][layer] += conf.sum(-1).cpu()
             sums["prev"][layer] += metrics.diagonal_sum(maps, 1, start).cpu()
             sums["self"][layer] += metrics.diagonal_sum(maps, 0, start).cpu()
             sums["first"][layer] += maps[..., 0].sum(-1).cpu()
-            dup, rows = metrics.duplicate_mass(maps, ids, start)
-            sums["dup"][layer] += dup.cpu()
-            n_dup_rows += rows
+            if matches:  # the duplicate-token pass only when some token occurs twice
+                sums["dup"][layer] += (maps * matches[chunk]).sum((-1, -2)).cpu()
+                n_dup_rows += int(matches[chunk].amax(-1).sum())
             if layer_thumb is not None and row_bin is not None:
-                binned = _key_bins(maps, edges)  # (H, c, s)
+                binned = _key_bins(maps, edges)  # (H, c, s); keys ≥ stop hold no weight
                 layer_thumb.index_add_(1, row_bin[start : start + maps.shape[1]], binned)
         sums["dup"][layer] /= max(n_dup_rows, 1)
         if thumbs is not None and layer_thumb is not None:
