@@ -18,8 +18,8 @@ import torch
 
 from app.inspect import metrics
 from app.inspect.adapters import Layout
-from app.inspect.loading import Loaded
 from app.inspect.capture import LayerQK
+from app.inspect.loading import Loaded
 from app.inspect.runs import Run, analyse
 
 ROW_CHUNK = 256  # query rows per step: bounds memory at n_heads · ROW_CHUNK · T floats
@@ -104,7 +104,6 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
         if len(set(run.token_ids)) < t
         else []
     )
-    heads = list(range(layout.n_heads))
     n_dup_rows = 0
     for layer in range(layout.n_layers):
         n_dup_rows = 0
@@ -159,7 +158,6 @@ def induction_scores(loaded: Loaded) -> torch.Tensor:
     probe = probe_tokens(layout.vocab_size)
     total = torch.zeros(layout.n_layers, layout.n_heads)
     rows_total = 0
-    heads = list(range(layout.n_heads))
     for row in probe:
         run = analyse_ids(loaded, row.tolist())
         for layer in range(layout.n_layers):
