@@ -161,7 +161,7 @@ def induction_scores(loaded: Loaded) -> torch.Tensor:
     for row in probe:
         run = analyse_ids(loaded, row.tolist())
         for layer in range(layout.n_layers):
-            maps = run.maps(layer, heads, layout.group_size)
+            maps = run.maps(layer, list(range(layout.n_heads)), layout.group_size)
             mass, rows = metrics.induction_mass(maps, PROBE_LENGTH)
             total[layer] += mass.cpu()
         rows_total += rows
