@@ -105,3 +105,22 @@ def test_hooks_are_removed_when_the_forward_fails() -> None:
     with pytest.raises(RuntimeError), head_gates(loaded.adapter, gates, "zero"), capture.recording():
         raise RuntimeError("boom")
     assert hook_count(loaded.model) == 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_resuming_at_the_first_ablated_block_equals_the_full_forward(arch: str) -> None:
+    import dataclasses
+
+    loaded = tiny_loaded(arch, seed=5)
+    run = runs.analyse(loaded, TEXT)
+    full = dataclasses.replace(run, layer_inputs={}, extras={})  # no cached block inputs: full forward
+    for heads in ([(1, 2)], [(1, 0), (1, 3)], [(0, 1), (1, 1)]):
+        fast = ablate(loaded, run, heads, "zero", 5, [(1, 1)])
+        slow = ablate(loaded, full, heads, "zero", 5, [(1, 1)])
+        torch.testing.assert_close(
+            torch.tensor(fast.kl_per_position), torch.tensor(slow.kl_per_position), atol=1e-6, rtol=1e-5
+        )
+        assert fast.delta_loss == pytest.approx(slow.delta_loss, abs=1e-6)
+        torch.testing.assert_close(fast.maps[(1, 1)], slow.maps[(1, 1)], atol=1e-6, rtol=1e-5)
+    assert hook_count(loaded.model) == 0
+    assert len(loaded.adapter.layers) == loaded.adapter.layout.n_layers  # the block list is restored

@@ -9,6 +9,7 @@ import torch
 from app.inspect import capture
 from app.inspect.gates import Mode, gate_tensor, head_gates
 from app.inspect.loading import Loaded
+from app.inspect.resume import starting_at
 from app.inspect.runs import LOGIT_CHUNK, Prediction, Run, logits_chunks
 
 Head = tuple[int, int]
@@ -113,7 +114,14 @@ def ablate(
     gates = gate_tensor(1, layout.n_layers, layout.n_heads, [heads], device=loaded.device)
     want = frozenset(layer for layer, _ in map_heads or [])
     input_ids = torch.tensor([run.token_ids], device=loaded.device)
-    with capture.recording(layers=want) as rec, head_gates(loaded.adapter, gates, mode, run.head_means):
+    # Nothing before the first switched-off head changes (nor any map asked for there): start at that block.
+    first = min([layer for layer, _ in heads] + [layer for layer, _ in map_heads or []], default=0)
+    start = first if run.layer_inputs else 0
+    with (
+        capture.recording(layers=want) as rec,
+        head_gates(loaded.adapter, gates, mode, run.head_means),
+        starting_at(loaded.adapter, start, run.layer_inputs.get(start, run.hidden)),
+    ):
         hidden = loaded.adapter.backbone()(input_ids=input_ids, use_cache=False).last_hidden_state[0]
     maps = {
         (layer, head): capture.attention_maps(rec.captured[layer], [head], layout.group_size)[0, 0]

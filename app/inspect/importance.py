@@ -8,6 +8,7 @@ import torch
 
 from app.inspect.gates import gate_tensor, head_gates
 from app.inspect.loading import Loaded
+from app.inspect.resume import recording_inputs, starting_at
 from app.inspect.runs import LOGIT_CHUNK, Run
 
 
@@ -41,25 +42,42 @@ class SweepResult:
 
 @torch.inference_mode()
 def ablation_sweep(loaded: Loaded, run: Run, batch_size: int = 16) -> SweepResult:
-    """Zero every head alone, several heads per batched forward (one gate row per head)."""
+    """Zero every head alone: one gate row per head, the heads of a layer batched together.
+
+    Heads of layer l cannot change blocks < l, so each batch starts at block l from the
+    baseline's residual stream (app.inspect.resume): on average half a forward per head.
+    """
     layout = loaded.adapter.layout
     targets = torch.tensor(run.token_ids[1:], device=loaded.device)
     ids = torch.tensor([run.token_ids], device=loaded.device)
     base_loss, base_last = _next_token_stats(loaded, run.hidden[None], targets)
-    heads = [(layer, head) for layer in range(layout.n_layers) for head in range(layout.n_heads)]
+    inputs = run_layer_inputs(loaded, run)
     delta = torch.zeros(layout.n_layers, layout.n_heads)
     kl = torch.zeros(layout.n_layers, layout.n_heads)
-    for start in range(0, len(heads), batch_size):
-        chunk = heads[start : start + batch_size]
-        gates = gate_tensor(len(chunk), layout.n_layers, layout.n_heads, [[h] for h in chunk], loaded.device)
-        with head_gates(loaded.adapter, gates, "zero"):
-            hidden = loaded.adapter.backbone()(input_ids=ids.expand(len(chunk), -1), use_cache=False).last_hidden_state
-        loss, last = _next_token_stats(loaded, hidden, targets)
-        kl_rows = (base_last.exp() * (base_last - last)).sum(-1).clamp_min(0.0)
-        for row, (layer, head) in enumerate(chunk):
-            delta[layer, head] = float(loss[row] - base_loss[0])
-            kl[layer, head] = float(kl_rows[row])
+    for layer in range(layout.n_layers):
+        for start in range(0, layout.n_heads, batch_size):
+            chunk = [(layer, h) for h in range(start, min(start + batch_size, layout.n_heads))]
+            gates = gate_tensor(len(chunk), layout.n_layers, layout.n_heads, [[h] for h in chunk], loaded.device)
+            # gates first: they find their blocks by index, before the block list is shortened
+            with head_gates(loaded.adapter, gates, "zero"), starting_at(loaded.adapter, layer, inputs[layer]):
+                batch = ids.expand(len(chunk), -1)
+                hidden = loaded.adapter.backbone()(input_ids=batch, use_cache=False).last_hidden_state
+            loss, last = _next_token_stats(loaded, hidden, targets)
+            kl_rows = (base_last.exp() * (base_last - last)).sum(-1).clamp_min(0.0)
+            for row, (ly, head) in enumerate(chunk):
+                delta[ly, head] = float(loss[row] - base_loss[0])
+                kl[ly, head] = float(kl_rows[row])
     return SweepResult(delta_loss=delta, kl_last=kl)
+
+
+def run_layer_inputs(loaded: Loaded, run: Run) -> dict[int, torch.Tensor]:
+    """The residual stream entering every block for the run's text, (1, T, d_model) each (cached on the run)."""
+    if run.layer_inputs:
+        return run.layer_inputs
+    inputs: dict[int, torch.Tensor] = {}
+    with torch.inference_mode(), recording_inputs(loaded.adapter, inputs):
+        loaded.adapter.backbone()(input_ids=torch.tensor([run.token_ids], device=loaded.device), use_cache=False)
+    return inputs
 
 
 def gradient_importance(loaded: Loaded, token_ids: list[int]) -> torch.Tensor:

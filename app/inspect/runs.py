@@ -14,6 +14,7 @@ from app.inspect import capture
 from app.inspect.adapters import Adapter
 from app.inspect.capture import LayerQK
 from app.inspect.loading import Loaded
+from app.inspect.resume import recording_inputs
 
 LOGIT_CHUNK = 512  # positions per LM-head chunk: bounds the (chunk, vocab) logits in memory
 
@@ -29,6 +30,7 @@ class Run:
     qk: dict[int, LayerQK]  # per layer, batch 1
     hidden: torch.Tensor  # (T, d_model), after the final norm
     head_means: dict[int, torch.Tensor]  # per layer, (n_heads * head_dim,): mean head output over positions
+    layer_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer (1, T, d): block input
     extras: dict[str, Any] = field(default_factory=dict)  # derived results (head stats, thumbnails)
     extra_bytes: int = 0  # memory held by large tensors in extras (counted by the cache)
 
@@ -44,6 +46,7 @@ class Run:
     def nbytes(self) -> int:
         size = sum(qk.nbytes for qk in self.qk.values())
         size += self.hidden.numel() * self.hidden.element_size()
+        size += sum(x.numel() * x.element_size() for x in self.layer_inputs.values())
         return size + sum(m.numel() * m.element_size() for m in self.head_means.values()) + self.extra_bytes
 
 
@@ -98,7 +101,12 @@ def analyse(
     """
     ids = encode(loaded.tokenizer, text) if token_ids is None else token_ids
     input_ids = torch.tensor([ids], device=loaded.device)
-    with capture.recording(store_dtype=store_dtype) as rec, _MeanHooks(loaded.adapter) as means:
+    inputs: dict[int, torch.Tensor] = {}
+    with (
+        capture.recording(store_dtype=store_dtype) as rec,
+        _MeanHooks(loaded.adapter) as means,
+        recording_inputs(loaded.adapter, inputs),
+    ):
         out = loaded.adapter.backbone()(input_ids=input_ids, use_cache=False)
     hidden = out.last_hidden_state[0]  # (T, d_model)
     return Run(
@@ -109,6 +117,7 @@ def analyse(
         qk=rec.captured,
         hidden=hidden,
         head_means=means.means,
+        layer_inputs=inputs,
     )
 
 
