@@ -1,0 +1,164 @@
+"""Analysis rows: the run behind the overview vs a plain forward, one more head's map, and peak memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from app.inspect import roles, runs
+from app.inspect.loading import Loaded
+from app.inspect.runs import Run
+from bench import inputs, mem, models
+from bench.report import Row, nbytes, seconds
+from bench.timing import interleaved, sync, timed
+
+GB = 1e9
+
+
+@dataclass
+class Analysis:
+    """Medians at one length, and the last run analysed (for the map row)."""
+
+    n: int
+    plain: float
+    analysis: float
+    eager: float | None
+    eager_status: str = "ok"
+    run: Run | None = field(default=None, repr=False)
+
+
+def analyse_all(loaded: Loaded, ids: list[int]) -> Run:
+    """Everything the overview needs for every head: one captured forward, role stats and 32×32 thumbnails."""
+    run = runs.analyse(loaded, "", token_ids=ids)
+    roles.head_stats(run, loaded.adapter.layout, thumb=32)
+    return run
+
+
+def measure(loaded: Loaded, n: int, reps: int, eager: bool = True) -> Analysis:
+    """Analysis run vs plain SDPA forward (vs eager + output_attentions), interleaved, medians."""
+    ids = inputs.token_ids(loaded.tokenizer, n)
+    x = models.input_ids(loaded, ids)
+    kept: dict[str, Run] = {}
+
+    def analysis() -> None:
+        kept.pop("run", None)  # free the previous run first, as a server's cache eviction would
+        kept["run"] = analyse_all(loaded, ids)
+
+    fns = {"plain": lambda: models.plain_backbone(loaded, x), "analysis": analysis}
+    eager_status = "not run"
+    if eager:
+        try:
+            models.eager_attentions(loaded, x)  # doubles as its warm-up
+            fns["eager"] = lambda: models.eager_attentions(loaded, x)
+            eager_status = "ok"
+        except (torch.OutOfMemoryError, MemoryError):
+            torch.cuda.empty_cache() if loaded.device.type == "cuda" else None
+            eager_status = "out of memory"
+    medians = interleaved(fns, reps, loaded.device)
+    return Analysis(n, medians["plain"], medians["analysis"], medians.get("eager"), eager_status, kept.get("run"))
+
+
+def analysis_row(a: Analysis, target: float) -> Row:
+    r = a.analysis / a.plain
+    if a.eager is not None:
+        beside = f"eager + output_attentions: {seconds(a.eager)} ({a.eager / a.plain:.2f}×)"
+    else:
+        beside = f"eager + output_attentions: {a.eager_status}"
+    return Row(
+        what=f"analysis run (analyse + head_stats, thumb 32), {a.n} tokens",
+        measured=seconds(a.analysis),
+        baseline=f"plain SDPA forward {seconds(a.plain)}",
+        ratio=r,
+        target=f"≤ {target}×",
+        passed=r <= target,
+        beside=beside,
+    )
+
+
+def one_map_row(loaded: Loaded, a: Analysis, reps: int = 20, target: float = 0.02) -> Row:
+    """One more head's full (T, T) map of the analysed text, from the kept queries and keys."""
+    assert a.run is not None
+    run, layout = a.run, loaded.adapter.layout
+    layer, head = layout.n_layers // 2, layout.n_heads - 1
+    run.maps(layer, [head], layout.group_size)
+    times = sorted(timed(lambda: run.maps(layer, [head], layout.group_size), loaded.device) for _ in range(reps))
+    t = times[len(times) // 2]
+    r = t / a.plain
+    return Row(
+        what=f"one more head's full map (L{layer}H{head}) of an analysed text, {a.n} tokens",
+        measured=seconds(t),
+        baseline=f"plain SDPA forward {seconds(a.plain)}",
+        ratio=r,
+        target=f"≤ {target}×",
+        passed=r <= target,
+    )
+
+
+# -- peak memory -----------------------------------------------------------------------------
+
+
+def rss_rows_cpu(n: int, target_gb: float, eager_limit_gb: float | None) -> list[Row]:
+    """Peak RSS of the analysis run, of a plain forward and of eager, each in a fresh process."""
+    ana = mem.measure("analysis", n)
+    plain = mem.measure("plain", n)
+    eager = mem.measure("eager", n, limit_gb=eager_limit_gb)
+    beside = f"eager + output_attentions: {_peak(eager, eager_limit_gb)}"
+    rows: list[Row] = []
+    if ana.ok and ana.peak_rss is not None:
+        rows.append(
+            Row(
+                what=f"peak RSS, analysis run, {n} tokens (fresh process: weights + run)",
+                measured=nbytes(ana.peak_rss),
+                baseline=f"plain forward {_peak(plain, None)}",
+                ratio=ana.peak_rss / plain.peak_rss if plain.ok and plain.peak_rss else None,
+                target=f"≤ {target_gb} GB",
+                passed=ana.peak_rss <= target_gb * GB,
+                beside=beside,
+            )
+        )
+    else:
+        rows.append(
+            Row(
+                f"peak RSS, analysis run, {n} tokens",
+                ana.status,
+                _peak(plain, None),
+                None,
+                f"≤ {target_gb} GB",
+                False,
+                beside,
+            )
+        )
+    if n >= 8192:  # the row of issue 5 is "completes": say so with the time, beside the plain forward's
+        done = ana.ok
+        rows.insert(
+            0,
+            Row(
+                what=f"analysis run completes at {n} tokens (the model's limit)",
+                measured=f"completes in {seconds(ana.seconds)}" if done else ana.status,
+                baseline=f"plain SDPA forward {seconds(plain.seconds)}" if plain.ok else plain.status,
+                ratio=ana.seconds / plain.seconds if done and plain.ok and ana.seconds and plain.seconds else None,
+                target="completes",
+                passed=done,
+                beside=f"eager + output_attentions: {eager.status}"
+                + (f" at the {eager_limit_gb} GB address-space cap" if eager_limit_gb and not eager.ok else ""),
+            ),
+        )
+    return rows
+
+
+def _peak(p: mem.Peak, limit_gb: float | None) -> str:
+    if p.ok:
+        return f"{nbytes(p.peak_rss)} ({seconds(p.seconds)})"
+    cap = f" under a {limit_gb} GB cap" if limit_gb else ""
+    return f"{p.status}{cap} (reached {nbytes(p.peak_rss)})" if p.peak_rss else f"{p.status}{cap}"
+
+
+def peak_cuda(loaded: Loaded, fn: object) -> int:
+    """Peak GPU memory allocated while `fn()` runs, weights included."""
+    assert callable(fn)
+    sync(loaded.device)
+    torch.cuda.reset_peak_memory_stats(loaded.device)
+    fn()
+    sync(loaded.device)
+    return int(torch.cuda.max_memory_allocated(loaded.device))
