@@ -44,7 +44,7 @@ FULL_CPU = Plan(
     rss_length=2048,
     long_length=8192,
     ablate=((64, 5), (512, 5)),
-    sweep=(64, 2, None),
+    sweep=(64, 1, None),
     gradient=((64, 5), (512, 5)),
 )
 QUICK_CPU = Plan(
@@ -148,6 +148,10 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
                 log.info("/api/ablate at %d tokens", n)
                 abs_s = ablate_abs_s if n == 512 else None
                 steps.add(lambda n=n, reps=reps, abs_s=abs_s: server.ablate_row(loaded, c, n, reps, 1.1, abs_s))  # type: ignore[misc]
+            n, reps = plan.ablate[-1]
+            log.info("/api/ablate at %d tokens, a first-layer head (worst case: nothing to skip)", n)
+            first = {"layer": 0, "head": 0}
+            steps.add(lambda: server.ablate_row(loaded, c, n, reps, None, None, first))
             steps.add(lambda: server.attention_row(loaded, c, 512, plan.ablate[-1][1]))
     else:
         log.warning("fastapi is not installed: server rows time ablate() directly and skip the payload")

@@ -49,11 +49,12 @@ def measure(loaded: Loaded, n: int, reps: int, eager: bool = True) -> Analysis:
     eager_status = "not run"
     if eager:
         try:
-            models.eager_attentions(loaded, x)  # doubles as its warm-up
+            if loaded.device.type == "cuda":  # a GPU may not hold every map: find out before timing
+                models.eager_attentions(loaded, x)
             fns["eager"] = lambda: models.eager_attentions(loaded, x)
             eager_status = "ok"
-        except (torch.OutOfMemoryError, MemoryError):
-            torch.cuda.empty_cache() if loaded.device.type == "cuda" else None
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
             eager_status = "out of memory"
     medians = interleaved(fns, reps, loaded.device)
     return Analysis(n, medians["plain"], medians["analysis"], medians.get("eager"), eager_status, kept.get("run"))

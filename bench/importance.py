@@ -33,7 +33,9 @@ def sweep_row(loaded: Loaded, n: int, reps: int, loop_sample: int | None = None,
         for _ in looped:
             models.plain_full(loaded, x)
 
-    sweep = interleaved({"sweep": lambda: ablation_sweep(loaded, run)}, reps, loaded.device)["sweep"]
+    if loaded.device.type == "cuda":  # CPU needs no warm-up: the forwards above already ran these kernels
+        ablation_sweep(loaded, run)
+    sweep = interleaved({"sweep": lambda: ablation_sweep(loaded, run)}, reps, loaded.device, warmup=0)["sweep"]
     models.plain_full(loaded, x)
     plain = timed(plain_forwards, loaded.device) * scale
     loop = timed(one_at_a_time, loaded.device) * scale

@@ -15,7 +15,11 @@ from bench import inputs, models
 from bench.report import Row, nbytes, seconds
 from bench.timing import interleaved, sync
 
-HEAD = {"layer": 10, "head": 3}  # any head: an ablation costs the same whichever it is
+
+def middle_head(loaded: Loaded) -> dict[str, int]:
+    """A head of the middle layer: ablations resume at the first switched-off block, so the middle is the mean cost."""
+    layout = loaded.adapter.layout
+    return {"layer": layout.n_layers // 2, "head": layout.n_heads // 2}
 
 
 @contextmanager
@@ -87,42 +91,58 @@ def payload_row(loaded: Loaded, c: Any, n: int, target_mb: float = 1.5) -> Row:
 # -- /api/ablate -----------------------------------------------------------------------------
 
 
-def ablate_row(loaded: Loaded, c: Any | None, n: int, reps: int, target: float, abs_target_s: float | None) -> Row:
-    """POST /api/ablate time with the baseline run already cached, vs a plain forward with logits."""
+def ablate_row(
+    loaded: Loaded,
+    c: Any | None,
+    n: int,
+    reps: int,
+    target: float | None,
+    abs_target_s: float | None,
+    head: dict[str, int] | None = None,
+) -> Row:
+    """POST /api/ablate time with the baseline run already cached, vs a plain forward with logits.
+
+    Args:
+        head: the head switched off (default: a middle-layer head); target None makes a reference row.
+    """
+    head = head or middle_head(loaded)
     text = inputs.text_of(loaded.tokenizer, n)
     x = models.input_ids(loaded, inputs.token_ids(loaded.tokenizer, n))
-    body = {"text": text, "ablate": [HEAD], "mode": "zero"}
+    body = {"text": text, "ablate": [head], "mode": "zero"}
     if c is not None:
 
         def served() -> None:
             resp = c.post("/api/ablate", json=body)
             assert resp.status_code == 200, resp.text[:300]
 
-        what = f"POST /api/ablate server time (one head, baseline cached), {n} tokens"
+        what = f"POST /api/ablate server time (L{head['layer']}H{head['head']} off, baseline cached), {n} tokens"
     else:  # no fastapi on this machine: the handler's model work alone
         run = analyse(loaded, text)
 
         def served() -> None:
-            ablate(loaded, run, [(HEAD["layer"], HEAD["head"])], "zero", 10)
+            ablate(loaded, run, [(head["layer"], head["head"])], "zero", 10)
             sync(loaded.device)
 
-        what = f"ablate() (fastapi missing: no HTTP/JSON), {n} tokens"
+        what = f"ablate() (L{head['layer']}H{head['head']} off; fastapi missing: no HTTP/JSON), {n} tokens"
     served()  # caches the baseline run
     med = interleaved({"plain": lambda: models.plain_full(loaded, x), "served": served}, reps, loaded.device)
     r = med["served"] / med["plain"]
+    baseline = f"plain SDPA forward with logits {seconds(med['plain'])}"
+    if target is None:
+        return Row("reference: " + what, seconds(med["served"]), baseline, r)
     passed = r <= target
     tgt = f"≤ {target}×"
     if abs_target_s is not None:
         passed = passed and med["served"] <= abs_target_s
         tgt += f" and ≤ {seconds(abs_target_s)}"
-    return Row(what, seconds(med["served"]), f"plain SDPA forward with logits {seconds(med['plain'])}", r, tgt, passed)
+    return Row(what, seconds(med["served"]), baseline, r, tgt, passed)
 
 
 def attention_row(loaded: Loaded, c: Any, n: int, reps: int) -> Row:
     """Reference: POST /api/attention for one head of a cached text (map computed and sent as JSON numbers)."""
     text = inputs.text_of(loaded.tokenizer, n)
     x = models.input_ids(loaded, inputs.token_ids(loaded.tokenizer, n))
-    body = {"text": text, "heads": [HEAD]}
+    body = {"text": text, "heads": [middle_head(loaded)]}
 
     def served() -> None:
         resp = c.post("/api/attention", json=body)

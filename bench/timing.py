@@ -80,7 +80,7 @@ class OtherLoad:
 
     def share(self) -> float | None:
         busy, total = _busy_jiffies()
-        if total <= self._total:
+        if total - self._total < os.sysconf("SC_CLK_TCK"):  # under ~1 CPU-second: jiffies too coarse to say
             return None
         hz = os.sysconf("SC_CLK_TCK")
         others = (busy - self._busy) / hz - (_own_cpu_seconds() - self._own)
