@@ -2,7 +2,9 @@
 
 CPU (default): the real default model in float32; the full run rewrites its section of bench/RESULTS.md.
 CUDA: random-init models of the default model's shape or of Llama-3-8B's, in bfloat16 (timing does not depend
-on the weights); it needs the default model's tokenizer files under models/cache/smollm2-135m/.
+on the weights). They borrow the default model's tokenizer: carry models/cache/smollm2-135m/tokenizer.json and
+tokenizer_config.json (not the weights). Without fastapi there, /api/ablate rows time ablate() itself and the
+payload row is skipped. Each configuration rewrites only its own section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
