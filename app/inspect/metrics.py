@@ -38,7 +38,7 @@ def softmax_stats(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     m = scores.amax(-1)
     probs = torch.softmax(scores, dim=-1)
     top = probs.amax(-1)
-    expected = (probs * scores).sum(-1)
+    expected = torch.linalg.vecdot(probs, scores)
     entropy = (m - expected - torch.log(top)).clamp_min(0.0)
     return probs, entropy, top
 

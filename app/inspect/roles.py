@@ -22,7 +22,8 @@ from app.inspect.capture import LayerQK
 from app.inspect.loading import Loaded
 from app.inspect.runs import Run, analyse
 
-ROW_CHUNK = 256  # query rows per step: bounds memory at n_heads · ROW_CHUNK · T floats
+ROW_CHUNK = 256  # most query rows per step: bounds memory at n_heads · ROW_CHUNK · T floats
+BLOCK = 1 << 20  # scores per step (4 MB): small enough to stay in cache across a chunk's passes
 PROBE_LENGTH = 50  # random tokens per copy in the induction probe
 PROBE_BATCH = 4
 PROBE_SEED = 0
@@ -47,43 +48,52 @@ def bin_edges(t: int, s: int) -> list[int]:
     return [(j * t) // s for j in range(s + 1)]
 
 
-def _key_bins(maps: torch.Tensor, edges: list[int]) -> torch.Tensor:
-    """Sum of each row over key bins, via a cumulative sum: (..., c, S) → (..., c, s); keys ≥ S count as 0."""
-    cs = maps.cumsum(-1)  # (..., c, S): cs[..., k] = Σ_{≤k}
-    ends = torch.tensor(edges[1:], device=maps.device).clamp(max=maps.shape[-1]) - 1
-    at = cs[..., ends]  # (..., c, s): mass up to the end of each bin
-    return torch.diff(at, dim=-1, prepend=torch.zeros_like(at[..., :1]))
+def key_bin_matrix(t: int, edges: list[int], device: torch.device) -> torch.Tensor:
+    """(T, s) one-hot: key k belongs to bin j. maps @ it sums each row over key bins in one GEMM."""
+    bins = torch.bucketize(torch.arange(t, device=device), torch.tensor(edges[1:-1], device=device), right=True)
+    return torch.nn.functional.one_hot(bins, len(edges) - 1).float()
 
 
-def _chunk(qk: LayerQK, group_size: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def causal_bias(start: int, stop: int, group_size: int, device: torch.device) -> torch.Tensor:
+    """(group_size·c, stop) additive mask for query rows [start, stop): MASKED above the diagonal, else 0."""
+    bias = torch.zeros(stop - start, stop, device=device)
+    bias[:, start:] = torch.ones(stop - start, stop - start, device=device).triu_(1) * metrics.MASKED
+    return bias.repeat(group_size, 1)
+
+
+def _chunk(
+    qk: LayerQK, group_size: int, start: int, stop: int, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Maps, entropies and largest weights of every head for query rows [start, stop) of a batch-1 run.
 
-    Causal rows never see keys ≥ stop, so only keys [0, stop) are scored: half the work of full rows.
+    Causal rows never see keys ≥ stop, so only keys [0, stop) are scored. The query heads that share a
+    KV head are scored in one GEMM against it, with the scaling and the causal bias fused in.
 
     Returns:
         (maps (H, c, stop), entropy (H, c), confidence (H, c)).
     """
-    q = qk.q[0, :, start:stop].float() * qk.scaling  # (H, c, D)
-    kv = torch.arange(q.shape[0], device=q.device) // group_size
-    k = qk.k[0, kv, :stop].float()  # (H, stop, D)
-    scores = torch.matmul(q, k.transpose(-1, -2))  # (H, c, stop)
-    if qk.mask is None:  # causal: only the diagonal block [start, stop)² has keys to hide
-        c = stop - start
-        above = torch.ones(c, c, dtype=torch.bool, device=q.device).triu_(1)
-        scores[..., start:].masked_fill_(above, metrics.MASKED)
-    elif qk.mask.dtype == torch.bool:
-        scores.masked_fill_(~qk.mask[0, 0, start:stop, :stop], metrics.MASKED)
-    else:
-        scores += qk.mask[0, 0, start:stop, :stop].float()
-    return metrics.softmax_stats(scores)
+    n_kv, t, d = qk.k.shape[1], qk.q.shape[2], qk.q.shape[3]
+    q = qk.q[0].view(n_kv, group_size, t, d)[:, :, start:stop].reshape(n_kv, -1, d).float()  # (kv, g·c, D)
+    k = qk.k[0, :, :stop].float()  # (kv, stop, D)
+    if qk.mask is not None:  # padding or a sliding window: the run's own mask
+        mask = qk.mask[0, 0, start:stop, :stop]
+        own = torch.where(mask, 0.0, metrics.MASKED) if mask.dtype == torch.bool else mask.float()
+        bias = own.repeat(group_size, 1)
+    scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=qk.scaling)  # (kv, g·c, stop)
+    return metrics.softmax_stats(scores.view(-1, stop - start, stop))  # (H, c, stop): head = kv·g + j
+
+
+def rows_per_chunk(n_heads: int, t: int) -> int:
+    """Query rows per step: about BLOCK scores at once, so a chunk's passes stay in cache."""
+    return max(16, min(ROW_CHUNK, BLOCK // max(n_heads * t, 1)))
 
 
 @torch.inference_mode()
 def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
     """Role scores of every head of a run, and (if `thumb`) thumb×thumb block-mean thumbnails of every map.
 
-    One pass over every layer in query-row chunks; nothing larger than n_heads × ROW_CHUNK × T is
-    held at once. Cached on the run per thumbnail size.
+    One pass over every layer in query-row chunks of about BLOCK scores; nothing larger than
+    n_heads × ROW_CHUNK × T is held at once. Cached on the run per thumbnail size.
     """
     key = f"head_stats:{thumb}"
     cached = run.extras.get(key)
@@ -94,41 +104,38 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
     t = run.n_tokens
     s = min(thumb, t) if thumb else 0
     edges = bin_edges(t, s) if s else []
-    thumbs = torch.zeros(layout.n_layers, layout.n_heads, s, s) if s else None
     device = run.hidden.device
-    row_bin = torch.bucketize(torch.arange(t), torch.tensor(edges[1:-1]), right=True).to(device) if s else None
+    key_bins = key_bin_matrix(t, edges, device) if s else None  # (T, s)
+    thumbs = torch.zeros(layout.n_layers, layout.n_heads, s, s, device=device) if s else None
     ids = torch.tensor(run.token_ids, device=device)
-    # where each chunk's queries repeat an earlier token: the same for every layer, so built once
-    matches = (
-        [metrics.duplicate_match(ids, a, min(a + ROW_CHUNK, t), min(a + ROW_CHUNK, t)) for a in range(0, t, ROW_CHUNK)]
-        if len(set(run.token_ids)) < t
-        else []
-    )
+    repeats = len(set(run.token_ids)) < t
     n_dup_rows = 0
-    for layer in range(layout.n_layers):
-        n_dup_rows = 0
-        layer_thumb = torch.zeros(layout.n_heads, s, s, device=device) if s else None
-        for chunk, start in enumerate(range(0, t, ROW_CHUNK)):
-            stop = min(start + ROW_CHUNK, t)
-            maps, ent, conf = _chunk(run.qk[layer], layout.group_size, start, stop)  # (H, c, stop), (H, c)
-            visible = torch.arange(start + 1, stop + 1, device=device, dtype=torch.float32)
-            ratio = torch.where(visible > 1, ent / torch.log(visible).clamp_min(metrics.EPS), torch.zeros_like(ent))
+    c = rows_per_chunk(layout.n_heads, t)
+    for start in range(0, t, c):  # chunks outer: the bias and duplicate masks are built once, for every layer
+        stop = min(start + c, t)
+        bias = causal_bias(start, stop, layout.group_size, device)
+        match = metrics.duplicate_match(ids, start, stop, stop) if repeats else None  # (c, stop)
+        if match is not None:
+            n_dup_rows += int(match.amax(-1).sum())
+        visible = torch.arange(start + 1, stop + 1, device=device, dtype=torch.float32)
+        inv_uniform = torch.where(visible > 1, 1 / torch.log(visible).clamp_min(metrics.EPS), 0.0)
+        for layer in range(layout.n_layers):
+            maps, ent, conf = _chunk(run.qk[layer], layout.group_size, start, stop, bias)  # (H, c, stop), (H, c)
             sums["ent"][layer] += ent.sum(-1).cpu()
-            sums["ratio"][layer] += ratio.sum(-1).cpu()
+            sums["ratio"][layer] += (ent * inv_uniform).sum(-1).cpu()
             sums["conf"][layer] += conf.sum(-1).cpu()
             sums["prev"][layer] += metrics.diagonal_sum(maps, 1, start).cpu()
             sums["self"][layer] += metrics.diagonal_sum(maps, 0, start).cpu()
             sums["first"][layer] += maps[..., 0].sum(-1).cpu()
-            if matches:  # the duplicate-token pass only when some token occurs twice
-                sums["dup"][layer] += (maps * matches[chunk]).sum((-1, -2)).cpu()
-                n_dup_rows += int(matches[chunk].amax(-1).sum())
-            if layer_thumb is not None and row_bin is not None:
-                binned = _key_bins(maps, edges)  # (H, c, s); keys ≥ stop hold no weight
-                layer_thumb.index_add_(1, row_bin[start : start + maps.shape[1]], binned)
-        sums["dup"][layer] /= max(n_dup_rows, 1)
-        if thumbs is not None and layer_thumb is not None:
-            widths = torch.tensor(edges[1:], dtype=torch.float32) - torch.tensor(edges[:-1], dtype=torch.float32)
-            thumbs[layer] = layer_thumb.cpu() / (widths[:, None] * widths[None, :])
+            if match is not None:  # the duplicate-token pass only when some token occurs twice
+                sums["dup"][layer] += torch.linalg.vecdot(maps, match).sum(-1).cpu()
+            if thumbs is not None and key_bins is not None:
+                binned = torch.matmul(maps, key_bins[:stop])  # (H, c, s): keys ≥ stop hold no weight
+                thumbs[layer].index_add_(1, key_bins[start:stop].argmax(-1), binned)
+    if thumbs is not None:
+        widths = torch.tensor(edges[1:], dtype=torch.float32) - torch.tensor(edges[:-1], dtype=torch.float32)
+        thumbs = thumbs.cpu() / (widths[:, None] * widths[None, :])
+    sums["dup"] /= max(n_dup_rows, 1)
     stats = HeadStats(
         entropy=sums["ent"] / t,
         entropy_ratio=sums["ratio"] / max(t - 1, 1),
