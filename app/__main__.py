@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal through the handler that was
     # installed before it started. A graceful drain is a clean exit, so that handler does nothing: exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    # The model thread runs Python too (encoding large responses). With the default 5 ms GIL switch
+    # interval every GIL hand-off to the event loop can wait 5 ms, several times per request; 1 ms keeps
+    # /api/health and admission prompt while a big response is being built.
+    sys.setswitchinterval(0.001)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=30
     )

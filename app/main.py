@@ -50,9 +50,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         try:
             yield
         finally:
-            service.stopping = True
-            service.ready = False
-            await asyncio.to_thread(service.shutdown)
+            await asyncio.to_thread(service.shutdown)  # sets stopping first: /api/ready turns 503 at once
             task.cancel()
 
     app = FastAPI(

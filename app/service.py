@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,22 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError | torch.OutOfMemoryError)
 
 
+MODEL_THREAD_NICE = 10
+
+
+def _lower_model_thread_priority() -> None:
+    """Run model work at a lower CPU priority than the event loop (Linux: per thread).
+
+    The model thread's intra-op worker threads are created from it and inherit the value, so on a
+    machine whose cores are all busy with a forward, /api/health and request admission still get a
+    core at once. With nothing else to run, the model keeps every core: nice only orders the queue.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MODEL_THREAD_NICE)
+    except (AttributeError, OSError):  # not Linux, or not permitted: keep the default priority
+        log.debug("could not lower the model thread's priority")
+
+
 class Service:
     """Holds the model; runs all model work on one thread, one job at a time, behind a bounded queue."""
 
@@ -72,7 +89,9 @@ class Service:
         self.cache = RunCache(settings.cache_entries, settings.cache_bytes)
         self.ready = False
         self.stopping = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headscope-model")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="headscope-model", initializer=_lower_model_thread_priority
+        )
         self._waiting = 0  # admitted jobs not yet finished
         self._lock = threading.Lock()
         self._induction: torch.Tensor | None = None
@@ -163,12 +182,15 @@ class Service:
 
     # -- helpers run on the model thread ---------------------------------------------------------
 
-    def run_for(self, text: str) -> Run:
-        """The cached run of `text`, analysing it first if needed (model thread only)."""
+    def run_for(self, text: str, token_ids: list[int] | None = None) -> Run:
+        """The cached run of `text`, analysing it first if needed (model thread only).
+
+        `token_ids`: the text's ids when the request has already tokenized it, so it is not done twice.
+        """
         loaded = self.model
         run = self.cache.get(loaded.name, text)
         if run is None:
-            run = runs.analyse(loaded, text)
+            run = runs.analyse(loaded, text, token_ids=token_ids)
             self.cache.put(run)
         return run
 

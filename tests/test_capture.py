@@ -84,7 +84,7 @@ def test_run_hidden_state_gives_the_model_logits() -> None:
     run = runs.analyse(loaded, "The capital of France is")
     with torch.no_grad():
         logits = loaded.model(torch.tensor([run.token_ids])).logits[0]
-    pred = runs.predict(loaded.adapter.lm_head(), run.hidden, run.token_ids, 3)
+    pred = runs.predict(loaded.adapter.lm_head(), run, 3)
     logp = torch.log_softmax(logits, -1)
     expected = logp[:-1].gather(1, torch.tensor(run.token_ids[1:])[:, None])[:, 0]
     torch.testing.assert_close(torch.tensor(pred.token_logprobs), expected)

@@ -77,10 +77,15 @@ def test_entropy_and_role_sums() -> None:
     t = 5
     uniform = torch.tril(torch.ones(t, t))
     uniform = uniform / uniform.sum(-1, keepdim=True)
-    ent, ratio = metrics.entropy_stats(uniform[None])
+    scores = torch.zeros(t, t).masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), metrics.MASKED)
+    probs, row_ent, top = metrics.softmax_stats(scores)
+    torch.testing.assert_close(probs, uniform)
+    torch.testing.assert_close(row_ent, metrics.row_entropy(uniform), atol=1e-6, rtol=0)
+    torch.testing.assert_close(top, uniform.amax(-1))
     expected = sum(math.log(q + 1) for q in range(t))
-    assert float(ent[0]) == pytest.approx(expected, abs=1e-5)
-    assert float(ratio[0]) == pytest.approx(t - 1, abs=1e-5)  # every row with ≥ 2 keys is uniform
+    assert float(row_ent.sum()) == pytest.approx(expected, abs=1e-5)
+    ratio = row_ent[1:] / torch.log(torch.arange(2, t + 1).float())
+    assert float(ratio.sum()) == pytest.approx(t - 1, abs=1e-5)  # every row with ≥ 2 keys is uniform
     assert float(metrics.diagonal_sum(uniform[None], 1)[0]) == pytest.approx(sum(1 / (q + 1) for q in range(1, t)))
     # chunked rows give the same sums as the whole map
     top, bottom = uniform[None, :2], uniform[None, 2:]

@@ -34,7 +34,7 @@ async def ablate(body: AblateIn, svc: ServiceDep) -> Response:
 
     def work() -> Response:
         loaded = svc.model
-        run = svc.run_for(body.text)
+        run = svc.run_for(body.text, ids)
         cmp = run_ablation(loaded, run, heads, body.mode, body.top_k, map_heads)
         out = AblateOut(
             tokens=run.tokens,

@@ -27,7 +27,7 @@ async def attention(body: AttentionIn, svc: ServiceDep) -> Response:
     check_map_budget(svc, len(heads), len(ids))
 
     def work() -> Response:
-        run = svc.run_for(body.text)
+        run = svc.run_for(body.text, ids)
         found: dict[tuple[int, int], torch.Tensor] = {}
         for layer in dict.fromkeys(layer for layer, _ in heads):
             in_layer = [h for ly, h in heads if ly == layer]

@@ -19,7 +19,7 @@ async def heads(body: TextIn, svc: ServiceDep) -> HeadsOut:
     def work() -> HeadsOut:
         loaded = svc.model
         layout = loaded.adapter.layout
-        run = svc.run_for(body.text)
+        run = svc.run_for(body.text, ids)
         s = head_stats(run, layout)
         induction = svc.induction()
         rows = [

@@ -26,7 +26,7 @@ async def importance(body: ImportanceIn, svc: ServiceDep) -> ImportanceOut:
             return ImportanceOut(
                 method="gradient", scores=scores.tolist(), normalized=normalise_per_layer(scores).tolist()
             )
-        sweep = ablation_sweep(loaded, svc.run_for(body.text))
+        sweep = ablation_sweep(loaded, svc.run_for(body.text, ids))
         return ImportanceOut(method="ablation", scores=sweep.delta_loss.tolist(), kl_last=sweep.kl_last.tolist())
 
     return await svc.call(work, n_tokens=len(ids))

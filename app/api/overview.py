@@ -29,13 +29,13 @@ async def overview(body: OverviewIn, svc: ServiceDep) -> OverviewOut:
     def work() -> OverviewOut:
         loaded = svc.model
         layout = loaded.adapter.layout
-        run = svc.run_for(body.text)
+        run = svc.run_for(body.text, ids)
         s = head_stats(run, layout, body.thumb)
         assert s.thumbnails is not None
         peak = s.thumbnails.amax(dim=(-1, -2)).clamp_min(1e-12)  # (L, H)
         scaled = (s.thumbnails / peak[..., None, None] * 255).round().clamp(0, 255).to(torch.uint8)
         induction = svc.induction()
-        pred = predict(loaded.adapter.lm_head(), run.hidden, run.token_ids, body.top_k)
+        pred = predict(loaded.adapter.lm_head(), run, body.top_k)
         return OverviewOut(
             tokens=run.tokens,
             token_ids=run.token_ids,

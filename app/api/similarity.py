@@ -30,7 +30,7 @@ async def similarity(body: SimilarityIn, svc: ServiceDep) -> SimilarityOut:
     ids = checked_ids(svc, body.text)
 
     def work() -> SimilarityOut:
-        run = svc.run_for(body.text)
+        run = svc.run_for(body.text, ids)
         sim = head_similarity(run, layout, heads, body.metric, body.order)
         return SimilarityOut(
             metric=body.metric,

@@ -10,7 +10,7 @@ from app.inspect import capture
 from app.inspect.gates import Mode, gate_tensor, head_gates
 from app.inspect.loading import Loaded
 from app.inspect.resume import starting_at
-from app.inspect.runs import LOGIT_CHUNK, Prediction, Run, logits_chunks
+from app.inspect.runs import LOGIT_CHUNK, Prediction, Run, baseline_logprobs, summarise, target_logprobs
 
 Head = tuple[int, int]
 
@@ -35,57 +35,25 @@ class Comparison:
         return self.ablated.loss - self.baseline.loss
 
 
-def _prediction(token_logprobs: list[torch.Tensor], last: torch.Tensor, k: int) -> Prediction:
-    logprobs = torch.cat(token_logprobs)
-    top = torch.topk(last.exp(), min(k, last.shape[0]))
-    return Prediction(
-        token_logprobs=logprobs.tolist(),
-        loss=float(-logprobs.mean()) if logprobs.numel() else None,
-        top_k=list(zip(top.indices.tolist(), top.values.tolist(), strict=True)),
-        last_logprobs=last,
-    )
-
-
-BASELINE_CACHE_BYTES = 128 << 20  # keep a run's baseline log-probs when they fit: a toggle then costs one LM head
-
-
-def baseline_logprobs(lm_head: torch.nn.Module, run: Run) -> list[torch.Tensor] | None:
-    """The run's baseline next-token log-probs per LM-head chunk, cached on the run when small enough."""
-    cached = run.extras.get("baseline_logprobs")
-    if isinstance(cached, list):
-        return cached
-    vocab = int(lm_head.weight.shape[0])  # type: ignore[index]
-    if run.n_tokens * vocab * 4 > BASELINE_CACHE_BYTES:
-        return None
-    chunks = [torch.log_softmax(logits, dim=-1) for logits in logits_chunks(lm_head, run.hidden)]
-    run.extras["baseline_logprobs"] = chunks
-    run.extra_bytes += sum(c.numel() * c.element_size() for c in chunks)
-    return chunks
-
-
 @torch.inference_mode()
 def compare(
     loaded: Loaded, run: Run, ablated_hidden: torch.Tensor, k: int, maps: dict[Head, torch.Tensor] | None = None
 ) -> Comparison:
     """Baseline (the run's hidden state) vs ablated (T, d) hidden states, in one pass over LM-head chunks."""
     lm_head = loaded.adapter.lm_head()
-    targets = torch.tensor(run.token_ids[1:], device=run.hidden.device)
-    cached = baseline_logprobs(lm_head, run)
     picked_base: list[torch.Tensor] = []
     picked_abl: list[torch.Tensor] = []
     kl: list[torch.Tensor] = []
+    starts = range(0, run.n_tokens, LOGIT_CHUNK)
     base = abl = torch.empty(0)
-    for i, start in enumerate(range(0, run.n_tokens, LOGIT_CHUNK)):
-        stop = start + LOGIT_CHUNK
-        base = cached[i] if cached else torch.log_softmax(lm_head(run.hidden[start:stop]).float(), dim=-1)
-        abl = torch.log_softmax(lm_head(ablated_hidden[start:stop]).float(), dim=-1)
+    for start, base in zip(starts, baseline_logprobs(lm_head, run), strict=True):
+        abl = torch.log_softmax(lm_head(ablated_hidden[start : start + LOGIT_CHUNK]).float(), dim=-1)  # (c, V)
         kl.append((base.exp() * (base - abl)).sum(-1).clamp_min(0.0))
-        tgt = targets[start:stop, None]
-        picked_base.append(base[: tgt.shape[0]].gather(1, tgt)[:, 0])
-        picked_abl.append(abl[: tgt.shape[0]].gather(1, tgt)[:, 0])
+        picked_base.append(target_logprobs(base, run.token_ids, start))
+        picked_abl.append(target_logprobs(abl, run.token_ids, start))
     return Comparison(
-        baseline=_prediction(picked_base, base[-1], k),
-        ablated=_prediction(picked_abl, abl[-1], k),
+        baseline=summarise(picked_base, base[-1], k),
+        ablated=summarise(picked_abl, abl[-1], k),
         kl_per_position=torch.cat(kl).tolist(),
         maps=maps or {},
     )

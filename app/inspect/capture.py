@@ -45,15 +45,12 @@ class Recorder:
     """Collects LayerQK for the layers asked for (None = all) during one forward."""
 
     layers: frozenset[int] | None = None
-    store_dtype: torch.dtype | None = None
     captured: dict[int, LayerQK] = field(default_factory=dict)
 
     def wants(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
 
     def record(self, layer: int, qk: LayerQK) -> None:
-        if self.store_dtype is not None:
-            qk.q, qk.k = qk.q.to(self.store_dtype), qk.k.to(self.store_dtype)
         self.captured[layer] = qk
 
 
@@ -95,9 +92,9 @@ def install(model: PreTrainedModel) -> None:
 
 
 @contextmanager
-def recording(layers: frozenset[int] | None = None, store_dtype: torch.dtype | None = None) -> Iterator[Recorder]:
+def recording(layers: frozenset[int] | None = None) -> Iterator[Recorder]:
     """Record queries and keys of `layers` (None = all) for forwards run inside the block."""
-    recorder = Recorder(layers=layers, store_dtype=store_dtype)
+    recorder = Recorder(layers=layers)
     token = _recorder.set(recorder)
     try:
         yield recorder

@@ -43,23 +43,6 @@ def softmax_stats(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return probs, entropy, top
 
 
-def entropy_stats(maps: torch.Tensor, row_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sums over rows of entropy and of entropy / ln(#visible keys) (rows with one key excluded).
-
-    Args:
-        maps: (..., Tq, S) rows of a causal map; row i of the chunk is query position row_offset + i.
-        row_offset: position of the chunk's first row.
-
-    Returns:
-        (sum of entropies, sum of ratios to uniform) over the chunk's rows, shape (...).
-    """
-    ent = row_entropy(maps)  # (..., Tq)
-    visible = torch.arange(maps.shape[-2], device=maps.device) + row_offset + 1
-    uniform = torch.log(visible.float())
-    ratio = torch.where(visible > 1, ent / uniform.clamp_min(EPS), torch.zeros_like(ent))
-    return ent.sum(-1), ratio.sum(-1)
-
-
 def diagonal_sum(maps: torch.Tensor, offset: int, row_offset: int = 0) -> torch.Tensor:
     """Σ over rows of a[q, q − offset] (offset 0 = self, 1 = previous token). Shape (...)."""
     t_q = maps.shape[-2]

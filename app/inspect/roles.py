@@ -119,6 +119,7 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
             n_dup_rows += int(match.amax(-1).sum())
         visible = torch.arange(start + 1, stop + 1, device=device, dtype=torch.float32)
         inv_uniform = torch.where(visible > 1, 1 / torch.log(visible).clamp_min(metrics.EPS), 0.0)
+        row_bins = key_bins[start:stop].argmax(-1) if key_bins is not None else None  # each row's bin
         for layer in range(layout.n_layers):
             maps, ent, conf = _chunk(run.qk[layer], layout.group_size, start, stop, bias)  # (H, c, stop), (H, c)
             sums["ent"][layer] += ent.sum(-1).cpu()
@@ -129,9 +130,9 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
             sums["first"][layer] += maps[..., 0].sum(-1).cpu()
             if match is not None:  # the duplicate-token pass only when some token occurs twice
                 sums["dup"][layer] += torch.linalg.vecdot(maps, match).sum(-1).cpu()
-            if thumbs is not None and key_bins is not None:
+            if thumbs is not None and key_bins is not None and row_bins is not None:
                 binned = torch.matmul(maps, key_bins[:stop])  # (H, c, s): keys ≥ stop hold no weight
-                thumbs[layer].index_add_(1, key_bins[start:stop].argmax(-1), binned)
+                thumbs[layer].index_add_(1, row_bins, binned)
     if thumbs is not None:
         widths = torch.tensor(edges[1:], dtype=torch.float32) - torch.tensor(edges[:-1], dtype=torch.float32)
         thumbs = thumbs.cpu() / (widths[:, None] * widths[None, :])
@@ -166,15 +167,10 @@ def induction_scores(loaded: Loaded) -> torch.Tensor:
     total = torch.zeros(layout.n_layers, layout.n_heads)
     rows_total = 0
     for row in probe:
-        run = analyse_ids(loaded, row.tolist())
+        run = analyse(loaded, "", token_ids=row.tolist())
         for layer in range(layout.n_layers):
             maps = run.maps(layer, list(range(layout.n_heads)), layout.group_size)
             mass, rows = metrics.induction_mass(maps, PROBE_LENGTH)
             total[layer] += mass.cpu()
         rows_total += rows
     return total / max(rows_total, 1)
-
-
-def analyse_ids(loaded: Loaded, ids: list[int]) -> Run:
-    """Analyse a sequence given as token ids (decoded to text for the run's record)."""
-    return analyse(loaded, "", token_ids=ids)

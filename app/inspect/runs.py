@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,22 +89,19 @@ class _MeanHooks:
 
 
 @torch.inference_mode()
-def analyse(
-    loaded: Loaded, text: str, store_dtype: torch.dtype | None = None, token_ids: list[int] | None = None
-) -> Run:
+def analyse(loaded: Loaded, text: str, token_ids: list[int] | None = None) -> Run:
     """Run the model once on `text`, keeping queries/keys of every layer, head means and the final hidden state.
 
     Args:
         loaded: the model.
         text: the input; tokenized with default special tokens.
-        store_dtype: dtype to keep Q/K in (None = the model's dtype).
-        token_ids: run these ids instead of tokenizing `text` (probes).
+        token_ids: the ids of `text` when already tokenized (or a probe's ids, with text "").
     """
     ids = encode(loaded.tokenizer, text) if token_ids is None else token_ids
     input_ids = torch.tensor([ids], device=loaded.device)
     inputs: dict[int, torch.Tensor] = {}
     with (
-        capture.recording(store_dtype=store_dtype) as rec,
+        capture.recording() as rec,
         _MeanHooks(loaded.adapter) as means,
         recording_inputs(loaded.adapter, inputs),
     ):
@@ -121,9 +119,10 @@ def analyse(
     )
 
 
-def logits_chunks(lm_head: nn.Module, hidden: torch.Tensor) -> list[torch.Tensor]:
-    """LM-head logits of (T, d) hidden states, float32, in position chunks of LOGIT_CHUNK."""
-    return [lm_head(hidden[i : i + LOGIT_CHUNK]).float() for i in range(0, hidden.shape[0], LOGIT_CHUNK)]
+def logits_chunks(lm_head: nn.Module, hidden: torch.Tensor) -> Iterator[torch.Tensor]:
+    """LM-head logits of (T, d) hidden states, float32, one position chunk of LOGIT_CHUNK at a time."""
+    for i in range(0, hidden.shape[0], LOGIT_CHUNK):
+        yield lm_head(hidden[i : i + LOGIT_CHUNK]).float()
 
 
 @dataclass
@@ -136,27 +135,54 @@ class Prediction:
     last_logprobs: torch.Tensor  # (vocab,) log-softmax after the last token
 
 
-@torch.inference_mode()
-def predict(lm_head: nn.Module, hidden: torch.Tensor, token_ids: list[int], k: int) -> Prediction:
-    """Predictions from a (T, d) final hidden state."""
-    targets = torch.tensor(token_ids[1:], device=hidden.device)
-    picked: list[torch.Tensor] = []
-    last = torch.empty(0)
-    for start, logits in zip(range(0, hidden.shape[0], LOGIT_CHUNK), logits_chunks(lm_head, hidden), strict=True):
-        logp = torch.log_softmax(logits, dim=-1)  # (chunk, vocab)
-        tgt = targets[start : start + logp.shape[0]]
-        picked.append(logp[: tgt.shape[0]].gather(1, tgt[:, None])[:, 0])
-        last = logp[-1]
-    token_logprobs = torch.cat(picked) if picked else torch.empty(0)
-    loss = float(-token_logprobs.mean()) if token_logprobs.numel() else None
-    probs = last.exp()
-    top = torch.topk(probs, min(k, probs.shape[0]))
+BASELINE_CACHE_BYTES = 128 << 20  # keep a run's baseline log-probs when they fit: a toggle then costs one LM head
+
+
+def baseline_logprobs(lm_head: nn.Module, run: Run) -> Iterable[torch.Tensor]:
+    """The run's next-token log-probs per LM-head chunk, (chunk, vocab) each.
+
+    Kept on the run when they fit in BASELINE_CACHE_BYTES; otherwise computed a chunk at a time, so a
+    long text never holds more than one chunk of vocabulary-wide rows.
+    """
+    cached = run.extras.get("baseline_logprobs")
+    if isinstance(cached, list):
+        return cached
+    chunks = (torch.log_softmax(logits, dim=-1) for logits in logits_chunks(lm_head, run.hidden))
+    vocab = int(lm_head.weight.shape[0])  # type: ignore[index]
+    if run.n_tokens * vocab * 4 > BASELINE_CACHE_BYTES:
+        return chunks
+    kept = list(chunks)
+    run.extras["baseline_logprobs"] = kept
+    run.extra_bytes += sum(c.numel() * c.element_size() for c in kept)
+    return kept
+
+
+def summarise(token_logprobs: list[torch.Tensor], last: torch.Tensor, k: int) -> Prediction:
+    """A Prediction from per-chunk target log-probs and the log-probs after the last token."""
+    logprobs = torch.cat(token_logprobs) if token_logprobs else torch.empty(0)
+    top = torch.topk(last.exp(), min(k, last.shape[0]))
     return Prediction(
-        token_logprobs=token_logprobs.tolist(),
-        loss=loss,
+        token_logprobs=logprobs.tolist(),
+        loss=float(-logprobs.mean()) if logprobs.numel() else None,
         top_k=list(zip(top.indices.tolist(), top.values.tolist(), strict=True)),
         last_logprobs=last,
     )
+
+
+def target_logprobs(logp: torch.Tensor, token_ids: list[int], start: int) -> torch.Tensor:
+    """log p of each next token for the chunk of positions starting at `start`: logp (c, vocab) → (≤ c,)."""
+    tgt = torch.tensor(token_ids[start + 1 : start + 1 + logp.shape[0]], device=logp.device)
+    return logp[: tgt.shape[0]].gather(1, tgt[:, None])[:, 0]
+
+
+@torch.inference_mode()
+def predict(lm_head: nn.Module, run: Run, k: int) -> Prediction:
+    """What the model predicts along the run's text (from the baseline log-probs, cached or not)."""
+    picked: list[torch.Tensor] = []
+    logp = torch.empty(0)
+    for start, logp in zip(range(0, run.n_tokens, LOGIT_CHUNK), baseline_logprobs(lm_head, run), strict=True):
+        picked.append(target_logprobs(logp, run.token_ids, start))
+    return summarise(picked, logp[-1], k)
 
 
 class RunCache:
