@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__, web
-from app.api import ablate, attention, errors, heads, importance, meta, overview, similarity
+from app.api import ablate, attention, datasets, errors, heads, importance, jobs, meta, overview, similarity, tracing
 from app.api.encode import FiniteJSONResponse
 from app.config import Settings
 from app.inspect.loading import Loaded
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     app.state.service = service
     app.state.settings = settings
     errors.install(app, settings.retry_after_s)
-    for module in (meta, attention, overview, ablate, similarity, importance, heads):
+    for module in (meta, attention, overview, ablate, similarity, importance, heads, tracing, datasets, jobs):
         app.include_router(module.router)
     app.include_router(web.router)
 

@@ -18,7 +18,19 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request) -> HTMLResponse:
     """The single-page instrument."""
-    return templates.TemplateResponse(request, "index.html", {"plotly_version": plotly.__version__})
+    return templates.TemplateResponse(request, "index.html", {"page": "heads"})
+
+
+@router.get("/trace", response_class=HTMLResponse)
+def trace(request: Request) -> HTMLResponse:
+    """Causal tracing: activation patching, direct logit attribution, logit lens, token view."""
+    return templates.TemplateResponse(request, "trace.html", {"page": "trace"})
+
+
+@router.get("/corpus", response_class=HTMLResponse)
+def corpus(request: Request) -> HTMLResponse:
+    """Corpus mode: datasets, jobs and dataset-level head statistics."""
+    return templates.TemplateResponse(request, "corpus.html", {"page": "corpus"})
 
 
 @router.get("/vendor/plotly.min.js")
