@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -29,6 +31,10 @@ class Settings(BaseSettings):
     cache_entries: int = Field(16, ge=1)
     cache_bytes: int = Field(2 << 30, ge=1)
     warmup: bool = True
+
+    data_dir: Path = Field(Path("data"), description="embedded store of corpus datasets and jobs")
+    max_dataset_texts: int = Field(10_000, ge=1, description="most texts one dataset may hold")
+    max_upload_bytes: int = Field(20_000_000, ge=1024, description="body limit of a dataset upload")
 
     api_key: SecretStr | None = None
     cors_origins: list[str] = []

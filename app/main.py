@@ -76,6 +76,12 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
     api_key = settings.api_key.get_secret_value() if settings.api_key else None
-    app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, api_key=api_key)
+    app.add_middleware(
+        Guard,
+        max_body_bytes=settings.max_body_bytes,
+        api_key=api_key,
+        upload_paths=("/api/datasets",),
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(RequestMetrics, telemetry=telemetry)  # outermost: counts 401/413 too
     return app

@@ -34,10 +34,19 @@ class _TooLarge(Exception):
 class Guard:
     """Rejects oversized bodies (413) and requests without the API key (401); adds security headers."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, api_key: str | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        api_key: str | None,
+        upload_paths: tuple[str, ...] = (),
+        max_upload_bytes: int = 0,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key
+        self.upload_paths = upload_paths  # exact paths that take file uploads, limited by max_upload_bytes
+        self.max_upload_bytes = max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -50,9 +59,10 @@ class Guard:
                 send, 401, "unauthorized", "send the API key as 'Authorization: Bearer KEY' or 'X-API-Key'"
             )
             return
+        limit = self.max_upload_bytes if path in self.upload_paths else self.max_body_bytes
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-            await _send_error(send, 413, "body_too_large", f"request body over {self.max_body_bytes} bytes")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _send_error(send, 413, "body_too_large", f"request body over {limit} bytes")
             return
 
         received = 0
@@ -63,7 +73,7 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
+                if received > limit:
                     raise _TooLarge
             return message
 
@@ -82,7 +92,7 @@ class Guard:
             await self.app(scope, limited_receive, secured_send)
         except _TooLarge:
             if not started:
-                await _send_error(send, 413, "body_too_large", f"request body over {self.max_body_bytes} bytes")
+                await _send_error(send, 413, "body_too_large", f"request body over {limit} bytes")
 
     def _authorized(self, headers: dict[str, Any]) -> bool:
         assert self.api_key is not None

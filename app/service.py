@@ -40,6 +40,20 @@ class InvalidInput(ServiceError):
     code = "invalid_input"
 
 
+class NotFound(ServiceError):
+    """404: no such dataset, job or other named resource."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    """409: the resource exists but is in a state that forbids the request (e.g. deleting a built-in set)."""
+
+    status = 409
+    code = "conflict"
+
+
 class Unavailable(ServiceError):
     """503: retry later."""
 
