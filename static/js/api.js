@@ -76,3 +76,18 @@ export const importance = (text, method = "gradient", opts) =>
   request("POST", "/api/importance", { text, method }, opts);
 
 export const heads = (text, opts) => request("POST", "/api/heads", { text }, opts);
+
+// -- causal tracing (the Trace page) --
+
+/** Activation patching: every head's recovery of the answer−wrong logit difference (plus options). */
+export const patch = (body, opts) => request("POST", "/api/patch", body, opts);
+
+/** Direct logit attribution of a target token (minus a contrast) to every head, MLP and the embeddings. */
+export const dla = (body, opts) => request("POST", "/api/dla", body, opts);
+
+/** Logit lens: each block's residual stream read out through the final norm and the LM head. */
+export const logitLens = (body, opts) => request("POST", "/api/logit_lens", body, opts);
+
+/** Every head's attention row from one query position (the token view). */
+export const attentionFrom = (text, queryPos, opts) =>
+  request("POST", "/api/attention_from", { text, query_pos: queryPos }, opts);
