@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import ServiceDep, checked_ids
-from app.api.schemas import ERRORS, Health, KVCacheCost, ModelInfo, TextIn, TokenizeOut
+from app.api.schemas import ERRORS, Health, KVCacheCost, ModelInfo, RoleInfo, RolesOut, TextIn, TokenizeOut
+from app.inspect.roles import ROLES
 from app.inspect.runs import token_strings
 
 router = APIRouter(prefix="/api", tags=["model"])
@@ -58,6 +59,12 @@ def model_info(svc: ServiceDep) -> ModelInfo:
             saving_vs_mha=1 - this / mha,
         ),
     )
+
+
+@router.get("/roles", response_model=RolesOut)
+def roles() -> RolesOut:
+    """The per-head role scores of /api/heads: field name, label on screen, what it measures."""
+    return RolesOut(roles=[RoleInfo(name=r.name, label=r.label, description=r.description) for r in ROLES])
 
 
 @router.post("/tokenize", response_model=TokenizeOut, responses=ERRORS)

@@ -215,6 +215,16 @@ class HeadsOut(Tokens):
 
 class OverviewIn(TextIn):
     thumb: int = Field(32, ge=4, le=64, description="thumbnail side in pixels (block means of each map)")
+class RoleInfo(BaseModel):
+    name: str = Field(description="the score's field in /api/heads (and in /api/overview `stats` where it is there)")
+    label: str = Field(description="how the page names it")
+    description: str
+
+
+class RolesOut(BaseModel):
+    roles: list[RoleInfo]
+
+
     top_k: int = Field(10, ge=1, le=100)
 
 

@@ -32,6 +32,43 @@ PROBE_SEED = 0
 @dataclass
 class HeadStats:
     """Role scores of every head, each tensor (n_layers, n_heads), and optional map thumbnails."""
+@dataclass(frozen=True)
+class Role:
+    """One per-head role score: `name` is its field in /api/heads and /api/overview, `label` its name on screen."""
+
+    name: str
+    label: str
+    description: str
+
+
+# The one list of role scores: the API documents and serves it (GET /api/roles), the page reads it.
+ROLES: tuple[Role, ...] = (
+    Role("entropy", "entropy", "mean attention entropy over query positions, nats"),
+    Role("entropy_ratio", "entropy ratio", "mean entropy / ln(number of visible keys); 1 = uniform"),
+    Role("confidence", "confidence", "mean of each row's largest weight (Voita et al. 2019)"),
+    Role("previous_token", "previous-token", "mean weight on the previous token"),
+    Role("self", "self", "mean weight on the query's own position"),
+    Role("first_token", "first-token (sink)", "mean weight on the first token (attention sink)"),
+    Role(
+        "duplicate_token",
+        "duplicate-token",
+        "mean weight on earlier copies of the query's token (None if no token repeats)",
+    ),
+    Role(
+        "induction",
+        "induction (probe)",
+        f"Olsson et al. (2022) prefix matching measured on the model's own probe ({PROBE_BATCH} sequences of "
+        f"{PROBE_LENGTH} random tokens, each repeated twice), not on the text: the same for every text",
+    ),
+    Role(
+        "text_induction",
+        "induction (this text)",
+        "prefix matching on the text itself: mean weight from a token to the token after each earlier "
+        "occurrence of it (None if no token repeats)",
+    ),
+)
+
+
 
     entropy: torch.Tensor
     entropy_ratio: torch.Tensor
