@@ -35,6 +35,7 @@ async def heads(body: TextIn, svc: ServiceDep) -> HeadsOut:
                 first_token=float(s.first_token[ly, h]),
                 duplicate_token=None if s.duplicate_token is None else float(s.duplicate_token[ly, h]),
                 induction=float(induction[ly, h]),
+                text_induction=None if s.text_induction is None else float(s.text_induction[ly, h]),
             )
             for ly in range(layout.n_layers)
             for h in range(layout.n_heads)

@@ -204,17 +204,17 @@ class HeadRoles(BaseModel):
     induction: float = Field(
         description="Olsson et al. prefix-matching score on the model's repeated-random-token probe"
     )
+    text_induction: float | None = Field(
+        None,
+        description="prefix matching on this text: mean weight on the token right after earlier copies of "
+        "the query's token (None if no token repeats)",
+    )
 
 
 class HeadsOut(Tokens):
     heads: list[HeadRoles]
 
 
-# -- overview ------------------------------------------------------------------------------------
-
-
-class OverviewIn(TextIn):
-    thumb: int = Field(32, ge=4, le=64, description="thumbnail side in pixels (block means of each map)")
 class RoleInfo(BaseModel):
     name: str = Field(description="the score's field in /api/heads (and in /api/overview `stats` where it is there)")
     label: str = Field(description="how the page names it")
@@ -225,6 +225,11 @@ class RolesOut(BaseModel):
     roles: list[RoleInfo]
 
 
+# -- overview ------------------------------------------------------------------------------------
+
+
+class OverviewIn(TextIn):
+    thumb: int = Field(32, ge=4, le=64, description="thumbnail side in pixels (block means of each map)")
     top_k: int = Field(10, ge=1, le=100)
 
 

@@ -8,6 +8,9 @@ Scores (each an average over query positions of the user's text):
   positions whose token occurred before (None when no token repeats).
 - induction: Olsson et al. (2022) prefix matching, measured on the model's own probe (a seeded
   sequence of random tokens repeated twice), not on the user's text.
+- text_induction: the same prefix matching on the user's text itself: mean attention mass on the
+  tokens right after earlier occurrences of the query's token, over positions whose token occurred
+  before (None when no token repeats). On the probe's second copy it equals `induction`.
 """
 
 from __future__ import annotations
@@ -29,9 +32,6 @@ PROBE_BATCH = 4
 PROBE_SEED = 0
 
 
-@dataclass
-class HeadStats:
-    """Role scores of every head, each tensor (n_layers, n_heads), and optional map thumbnails."""
 @dataclass(frozen=True)
 class Role:
     """One per-head role score: `name` is its field in /api/heads and /api/overview, `label` its name on screen."""
@@ -69,6 +69,9 @@ ROLES: tuple[Role, ...] = (
 )
 
 
+@dataclass
+class HeadStats:
+    """Role scores of every head, each tensor (n_layers, n_heads), and optional map thumbnails."""
 
     entropy: torch.Tensor
     entropy_ratio: torch.Tensor
@@ -78,6 +81,17 @@ ROLES: tuple[Role, ...] = (
     first_token: torch.Tensor
     duplicate_token: torch.Tensor | None
     thumbnails: torch.Tensor | None = None  # (n_layers, n_heads, s, s): block means of each map
+    text_induction: torch.Tensor | None = None  # prefix matching on the text; None when no token repeats
+
+
+def prefix_match(token_ids: torch.Tensor, start: int, stop: int, n_keys: int) -> torch.Tensor:
+    """(stop − start, n_keys) float: 1 at key j + 1 for each earlier j < q holding q's token, else 0.
+
+    The induction target (Olsson et al. 2022) measured on the text itself: the token that followed an
+    earlier occurrence of the current token. Rows are the same as metrics.duplicate_match's, shifted one key.
+    """
+    dup = metrics.duplicate_match(token_ids, start, stop, n_keys)  # (c, n_keys): earlier copies j < q
+    return torch.nn.functional.pad(dup[:, :-1], (1, 0)) if n_keys else dup  # key j + 1 ≤ q: still causal
 
 
 def bin_edges(t: int, s: int) -> list[int]:
@@ -137,7 +151,7 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
     if isinstance(cached, HeadStats):
         return cached
     shape = (layout.n_layers, layout.n_heads)
-    sums = {name: torch.zeros(shape) for name in ("ent", "ratio", "conf", "prev", "self", "first", "dup")}
+    sums = {name: torch.zeros(shape) for name in ("ent", "ratio", "conf", "prev", "self", "first", "dup", "ind")}
     t = run.n_tokens
     s = min(thumb, t) if thumb else 0
     edges = bin_edges(t, s) if s else []
@@ -152,6 +166,7 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
         stop = min(start + c, t)
         bias = causal_bias(start, stop, layout.group_size, device)
         match = metrics.duplicate_match(ids, start, stop, stop) if repeats else None  # (c, stop)
+        prefix = prefix_match(ids, start, stop, stop) if repeats else None  # (c, stop)
         if match is not None:
             n_dup_rows += int(match.amax(-1).sum())
         visible = torch.arange(start + 1, stop + 1, device=device, dtype=torch.float32)
@@ -167,6 +182,8 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
             sums["first"][layer] += maps[..., 0].sum(-1).cpu()
             if match is not None:  # the duplicate-token pass only when some token occurs twice
                 sums["dup"][layer] += torch.linalg.vecdot(maps, match).sum(-1).cpu()
+            if prefix is not None:
+                sums["ind"][layer] += torch.linalg.vecdot(maps, prefix).sum(-1).cpu()
             if thumbs is not None and key_bins is not None and row_bins is not None:
                 binned = torch.matmul(maps, key_bins[:stop])  # (H, c, s): keys ≥ stop hold no weight
                 thumbs[layer].index_add_(1, row_bins, binned)
@@ -174,6 +191,7 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
         widths = torch.tensor(edges[1:], dtype=torch.float32) - torch.tensor(edges[:-1], dtype=torch.float32)
         thumbs = thumbs.cpu() / (widths[:, None] * widths[None, :])
     sums["dup"] /= max(n_dup_rows, 1)
+    sums["ind"] /= max(n_dup_rows, 1)  # prefix-match rows are the duplicate rows: q's token occurred before
     stats = HeadStats(
         entropy=sums["ent"] / t,
         entropy_ratio=sums["ratio"] / max(t - 1, 1),
@@ -183,6 +201,7 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
         first_token=sums["first"] / t,
         duplicate_token=sums["dup"] if n_dup_rows else None,
         thumbnails=thumbs,
+        text_induction=sums["ind"] if n_dup_rows else None,
     )
     run.extras[key] = stats
     return stats
