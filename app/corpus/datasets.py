@@ -1,0 +1,215 @@
+"""The dataset store: named lists of texts in SQLite ({data_dir}/headscope.sqlite), plus read-only built-ins.
+
+What crosses the boundary: DatasetInfo records and lists of texts. Uploaded sets live in two tables of
+their own (datasets, dataset_texts); built-in sets (ids "builtin:...") are generated at run time by
+app.corpus.builtin and never written. Every method is thread-safe; a create is all or nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from app.corpus import builtin
+from app.service import Conflict, InvalidInput, NotFound
+
+DB_FILE = "headscope.sqlite"
+Texts = list[str]  # a name for annotations inside DatasetStore, whose method `list` shadows the builtin
+MAX_NAME_CHARS = 200
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    id       TEXT PRIMARY KEY,
+    name     TEXT NOT NULL,
+    n_texts  INTEGER NOT NULL,
+    n_tokens INTEGER,
+    created  TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dataset_texts (
+    dataset_id TEXT NOT NULL,
+    idx        INTEGER NOT NULL,
+    text       TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, idx)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset as the API shows it. n_tokens is None for a built-in until it has been counted."""
+
+    id: str
+    name: str
+    n_texts: int
+    n_tokens: int | None
+    builtin: bool
+    created: str  # ISO 8601, UTC
+
+
+def new_id() -> str:
+    return "ds_" + secrets.token_hex(6)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def connect(data_dir: Path) -> sqlite3.Connection:
+    """A connection to the one store file (created with its folder), in WAL mode, usable from any thread.
+
+    Callers serialise their own use of it with a lock; other modules open their own connections.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(data_dir / DB_FILE, timeout=30.0, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash, fast commits
+    return conn
+
+
+def checked(name: str, texts: list[str], max_texts: int) -> None:
+    """Raise InvalidInput (422) unless name and texts make a dataset this store accepts."""
+    if not name.strip():
+        raise InvalidInput("name is empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidInput(f"name is {len(name)} characters; at most {MAX_NAME_CHARS}")
+    if not texts:
+        raise InvalidInput("the dataset has no texts")
+    if len(texts) > max_texts:
+        raise InvalidInput(f"{len(texts)} texts; a dataset holds at most {max_texts} (HEADSCOPE_MAX_DATASET_TEXTS)")
+    for index, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidInput(f"text {index} is empty")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, e.g. from a JSON "\ud800" escape
+            raise InvalidInput(f"text {index} is not valid Unicode (it holds a lone surrogate)") from None
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("name is not valid Unicode (it holds a lone surrogate)") from None
+
+
+class DatasetStore:
+    """Uploaded datasets in SQLite and the built-in sets, behind one lock."""
+
+    def __init__(self, data_dir: Path, max_texts: int) -> None:
+        self.max_texts = max_texts
+        self._conn = connect(data_dir)
+        self._lock = threading.Lock()
+        self._opened = now_iso()
+        self._builtin_tokens: dict[str, int] = {}
+        with self._lock:
+            self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def list(self) -> list[DatasetInfo]:
+        """Built-ins first (in their fixed order), then uploads, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, name, n_texts, n_tokens, created FROM datasets ORDER BY created, rowid"
+            ).fetchall()
+        return [self._builtin_info(i) for i in builtin.IDS] + [_info(row) for row in rows]
+
+    def get(self, dataset_id: str) -> DatasetInfo:
+        """One dataset's record; NotFound (404) for an unknown id."""
+        if dataset_id in builtin.IDS:
+            return self._builtin_info(dataset_id)
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id, name, n_texts, n_tokens, created FROM datasets WHERE id = ?", (dataset_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no dataset {dataset_id!r}")
+        return _info(row)
+
+    def texts(self, dataset_id: str) -> Texts:
+        """Every text of a dataset, in order; NotFound for an unknown id. Built-ins are generated once, cached."""
+        return self.page(dataset_id, 0, None)[1]
+
+    def page(self, dataset_id: str, offset: int, limit: int | None) -> tuple[int, Texts]:
+        """(total, texts[offset : offset + limit]) without reading the rest of a stored dataset."""
+        if dataset_id in builtin.IDS:
+            all_texts = builtin.texts(dataset_id)
+            end = None if limit is None else offset + limit
+            return len(all_texts), list(all_texts[offset:end])
+        info = self.get(dataset_id)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT text FROM dataset_texts WHERE dataset_id = ? AND idx >= ? ORDER BY idx LIMIT ?",
+                (dataset_id, offset, -1 if limit is None else limit),
+            ).fetchall()
+        return info.n_texts, [row[0] for row in rows]
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def create(self, name: str, texts: Texts, n_tokens: int) -> DatasetInfo:
+        """Store a new dataset in one transaction (all or nothing); InvalidInput (422) for bad input."""
+        checked(name, texts, self.max_texts)
+        info = DatasetInfo(new_id(), name, len(texts), n_tokens, builtin=False, created=now_iso())
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute(
+                    "INSERT INTO datasets (id, name, n_texts, n_tokens, created) VALUES (?, ?, ?, ?, ?)",
+                    (info.id, info.name, info.n_texts, info.n_tokens, info.created),
+                )
+                self._conn.executemany(
+                    "INSERT INTO dataset_texts (dataset_id, idx, text) VALUES (?, ?, ?)",
+                    ((info.id, index, text) for index, text in enumerate(texts)),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        return info
+
+    def delete(self, dataset_id: str) -> None:
+        """Remove an uploaded dataset and its texts; Conflict (409) for a built-in, NotFound for an unknown id."""
+        if dataset_id in builtin.IDS:
+            raise Conflict(f"{dataset_id} is built in and cannot be deleted")
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                gone = self._conn.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,)).rowcount
+                self._conn.execute("DELETE FROM dataset_texts WHERE dataset_id = ?", (dataset_id,))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+        if not gone:
+            raise NotFound(f"no dataset {dataset_id!r}")
+
+    def set_builtin_tokens(self, dataset_id: str, n_tokens: int) -> None:
+        """Remember a built-in's token count under the served model (kept in memory: the model may change)."""
+        if dataset_id not in builtin.IDS:
+            raise NotFound(f"no built-in dataset {dataset_id!r}")
+        with self._lock:
+            self._builtin_tokens[dataset_id] = n_tokens
+
+    def _builtin_info(self, dataset_id: str) -> DatasetInfo:
+        info = DatasetInfo(
+            id=dataset_id,
+            name=builtin.TITLES[dataset_id],
+            n_texts=len(builtin.texts(dataset_id)),
+            n_tokens=None,
+            builtin=True,
+            created=self._opened,
+        )
+        with self._lock:
+            return replace(info, n_tokens=self._builtin_tokens.get(dataset_id))
+
+
+def _info(row: tuple[str, str, int, int | None, str]) -> DatasetInfo:
+    dataset_id, name, n_texts, n_tokens, created = row
+    return DatasetInfo(dataset_id, name, n_texts, n_tokens, builtin=False, created=created)
