@@ -10,6 +10,8 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,26 +99,50 @@ class DatasetStore:
     """Uploaded datasets in SQLite and the built-in sets, behind one lock."""
 
     def __init__(self, data_dir: Path, max_texts: int) -> None:
+        self.data_dir = data_dir
         self.max_texts = max_texts
-        self._conn = connect(data_dir)
+        self._conn: sqlite3.Connection | None = None  # opened on first use: an app that never stores writes nothing
         self._lock = threading.Lock()
         self._opened = now_iso()
         self._builtin_tokens: dict[str, int] = {}
-        with self._lock:
-            self._conn.executescript(SCHEMA)
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _db(self) -> sqlite3.Connection:
+        """The connection, opened (and the tables created) on first use. Call with the lock held."""
+        if self._conn is None:
+            conn = connect(self.data_dir)
+            conn.executescript(SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The lock plus one write transaction: committed at the end, rolled back on any error."""
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")  # take the write lock now: other connections wait (busy timeout)
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     # -- reading -----------------------------------------------------------------------------------
 
     def list(self) -> list[DatasetInfo]:
         """Built-ins first (in their fixed order), then uploads, oldest first."""
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT id, name, n_texts, n_tokens, created FROM datasets ORDER BY created, rowid"
-            ).fetchall()
+            rows = (
+                self._db()
+                .execute("SELECT id, name, n_texts, n_tokens, created FROM datasets ORDER BY created, rowid")
+                .fetchall()
+            )
         return [self._builtin_info(i) for i in builtin.IDS] + [_info(row) for row in rows]
 
     def get(self, dataset_id: str) -> DatasetInfo:
@@ -124,9 +150,11 @@ class DatasetStore:
         if dataset_id in builtin.IDS:
             return self._builtin_info(dataset_id)
         with self._lock:
-            row = self._conn.execute(
-                "SELECT id, name, n_texts, n_tokens, created FROM datasets WHERE id = ?", (dataset_id,)
-            ).fetchone()
+            row = (
+                self._db()
+                .execute("SELECT id, name, n_texts, n_tokens, created FROM datasets WHERE id = ?", (dataset_id,))
+                .fetchone()
+            )
         if row is None:
             raise NotFound(f"no dataset {dataset_id!r}")
         return _info(row)
@@ -143,10 +171,14 @@ class DatasetStore:
             return len(all_texts), list(all_texts[offset:end])
         info = self.get(dataset_id)
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT text FROM dataset_texts WHERE dataset_id = ? AND idx >= ? ORDER BY idx LIMIT ?",
-                (dataset_id, offset, -1 if limit is None else limit),
-            ).fetchall()
+            rows = (
+                self._db()
+                .execute(
+                    "SELECT text FROM dataset_texts WHERE dataset_id = ? AND idx >= ? ORDER BY idx LIMIT ?",
+                    (dataset_id, offset, -1 if limit is None else limit),
+                )
+                .fetchall()
+            )
         return info.n_texts, [row[0] for row in rows]
 
     # -- writing -----------------------------------------------------------------------------------
@@ -155,38 +187,24 @@ class DatasetStore:
         """Store a new dataset in one transaction (all or nothing); InvalidInput (422) for bad input."""
         checked(name, texts, self.max_texts)
         info = DatasetInfo(new_id(), name, len(texts), n_tokens, builtin=False, created=now_iso())
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.execute(
-                    "INSERT INTO datasets (id, name, n_texts, n_tokens, created) VALUES (?, ?, ?, ?, ?)",
-                    (info.id, info.name, info.n_texts, info.n_tokens, info.created),
-                )
-                self._conn.executemany(
-                    "INSERT INTO dataset_texts (dataset_id, idx, text) VALUES (?, ?, ?)",
-                    ((info.id, index, text) for index, text in enumerate(texts)),
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO datasets (id, name, n_texts, n_tokens, created) VALUES (?, ?, ?, ?, ?)",
+                (info.id, info.name, info.n_texts, info.n_tokens, info.created),
+            )
+            db.executemany(
+                "INSERT INTO dataset_texts (dataset_id, idx, text) VALUES (?, ?, ?)",
+                ((info.id, index, text) for index, text in enumerate(texts)),
+            )
         return info
 
     def delete(self, dataset_id: str) -> None:
         """Remove an uploaded dataset and its texts; Conflict (409) for a built-in, NotFound for an unknown id."""
         if dataset_id in builtin.IDS:
             raise Conflict(f"{dataset_id} is built in and cannot be deleted")
-        with self._lock:
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                gone = self._conn.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,)).rowcount
-                self._conn.execute("DELETE FROM dataset_texts WHERE dataset_id = ?", (dataset_id,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            gone = db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,)).rowcount
+            db.execute("DELETE FROM dataset_texts WHERE dataset_id = ?", (dataset_id,))
         if not gone:
             raise NotFound(f"no dataset {dataset_id!r}")
 
