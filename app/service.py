@@ -8,9 +8,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Generic, TypeVar
 
 import torch
 
@@ -69,8 +70,29 @@ class NotReady(Unavailable):
     code = "not_ready"
 
 
+class LoadFailed(ServiceError):
+    """503 for good: the model failed to load, so this process will never be ready (/api/health says so)."""
+
+    status = 503
+    code = "load_failed"
+
+
 class OutOfMemory(Unavailable):
     code = "out_of_memory"
+
+
+class Cancelled(ServiceError):
+    """Background work that was cancelled (or closed at shutdown) before it finished."""
+
+    status = 409
+    code = "cancelled"
+
+
+class ClientGone(ServiceError):
+    """The client of a long request disconnected; the work was stopped. Nobody reads the response."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -93,8 +115,56 @@ def _lower_model_thread_priority() -> None:
         log.debug("could not lower the model thread's priority")
 
 
+class Sliced(Generic[T]):
+    """Long work run on the model thread one slice at a time, so waiting requests go first between slices.
+
+    `steps` is a generator: each `next()` is one slice (a batch of a corpus job, a few heads of the
+    ablation sweep); what it yields goes to `on_slice` (progress), what it returns is the result.
+    A slice must not yield inside a context that changes the model (hooks, gates): requests run
+    between slices. `cancel()` may be called from any thread; the model thread then closes the
+    generator (its `finally` blocks run there) before it would have run another slice.
+    """
+
+    def __init__(self, name: str, steps: Generator[Any, None, T], on_slice: Callable[[Any], None] | None) -> None:
+        self.name = name
+        self.steps = steps
+        self.on_slice = on_slice
+        self.future: Future[T] = Future()
+        self.slices = 0
+        self.cancelled = False
+        self._wake: Callable[[], None] = lambda: None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self._wake()
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+
+class _Request:
+    """One interactive call waiting for the model thread."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.enqueued = time.monotonic()
+        self.future: Future[Any] = Future()
+
+
 class Service:
-    """Holds the model; runs all model work on one thread, one job at a time, behind a bounded queue."""
+    """Holds the model; runs all model work on one thread: requests first, long work in slices between them.
+
+    Scheduling: the model thread takes the oldest waiting request if there is one, else one slice of
+    the next background task (round robin). A request therefore waits for at most one slice, so
+    slices are kept short (corpus batches sized by tokens, sweep slices by rows × tokens).
+    Requests that need no forward (maps of a cached run) do not wait at all: `read()` runs them on a
+    reader thread at normal priority while the model thread runs at nice 10, so a corpus batch that
+    takes a second cannot make a cached /api/attention wait for it. Reading a cached run's Q/K
+    while the model thread runs a forward is safe: runs are immutable tensors and readers never
+    touch the model.
+    """
 
     def __init__(self, settings: Settings, loaded: Loaded | None = None, telemetry: Telemetry | None = None) -> None:
         self.settings = settings
@@ -103,10 +173,14 @@ class Service:
         self.cache = RunCache(settings.cache_entries, settings.cache_bytes)
         self.ready = False
         self.stopping = False
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="headscope-model", initializer=_lower_model_thread_priority
-        )
-        self._waiting = 0  # admitted jobs not yet finished
+        self.load_error: str | None = None  # why the model failed to load, once it has
+        self._requests: deque[_Request] = deque()
+        self._background: deque[Sliced[Any]] = deque()
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headscope-reader")
+        self._waiting = 0  # admitted requests not yet finished
         self._lock = threading.Lock()
         self._induction: torch.Tensor | None = None
         self.telemetry.watch_queue(lambda: self._waiting)
@@ -125,9 +199,18 @@ class Service:
         log.info("model %s ready", self.loaded.name)
 
     def shutdown(self) -> None:
+        """Stop taking work, finish the admitted requests, close every background task, join the thread."""
         self.stopping = True
         self.ready = False
-        self._executor.shutdown(wait=True)
+        with self._wakeup:
+            self._closing = True
+            for task in self._background:
+                task.cancelled = True
+            self._wakeup.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        self._reader.shutdown(wait=True)
 
     @property
     def model(self) -> Loaded:
@@ -145,10 +228,10 @@ class Service:
     def queue_depth(self) -> int:
         return self._waiting
 
-    # -- the queue -------------------------------------------------------------------------------
+    # -- admission -------------------------------------------------------------------------------
 
-    async def call(self, fn: Callable[..., T], *args: Any, n_tokens: int = 0) -> T:
-        """Run `fn(*args)` on the model thread; 503 at once when the queue is full or past the deadline."""
+    def _admit(self, n_tokens: int) -> None:
+        """Count one more request in, or raise 503 at once (not ready, shutting down, queue full)."""
         if self.stopping or not self.ready:
             self.telemetry.rejections.labels("not_ready").inc()
             raise NotReady("the server is shutting down" if self.stopping else "the model is still loading")
@@ -159,36 +242,170 @@ class Service:
             self._waiting += 1
         if n_tokens:
             self.telemetry.tokens.observe(n_tokens)
-        enqueued = time.monotonic()
-        loop = asyncio.get_running_loop()
-        # the job itself gives its queue slot back when it ends, even if the caller has gone away
-        return await loop.run_in_executor(self._executor, self._guarded, enqueued, fn, args)
 
-    def _guarded(self, enqueued: float, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+    def _release(self, *_: object) -> None:
+        with self._lock:
+            self._waiting -= 1
+
+    async def call(self, fn: Callable[..., T], *args: Any, n_tokens: int = 0) -> T:
+        """Run `fn(*args)` on the model thread before any background slice; 503 when full or past the deadline."""
+        self._admit(n_tokens)
+        request = _Request(fn, args)
+        # the request gives its queue slot back when it ends, even if the caller has gone away
+        request.future.add_done_callback(self._release)
+        with self._wakeup:
+            self._requests.append(request)
+            self._ensure_thread()
+            self._wakeup.notify()
+        return await asyncio.wrap_future(request.future)  # type: ignore[no-any-return]
+
+    async def read(self, fn: Callable[..., T], *args: Any, n_tokens: int = 0) -> T:
+        """Run `fn(*args)`, which must not use the model, on the reader thread: it never waits for a slice."""
+        self._admit(n_tokens)
+        future = self._reader.submit(self._timed, fn, args)
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    async def on_run(self, text: str, token_ids: list[int], fn: Callable[[Run], T], n_tokens: int = 0) -> T:
+        """`fn(run of text)`, where fn only reads the run: on the reader thread when the run is cached
+        (no waiting behind a slice), else on the model thread after analysing the text."""
+        run = self.cache.get(self.model.name, text)
+        if run is not None:
+            return await self.read(fn, run, n_tokens=n_tokens)
+        return await self.call(lambda: fn(self.run_for(text, token_ids)), n_tokens=n_tokens)
+
+    def submit(
+        self, name: str, steps: Generator[Any, None, T], on_slice: Callable[[Any], None] | None = None
+    ) -> Sliced[T]:
+        """Queue long work as background slices (NotReady while loading or stopping)."""
+        if self.stopping or not self.ready:
+            steps.close()
+            raise NotReady("the server is shutting down" if self.stopping else "the model is still loading")
+        task = Sliced(name, steps, on_slice)
+        with self._wakeup:
+            task._wake = self._notify
+            self._background.append(task)
+            self._ensure_thread()
+            self._wakeup.notify()
+        return task
+
+    async def sliced(
+        self,
+        name: str,
+        steps: Generator[Any, None, T],
+        gone: Callable[[], Awaitable[bool]],
+        n_tokens: int = 0,
+        poll_s: float = 0.1,
+    ) -> T:
+        """A request's long work in background slices; cancelled (within one slice) once `gone()` says the
+        client has disconnected or when this coroutine is cancelled."""
+        self._admit(n_tokens)
         try:
-            waited = time.monotonic() - enqueued
+            task = self.submit(name, steps)
+        except BaseException:
+            self._release()
+            raise
+        task.future.add_done_callback(self._release)
+        result = asyncio.wrap_future(task.future)
+        try:
+            while True:
+                done, _ = await asyncio.wait({result}, timeout=poll_s)
+                if done:
+                    return result.result()
+                if await gone():
+                    task.cancel()
+                    raise ClientGone(f"{name}: the client disconnected; stopped")
+        finally:
+            task.cancel()  # a no-op once finished
+
+    # -- the model thread ------------------------------------------------------------------------
+
+    def _notify(self) -> None:
+        with self._wakeup:
+            self._wakeup.notify()
+
+    def _ensure_thread(self) -> None:
+        """Start the model thread on first use (caller holds _wakeup)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="headscope-model", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        _lower_model_thread_priority()
+        while True:
+            with self._wakeup:
+                while not self._requests and not self._background and not self._closing:
+                    self._wakeup.wait()
+                if self._requests:
+                    request: _Request | None = self._requests.popleft()
+                    task = None
+                elif self._background:
+                    request, task = None, self._background[0]
+                    self._background.rotate(-1)  # round robin between background tasks
+                else:
+                    return  # closing, nothing left
+            if request is not None:
+                self._serve(request)
+            elif task is not None:
+                self._step(task)
+
+    def _serve(self, request: _Request) -> None:
+        if not request.future.set_running_or_notify_cancel():
+            return
+        try:
+            waited = time.monotonic() - request.enqueued
             self.telemetry.queue_wait.observe(waited)
             if waited > self.settings.queue_timeout_s:
                 self.telemetry.rejections.labels("deadline").inc()
                 raise Busy(
                     f"the request waited {waited:.1f} s for the model, past the {self.settings.queue_timeout_s} s limit"
                 )
-            start = time.monotonic()
-            try:
-                return fn(*args)
-            except Exception as exc:
-                if _is_oom(exc):
-                    self.telemetry.ooms.inc()
-                    self._release_memory()
-                    raise OutOfMemory("the model ran out of memory on this input; try a shorter text") from exc
-                raise
-            finally:
-                self.telemetry.model_time.observe(time.monotonic() - start)
-        finally:
-            with self._lock:
-                self._waiting -= 1
+            request.future.set_result(self._timed(request.fn, request.args))
+        except BaseException as exc:
+            request.future.set_exception(exc)
 
-    def _release_memory(self) -> None:
+    def _step(self, task: Sliced[Any]) -> None:
+        """Run one slice of `task`; finish, fail or close it (always on this thread)."""
+        finished = True
+        try:
+            if task.cancelled:
+                task.steps.close()
+                stopped = (
+                    NotReady("the server is shutting down") if self._closing else Cancelled(f"{task.name}: cancelled")
+                )
+                task.future.set_exception(stopped)
+                return
+            value = self._timed(next, (task.steps,))
+            task.slices += 1
+            finished = False
+            if task.on_slice is not None:
+                task.on_slice(value)
+        except StopIteration as stop:
+            task.future.set_result(stop.value)
+        except BaseException as exc:
+            task.steps.close()
+            task.future.set_exception(exc)
+        finally:
+            if finished or task.future.done():
+                with self._wakeup:
+                    if task in self._background:
+                        self._background.remove(task)
+
+    def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        start = time.monotonic()
+        try:
+            return fn(*args)
+        except Exception as exc:
+            if _is_oom(exc):
+                self.telemetry.ooms.inc()
+                self.release_memory()
+                raise OutOfMemory("the model ran out of memory on this input; try a shorter text") from exc
+            raise
+        finally:
+            self.telemetry.model_time.observe(time.monotonic() - start)
+
+    def release_memory(self) -> None:
+        """Drop cached runs and free what the allocator holds (after an out-of-memory error)."""
         self.cache.clear()
         gc.collect()
         if torch.cuda.is_available():

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from app.api.deps import ServiceDep, check_map_budget, checked_heads, checked_ids, checked_layers
 from app.api.encode import json_response, maps_json
 from app.api.schemas import ERRORS, AttentionIn, AttentionOut
+from app.inspect.runs import Run
 from app.service import InvalidInput
 
 router = APIRouter(prefix="/api", tags=["attention"])
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/api", tags=["attention"])
 async def attention(body: AttentionIn, svc: ServiceDep) -> Response:
     """Per-head attention maps (rows = queries, columns = keys) for `heads`, or every head of `layers`."""
     layout = svc.model.adapter.layout
-    if body.heads is None and body.layers is None:
+    if not body.heads and not body.layers:  # absent or empty alike: a request must name at least one head
         raise InvalidInput("give `heads` (a list of {layer, head}) or `layers` (a list of layer indices)")
     heads = checked_heads(layout, body.heads or [], "heads")
     for layer in checked_layers(layout, body.layers or []):
@@ -26,8 +27,7 @@ async def attention(body: AttentionIn, svc: ServiceDep) -> Response:
     ids = checked_ids(svc, body.text)
     check_map_budget(svc, len(heads), len(ids))
 
-    def work() -> Response:
-        run = svc.run_for(body.text, ids)
+    def work(run: Run) -> Response:
         found: dict[tuple[int, int], torch.Tensor] = {}
         for layer in dict.fromkeys(layer for layer, _ in heads):
             in_layer = [h for ly, h in heads if ly == layer]
@@ -36,4 +36,4 @@ async def attention(body: AttentionIn, svc: ServiceDep) -> Response:
         maps = maps_json([(layer, head, found[(layer, head)]) for layer, head in heads])
         return json_response({"tokens": run.tokens, "token_ids": run.token_ids}, {"maps": maps})
 
-    return await svc.call(work, n_tokens=len(ids))
+    return await svc.on_run(body.text, ids, work, n_tokens=len(ids))  # cached run: no wait behind a job

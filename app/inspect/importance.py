@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
@@ -40,33 +41,70 @@ class SweepResult:
     kl_last: torch.Tensor
 
 
-@torch.inference_mode()
+@dataclass
+class SweepProgress:
+    """Heads measured so far, of `total`."""
+
+    done: int
+    total: int
+
+
+SLICE_TOKENS = 1024  # rows × tokens of one sweep slice: at ~1,000 tokens one head, at 64 tokens a whole layer
+
+
 def ablation_sweep(loaded: Loaded, run: Run, batch_size: int = 16) -> SweepResult:
-    """Zero every head alone: one gate row per head, the heads of a layer batched together.
+    """Zero every head alone (all slices at once); see `sweep_slices`."""
+    steps = sweep_slices(loaded, run, batch_size, slice_tokens=None)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result: SweepResult = stop.value
+            return result
+
+
+def sweep_slices(
+    loaded: Loaded, run: Run, batch_size: int = 16, slice_tokens: int | None = SLICE_TOKENS
+) -> Generator[SweepProgress, None, SweepResult]:
+    """Zero every head alone, one slice of heads per step: one gate row per head, heads of a layer batched.
 
     Heads of layer l cannot change blocks < l, so each batch starts at block l from the
     baseline's residual stream (app.inspect.resume): on average half a forward per head.
+    A slice holds at most `batch_size` heads of one layer and at most `slice_tokens` rows × tokens,
+    so a slice costs at most about one forward of the text (or of `slice_tokens` tokens): the model
+    worker serves waiting requests between slices. Nothing is hooked while the generator is suspended.
     """
     layout = loaded.adapter.layout
-    targets = torch.tensor(run.token_ids[1:], device=loaded.device)
-    ids = torch.tensor([run.token_ids], device=loaded.device)
-    base_loss, base_last = _next_token_stats(loaded, run.hidden[None], targets)
-    inputs = run_layer_inputs(loaded, run)
+    rows = batch_size if slice_tokens is None else max(1, min(batch_size, slice_tokens // run.n_tokens))
+    total = layout.n_layers * layout.n_heads
+    with torch.inference_mode():
+        targets = torch.tensor(run.token_ids[1:], device=loaded.device)
+        ids = torch.tensor([run.token_ids], device=loaded.device)
+        base_loss, base_last = _next_token_stats(loaded, run.hidden[None], targets)
+        inputs = run_layer_inputs(loaded, run)
     delta = torch.zeros(layout.n_layers, layout.n_heads)
     kl = torch.zeros(layout.n_layers, layout.n_heads)
+    done = 0
     for layer in range(layout.n_layers):
-        for start in range(0, layout.n_heads, batch_size):
-            chunk = [(layer, h) for h in range(start, min(start + batch_size, layout.n_heads))]
+        for start in range(0, layout.n_heads, rows):
+            yield SweepProgress(done, total)  # between slices: requests may run here
+            chunk = [(layer, h) for h in range(start, min(start + rows, layout.n_heads))]
             gates = gate_tensor(len(chunk), layout.n_layers, layout.n_heads, [[h] for h in chunk], loaded.device)
             # gates first: they find their blocks by index, before the block list is shortened
-            with head_gates(loaded.adapter, gates, "zero"), starting_at(loaded.adapter, layer, inputs[layer]):
+            with (
+                torch.inference_mode(),
+                head_gates(loaded.adapter, gates, "zero"),
+                starting_at(loaded.adapter, layer, inputs[layer]),
+            ):
                 batch = ids.expand(len(chunk), -1)
                 hidden = loaded.adapter.backbone()(input_ids=batch, use_cache=False).last_hidden_state
-            loss, last = _next_token_stats(loaded, hidden, targets)
-            kl_rows = (base_last.exp() * (base_last - last)).sum(-1).clamp_min(0.0)
+            with torch.inference_mode():
+                loss, last = _next_token_stats(loaded, hidden, targets)
+                kl_rows = (base_last.exp() * (base_last - last)).sum(-1).clamp_min(0.0)
             for row, (ly, head) in enumerate(chunk):
                 delta[ly, head] = float(loss[row] - base_loss[0])
                 kl[ly, head] = float(kl_rows[row])
+            done += len(chunk)
     return SweepResult(delta_loss=delta, kl_last=kl)
 
 
