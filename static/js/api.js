@@ -1,4 +1,7 @@
 // The JSON API, one function per endpoint. Each takes an optional {signal} to cancel a stale request.
+import { apiKey, askForKey, authHeaders } from "./auth.js";
+
+export { authHeaders }; // for requests made outside request() (uploads): they need the key too
 
 export class ApiError extends Error {
   constructor(status, code, detail) {
@@ -14,27 +17,41 @@ function describe(detail) {
   return typeof detail === "string" ? detail : "";
 }
 
+/** Wait `ms`, or reject with an AbortError when `signal` aborts; the abort listener goes either way. */
 function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => {
+    if (signal?.aborted) return reject(new DOMException("aborted", "AbortError"));
+    const onAbort = () => {
       clearTimeout(timer);
       reject(new DOMException("aborted", "AbortError"));
-    });
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
   });
 }
 
 const MAX_RETRIES = 3;
 
-/** One request; a 503 (busy or not ready yet) is retried after its Retry-After, a few times. */
+/**
+ * One request; a 503 (busy or not ready yet) is retried after its Retry-After, a few times, and a 401
+ * (the server has an API key) asks for the key and sends the request again.
+ */
 async function request(method, path, body, { signal } = {}) {
   for (let attempt = 0; ; attempt++) {
     const res = await fetch(path, {
       method,
       signal,
-      headers: body ? { "content-type": "application/json" } : {},
+      headers: { ...authHeaders(), ...(body ? { "content-type": "application/json" } : {}) },
       body: body ? JSON.stringify(body) : undefined,
     });
+    if (res.status === 401) {
+      await askForKey(!!apiKey());
+      attempt = -1;
+      continue;
+    }
     if (res.status === 503 && attempt < MAX_RETRIES) {
       const wait = Math.min(5, Number(res.headers.get("retry-after")) || 1);
       await sleep(wait * 1000, signal);
@@ -51,9 +68,13 @@ async function request(method, path, body, { signal } = {}) {
   }
 }
 
-export const health = (opts) => request("GET", "/api/health", null, opts);
-export const ready = (opts) => request("GET", "/api/ready", null, opts);
 export const model = (opts) => request("GET", "/api/model", null, opts);
+
+/** The per-head role scores: [{name, label, description}] (names are fields of /api/heads). */
+export const roles = (opts) => request("GET", "/api/roles", null, opts);
+
+/** Token ids and display strings; 422 when the text is over the server's token limit. */
+export const tokenize = (text, opts) => request("POST", "/api/tokenize", { text }, opts);
 
 /** Thumbnails, role scores and the prediction for every head, in one pass. */
 export const overview = (text, { thumb = 32, topK = 10 } = {}, opts) =>
@@ -66,9 +87,10 @@ export const attention = (text, heads, opts) => request("POST", "/api/attention"
 export const ablate = (text, heads, { mode = "zero", topK = 10, maps = [] } = {}, opts) =>
   request("POST", "/api/ablate", { text, ablate: heads, mode, top_k: topK, maps }, opts);
 
-export function similarity(text, { metric = "js", order = "layer", layer = null } = {}, opts) {
+export function similarity(text, { metric = "js", order = "layer", layer = null, kvHead = null } = {}, opts) {
   const body = { text, metric, order };
   if (layer !== null) body.layer = layer;
+  if (kvHead !== null) body.kv_head = kvHead;
   return request("POST", "/api/similarity", body, opts);
 }
 
@@ -91,3 +113,35 @@ export const logitLens = (body, opts) => request("POST", "/api/logit_lens", body
 /** Every head's attention row from one query position (the token view). */
 export const attentionFrom = (text, queryPos, opts) =>
   request("POST", "/api/attention_from", { text, query_pos: queryPos }, opts);
+
+// -- corpus mode: datasets and jobs ----------------------------------------------------------------
+
+export const datasets = (opts) => request("GET", "/api/datasets", null, opts);
+export const dataset = (id, opts) => request("GET", `/api/datasets/${encodeURIComponent(id)}`, null, opts);
+export const createDataset = (name, texts, opts) => request("POST", "/api/datasets", { name, texts }, opts);
+
+/** Upload a .jsonl or .txt file as a dataset (multipart); errors in the same shape as request(). */
+export async function uploadDataset(file, name, { signal } = {}) {
+  const form = new FormData();
+  form.append("file", file);
+  if (name) form.append("name", name);
+  const res = await fetch("/api/datasets", { method: "POST", body: form, signal });
+  const data = await res.json().catch(() => null);
+  if (!res.ok) throw new ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);
+  return data;
+}
+
+const jobPath = (id, rest = "") => `/api/jobs/${encodeURIComponent(id)}${rest}`;
+export const startJob = (body, opts) => request("POST", "/api/jobs", body, opts);
+export const jobs = (opts) => request("GET", "/api/jobs", null, opts);
+export const job = (id, opts) => request("GET", jobPath(id), null, opts);
+export const cancelJob = (id, opts) => request("DELETE", jobPath(id), null, opts);
+export const resumeJob = (id, opts) => request("POST", jobPath(id, "/resume"), null, opts);
+export const jobHeads = (id, opts) => request("GET", jobPath(id, "/heads"), null, opts);
+export const jobExamples = (id, { layer, head }, metric, k = 5, opts) =>
+  request("GET", jobPath(id, `/heads/${layer}/${head}/examples?${new URLSearchParams({ metric, k })}`), null, opts);
+export const jobSimilarity = (id, metric = "js", opts) =>
+  request("GET", jobPath(id, `/similarity?${new URLSearchParams({ metric })}`), null, opts);
+/** Not fetched by the page: the address of the progress stream (EventSource) and of the export files (links). */
+export const jobEventsURL = (id) => jobPath(id, "/events");
+export const jobExportURL = (id, format) => jobPath(id, `/export?${new URLSearchParams({ format })}`);
