@@ -1,0 +1,241 @@
+"""The Trace page (/trace) against a real server: patching heatmap, DLA bars, logit lens, token view, URL."""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlparse
+
+import pytest
+
+from tests.browser.pages import query
+from tests.server import Server, serve
+
+pytestmark = pytest.mark.browser
+
+CLEAN = "When Mary and John went to the store, John gave a drink to"
+CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
+IOI = {"clean": CLEAN, "corrupted": CORRUPTED, "answer": " Mary", "wrong": " John"}
+SIZES = [(1280, 720), (1920, 1080)]
+
+
+def post(url: str, path: str, body: dict[str, Any]) -> Any:
+    req = urllib.request.Request(
+        url + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.load(r)
+
+
+def open_trace(page: Any, base: str, params: dict[str, str] | None = None) -> None:
+    page.goto(base + "/trace" + (f"?{urlencode(params)}" if params else ""))
+    page.wait_for_selector("body[data-ready]")
+
+
+def painted(page: Any, panel: str) -> int:
+    return int(page.eval_on_selector(f"#{panel}", "el => Number(el.dataset.painted || 0)"))
+
+
+def wait_painted(page: Any, panel: str, before: int = 0) -> None:
+    """Wait until `#panel` has been drawn (again) since its counter read `before`, and is no longer stale."""
+    page.wait_for_function(
+        "([id, before]) => { const p = document.getElementById(id);"
+        " return Number(p.dataset.painted || 0) > before && !p.classList.contains('stale'); }",
+        arg=[panel, before],
+        timeout=120_000,
+    )
+
+
+def plot_z(page: Any, div: str) -> list[list[float]]:
+    return list(page.eval_on_selector(f"#{div}", "el => el.data[0].z"))
+
+
+def run_example(page: Any) -> None:
+    page.click(".example")
+    for panel in ("lens-panel", "dla-panel", "patch-panel"):
+        wait_painted(page, panel)
+
+
+def close(a: list[list[float]], b: list[list[float]]) -> bool:
+    pairs = (xy for ra, rb in zip(a, b, strict=True) for xy in zip(ra, rb, strict=True))
+    return all(math.isclose(x, y, abs_tol=1e-6) for x, y in pairs)
+
+
+def cell_center(page: Any, div: str, row: int, col: int, n_rows: int, n_cols: int) -> tuple[float, float]:
+    """Screen point of heatmap cell (row, col) in a plot whose rows run top to bottom."""
+    box = page.locator(f"#{div} .nsewdrag").first.bounding_box()
+    return box["x"] + box["width"] * (col + 0.5) / n_cols, box["y"] + box["height"] * (row + 0.5) / n_rows
+
+
+def test_ioi_pair_draws_patching_dla_and_lens(page: Any, tiny_server: Server, artifacts: Path) -> None:
+    held: list[Any] = []
+    page.route("**/api/patch", lambda route: held.append(route))
+    open_trace(page, tiny_server.url)
+    page.click(".example")
+    wait_painted(page, "dla-panel")
+    # patching is held back: its panel looks stale and says what it is doing
+    page.wait_for_function("() => document.querySelector('#patch-panel .progress').textContent.includes('patching 8')")
+    assert "stale" in (page.get_attribute("#patch-panel", "class") or "")
+    page.unroute("**/api/patch")
+    for route in held:
+        route.continue_()
+    wait_painted(page, "patch-panel")
+
+    # the two prompts, with the one differing token marked in each
+    assert page.locator("#clean-tokens .t.diff").all_inner_texts() == ["·John"]
+    assert page.locator("#corrupted-tokens .t.diff").all_inner_texts() == ["·Mary"]
+    assert page.input_value("#answer") == " Mary" and page.input_value("#wrong") == " John"
+    # the heatmap shows exactly what the API computes: 2 layers × 4 heads, diverging around 0
+    expected = post(tiny_server.url, "/api/patch", IOI)
+    assert page.get_attribute("#patch-plot", "data-cells") == "8"
+    assert close(plot_z(page, "patch-plot"), expected["scores"])
+    zmid = page.eval_on_selector("#patch-plot", "el => [el.data[0].zmin, el.data[0].zmax, el.data[0].zmid]")
+    assert zmid[2] == 0 and math.isclose(zmid[0], -zmid[1])
+    assert page.locator("#patch-plot .hm image, #patch-plot .heatmaplayer image").count() >= 1
+    assert page.locator("#top-heads li").count() == 8
+    # DLA: one bar per head (8 ≤ 12 shown), coloured by sign, and the summary gives the logit difference
+    dla = post(tiny_server.url, "/api/dla", {"text": CLEAN, "target": " Mary", "contrast": " John"})
+    assert page.get_attribute("#dla-heads", "data-bars") == "8"
+    assert page.locator("#dla-heads .bars path").count() == 8
+    assert f"{dla['logit']:.3f}" in page.inner_text("#dla-summary")
+    assert page.locator("#dla-layers .bars path").count() == 2 * 2
+    # the lens: probability and rank curves, one table row per layer
+    assert page.locator("#lens-plot .scatterlayer .trace").count() == 2
+    assert page.locator("#lens-table tbody tr").count() == 2
+    q = query(page)
+    assert q["clean"] == CLEAN and q["corrupted"] == CORRUPTED and q["answer"] == " Mary" and q["wrong"] == " John"
+    # the on-demand grid: layers × positions
+    before = painted(page, "lens-panel")
+    page.click("#grid-toggle")
+    wait_painted(page, "lens-panel", before)
+    grid = plot_z(page, "lens-grid")
+    assert len(grid) == 2 and len(grid[0]) == len(expected["tokens_clean"])
+    assert page.get_attribute("#grid-toggle", "aria-pressed") == "true" and query(page)["grid"] == "1"
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.screenshot(path=str(artifacts / "trace-tiny-1280.png"))
+
+
+def test_click_token_shows_every_heads_attention_from_it(page: Any, tiny_server: Server, artifacts: Path) -> None:
+    open_trace(page, tiny_server.url, IOI)
+    wait_painted(page, "lens-panel")
+    page.click("#clean-tokens .t >> nth=9")
+    wait_painted(page, "token-panel")
+    assert query(page)["tok"] == "9"
+    att = post(tiny_server.url, "/api/attention_from", {"text": CLEAN, "query_pos": 9})
+    spans = page.locator("#token-text .t")
+    assert spans.count() == len(att["tokens"])
+    assert "query" in (spans.nth(9).get_attribute("class") or "")
+
+    def shown() -> list[float]:
+        weights = page.eval_on_selector_all("#token-text .t", "s => s.filter(x => x.dataset.w).map(x => x.dataset.w)")
+        return [float(w) for w in weights]
+
+    # layer 0, mean over heads: the weights of tokens 0..9 (nothing after the query), summing to 1
+    mean = [sum(att["weights"][0][h][k] for h in range(4)) / 4 for k in range(10)]
+    assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(shown(), mean, strict=True))
+    # one head of layer 1
+    page.click("#layer-next")
+    page.click('#token-heads .head-chip[data-head="2"]')
+    assert page.get_attribute('#token-heads .head-chip[data-head="2"]', "aria-pressed") == "true"
+    assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(shown(), att["weights"][1][2][:10], strict=True))
+    assert query(page)["tl"] == "1" and query(page)["th"] == "2"
+    # the per-layer lens for that position: target = the next token (·gave)
+    assert "·gave" in page.inner_text("#token-lens-caption")
+    assert page.locator("#token-lens-table tbody tr").count() == 2
+    # keyboard: → moves the query token
+    before = painted(page, "token-panel")
+    page.focus("#token-text")
+    page.keyboard.press("ArrowRight")
+    wait_painted(page, "token-panel", before)
+    assert query(page)["tok"] == "10"
+    page.screenshot(path=str(artifacts / "trace-tiny-token.png"))
+
+
+def test_head_click_opens_the_head_view_with_it_switched_off(page: Any, tiny_server: Server) -> None:
+    open_trace(page, tiny_server.url, IOI)
+    wait_painted(page, "patch-panel")
+    link = page.locator("#top-heads a").first
+    label = link.inner_text()
+    assert query_of(link.get_attribute("href")) == {"text": CLEAN, "head": label, "mask": label}
+    x, y = cell_center(page, "patch-plot", row=1, col=2, n_rows=2, n_cols=4)
+    trace_url = page.url
+    with page.expect_navigation():
+        page.mouse.click(x, y)
+    assert page.url.split("?")[0].endswith("/")
+    assert query(page) == {"text": CLEAN, "head": "L1H2", "mask": "L1H2"}
+    page.wait_for_selector("body[data-ready]")
+    page.go_back()
+    assert page.url == trace_url
+
+
+def query_of(href: str | None) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlparse(href or "").query).items()}
+
+
+def test_unequal_lengths_show_in_the_error_bar(page: Any, tiny_server: Server) -> None:
+    page.watch.allow("422")
+    open_trace(page, tiny_server.url)
+    page.fill("#clean", CLEAN)
+    page.fill("#corrupted", "When Mary and John went to the big store, Mary gave a drink to")
+    page.click("#run")
+    page.wait_for_selector("#error:not([hidden])")
+    text = page.inner_text("#error-text")
+    assert "14" in text and "15" in text, text
+    assert "patching needs the same number" in page.inner_text("#summary")
+    wait_painted(page, "dla-panel")  # the rest of the page still works on the clean prompt
+
+
+def test_url_restores_the_view_and_back_forward_work(page: Any, tiny_server: Server) -> None:
+    open_trace(page, tiny_server.url, {**IOI, "dir": "noise", "tok": "3", "tl": "1", "th": "0"})
+    wait_painted(page, "patch-panel")
+    wait_painted(page, "token-panel")
+    assert page.input_value("#clean") == CLEAN and page.input_value("#corrupted") == CORRUPTED
+    assert page.get_attribute('#direction button[data-dir="noise"]', "aria-pressed") == "true"
+    assert page.get_attribute('#token-heads .head-chip[data-head="0"]', "aria-pressed") == "true"
+    assert page.input_value("#token-layer") == "1"
+    assert "query" in (page.locator("#clean-tokens .t").nth(3).get_attribute("class") or "")
+    noise = post(tiny_server.url, "/api/patch", {**IOI, "direction": "noise"})
+    assert close(plot_z(page, "patch-plot"), noise["scores"])
+    # a deliberate step (denoise) is a history entry; Back returns to noise and redraws it
+    before = painted(page, "patch-panel")
+    page.click('#direction button[data-dir="denoise"]')
+    wait_painted(page, "patch-panel", before)
+    assert "dir" not in query(page)
+    before = painted(page, "patch-panel")
+    page.go_back()
+    wait_painted(page, "patch-panel", before)
+    assert query(page)["dir"] == "noise"
+    assert page.get_attribute('#direction button[data-dir="noise"]', "aria-pressed") == "true"
+    assert close(plot_z(page, "patch-plot"), noise["scores"])
+    page.go_forward()
+    page.wait_for_selector('#direction button[data-dir="denoise"][aria-pressed="true"]')
+
+
+@pytest.fixture(scope="module")
+def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with serve("smollm2-135m", tmp_path_factory.mktemp("smollm-trace")) as server:
+        yield server
+
+
+@pytest.mark.slow
+def test_default_model_ioi_trace(page: Any, smollm: Server, artifacts: Path) -> None:
+    """All 270 heads patched on SmolLM2-135M, residual stream too; screenshots at two window sizes."""
+    open_trace(page, smollm.url, {**IOI, "res": "1", "tok": "10", "tl": "9"})
+    for panel in ("lens-panel", "dla-panel", "patch-panel", "token-panel"):
+        wait_painted(page, panel)
+    assert page.get_attribute("#patch-plot", "data-cells") == str(30 * 9)
+    residual = plot_z(page, "residual-plot")
+    assert len(residual) == 30 and len(residual[0]) == page.locator("#clean-tokens .t").count()
+    assert page.locator("#lens-table tbody tr").count() == 30
+    for width, height in SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(400)  # Plotly's responsive relayout
+        page.screenshot(path=str(artifacts / f"trace-smollm-{width}.png"))
+        page.eval_on_selector("main.trace", "el => el.scrollTo(0, el.scrollHeight)")
+        page.wait_for_timeout(200)
+        page.screenshot(path=str(artifacts / f"trace-smollm-{width}-bottom.png"))
+        page.eval_on_selector("main.trace", "el => el.scrollTo(0, 0)")
