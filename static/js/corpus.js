@@ -123,7 +123,7 @@ function showJob() {
   const how = job.analyses.map((a) => (a === "importance" ? `importance (${job.importance})` : a)).join(" + ");
   fill($("job-title"), el("b", {}, name), el("span", { class: "muted" }, ` · ${how} · ≤${job.max_tokens} tokens`));
   $("job-title").title = job.id;
-  renderProgress({ bar: $("progress"), text: $("progress-text"), state: $("job-state") }, job);
+  renderProgress({ bar: $("job-bar"), text: $("job-progress"), state: $("job-state") }, job);
   $("cancel").disabled = !RUNNING.has(job.state);
   $("resume").hidden = !RESUMABLE.has(job.state);
   $("results-title").textContent = `${name} · ${job.analyses.join(" + ")}`;

@@ -20,6 +20,12 @@ export function extent(heads, metric) {
   return [Math.min(...means), Math.max(...means)];
 }
 
+/** A mean as it fits in a cell: two decimals (three significant digits from 10 on), no exponents. */
+export function cellText(x) {
+  if (Math.abs(x) >= 10) return x.toPrecision(3);
+  return (Math.abs(x) < 0.005 ? 0 : x).toFixed(2);
+}
+
 const dark = ([r, g, b]) => 0.299 * r + 0.587 * g + 0.114 * b < 140;
 
 export class CorpusGrid {
@@ -72,7 +78,7 @@ export class CorpusGrid {
             "aria-label": describeStat(h, metric),
             "aria-pressed": "false",
           },
-          ok ? fmt(s.mean, 2) : "–",
+          ok ? cellText(s.mean) : "–",
         );
         this.cells.set(headLabel(h), cell);
         return cell;

@@ -29,7 +29,7 @@ export function windows(n, positions) {
 function tokenSpan(token, i, ex) {
   const roles = [i === ex.query_pos && "q", i === ex.key_pos && "k"].filter(Boolean);
   const title = roles.length ? `${roles.map((r) => (r === "q" ? "query" : "key")).join(" and ")} token [${i}]` : null;
-  return el("span", { class: ["tok", ...roles].join(" "), title }, token.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅");
+  return el("span", { class: ["ctok", ...roles].join(" "), title }, token.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅");
 }
 
 function exampleItem(ex, head, rank) {

@@ -81,7 +81,7 @@ export function progressText(job) {
   return parts.join(" · ");
 }
 
-export const stateBadge = (state) => el("span", { class: `badge st-${state}` }, state);
+export const stateBadge = (state) => el("span", { class: `cbadge st-${state}` }, state);
 
 /** Update the progress bar (role=progressbar) and its caption for a job. */
 export function renderProgress({ bar, text, state }, job) {
