@@ -26,6 +26,9 @@ export function toggleAll(mask, heads) {
   return [...mask, ...heads.filter((h) => !keys.has(headLabel(h)))];
 }
 
+/** "worse" or "better" only for a real change: no colour for a missing (one-token) or zero Δ loss. */
+const trend = (delta) => (typeof delta !== "number" || delta === 0 ? "" : delta > 0 ? "worse" : "better");
+
 export class Ablation {
   /** nodes: {panel, metrics, topk, tokens, caption}; onResult(result) after each ablated run lands. */
   constructor(nodes, onResult) {
@@ -87,7 +90,7 @@ export class Ablation {
       metrics,
       tile("loss", fmt(base.loss)),
       tile(res ? `loss, ${res.n} off` : "loss, ablated", res ? fmt(res.ablated.loss) : "–"),
-      tile("Δ loss", res ? signed(res.delta_loss) : "–", res ? (res.delta_loss > 0 ? "worse" : "better") : ""),
+      tile("Δ loss", res ? signed(res.delta_loss) : "–", trend(res?.delta_loss)),
       tile("KL last", res ? fmt(res.kl_last, 4) : "–"),
     );
     fill(topk, this.#column("Baseline", base.top_k, null), this.#column(res ? `${res.n} head${res.n > 1 ? "s" : ""} off (${res.mode})` : "Ablated", res?.ablated.top_k, base.top_k));

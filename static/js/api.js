@@ -1,4 +1,7 @@
 // The JSON API, one function per endpoint. Each takes an optional {signal} to cancel a stale request.
+import { apiKey, askForKey, authHeaders } from "./auth.js";
+
+export { authHeaders }; // for requests made outside request() (uploads): they need the key too
 
 export class ApiError extends Error {
   constructor(status, code, detail) {
@@ -16,11 +19,16 @@ function describe(detail) {
 
 function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener("abort", () => {
+    if (signal?.aborted) return reject(new DOMException("aborted", "AbortError"));
+    const onAbort = () => {
       clearTimeout(timer);
       reject(new DOMException("aborted", "AbortError"));
-    });
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", onAbort, { once: true });
   });
 }
 
@@ -32,7 +40,7 @@ async function request(method, path, body, { signal } = {}) {
     const res = await fetch(path, {
       method,
       signal,
-      headers: body ? { "content-type": "application/json" } : {},
+      headers: { ...authHeaders(), ...(body ? { "content-type": "application/json" } : {}) },
       body: body ? JSON.stringify(body) : undefined,
     });
     if (res.status === 503 && attempt < MAX_RETRIES) {
@@ -62,11 +70,17 @@ export const overview = (text, { thumb = 32, topK = 10 } = {}, opts) =>
 /** Full attention maps of some heads. */
 export const attention = (text, heads, opts) => request("POST", "/api/attention", { text, heads }, opts);
 
+/** The per-head role scores: [{name, label, description}] (names are fields of /api/heads). */
+export const roles = (opts) => request("GET", "/api/roles", null, opts);
+
+/** Token ids and display strings; 422 when the text is over the server's token limit. */
+export const tokenize = (text, opts) => request("POST", "/api/tokenize", { text }, opts);
+
 /** Prediction with heads switched off, and maps under that ablation. */
 export const ablate = (text, heads, { mode = "zero", topK = 10, maps = [] } = {}, opts) =>
   request("POST", "/api/ablate", { text, ablate: heads, mode, top_k: topK, maps }, opts);
 
-export function similarity(text, { metric = "js", order = "layer", layer = null } = {}, opts) {
+export function similarity(text, { metric = "js", order = "layer", layer = null, kvHead = null } = {}, opts) {
   const body = { text, metric, order };
   if (layer !== null) body.layer = layer;
   return request("POST", "/api/similarity", body, opts);
@@ -76,6 +90,7 @@ export const importance = (text, method = "gradient", opts) =>
   request("POST", "/api/importance", { text, method }, opts);
 
 export const heads = (text, opts) => request("POST", "/api/heads", { text }, opts);
+  if (kvHead !== null) body.kv_head = kvHead;
 
 // -- causal tracing (the Trace page) --
 

@@ -12,17 +12,6 @@ const LUT = (() => {
 
 const THUMB_INSET = 3; // px of cell frame around each thumbnail: KV tint, or the overlay colour
 
-export const ROLE_NAMES = {
-  entropy: "entropy",
-  entropy_ratio: "entropy ratio",
-  confidence: "confidence",
-  previous_token: "previous-token",
-  self: "self",
-  first_token: "first-token (sink)",
-  duplicate_token: "duplicate-token",
-  induction: "induction",
-};
-
 function decode(b64) {
   const raw = atob(b64);
   const out = new Uint8Array(raw.length);
@@ -40,8 +29,17 @@ export class Grid {
     this.clickMode = "inspect";
     this.cells = [];
     this.overlay = null;
+    this.roles = []; // [{name, label, description}] from /api/roles
+    this.focused = { layer: 0, head: 0 }; // the grid's one tab stop (roving tabindex)
     root.addEventListener("click", (e) => this.#onClick(e));
     root.addEventListener("mouseover", (e) => this.#onHover(e));
+    root.addEventListener("focusin", (e) => this.#onHover(e)); // the keyboard sees what the pointer sees
+    root.addEventListener("keydown", (e) => this.#onKey(e));
+  }
+
+  /** The role scores the server describes: their labels name the overlay and the hover line. */
+  setRoles(roles) {
+    this.roles = roles;
   }
 
   /** kv_groups from /api/model: per KV head, the query heads that read it. */
@@ -89,6 +87,7 @@ export class Grid {
           class: `cell kv-${(this.kvOf?.[head] ?? 0) % 2}`,
           dataset: { head: label, layer: String(layer), h: String(head) },
           "aria-label": label,
+          tabindex: "-1",
           style: at(colOf[head]),
         });
         row.push(cell);
@@ -102,6 +101,8 @@ export class Grid {
     fill(this.root, nodes);
     this.#paintThumbnails();
     this.root.dataset.cells = String(nL * nH);
+    if (!this.cell(this.focused)) this.focused = { layer: 0, head: 0 };
+    this.cell(this.focused).tabIndex = 0;
     this.#applyOverlay();
   }
 
@@ -146,24 +147,33 @@ export class Grid {
     return this.cells[h.layer]?.[h.head];
   }
 
-  /** Mark switched-off heads, the selected head (A) and the compare head (B). */
-  mark({ mask, head, cmp }) {
+  /** Mark switched-off heads, the selected head (A) and, in compare mode, the compare head (B). */
+  mark({ mask, head, cmp, mode }) {
     const masked = new Set(mask.map(headLabel));
+    const a = head ? headLabel(head) : "";
+    const b = cmp && mode === "compare" ? headLabel(cmp) : "";
     for (const row of this.cells) {
       for (const cell of row) {
         const label = cell.dataset.head;
-        cell.classList.toggle("masked", masked.has(label));
-        cell.classList.toggle("selected", !!head && label === headLabel(head));
-        cell.classList.toggle("compare", !!cmp && label === headLabel(cmp));
-        cell.setAttribute("aria-pressed", String(masked.has(label)));
+        const off = masked.has(label);
+        cell.classList.toggle("masked", off);
+        cell.classList.toggle("selected", label === a);
+        cell.classList.toggle("compare", label === b);
+        const states = [off ? "switched off" : "", label === a ? "shown" : "", label === b ? "compared" : ""];
+        cell.setAttribute("aria-label", [label, ...states.filter(Boolean)].join(", "));
       }
     }
   }
 
   /** Colour each cell's frame by a per-head score grid (n_layers × n_heads); null removes the overlay. */
-  setOverlay(name, grid) {
-    this.overlay = grid ? { name, grid } : null;
+  setOverlay(name, grid, description = "") {
+    this.overlay = grid ? { name, grid, description } : null;
     this.#applyOverlay();
+  }
+
+  /** A line in the legend's place (a score on its way, or why there is none); the legend keeps its height. */
+  setLegendNote(text) {
+    if (!this.overlay) fill(this.legend, text ? el("span", { class: "legend-note" }, text) : null);
   }
 
   #applyOverlay() {
@@ -174,7 +184,7 @@ export class Grid {
       fill(this.legend);
       return;
     }
-    const flat = ov.grid.flat();
+    const flat = ov.grid.flat().filter(Number.isFinite);
     const lo = Math.min(...flat);
     const hi = Math.max(...flat);
     const span = hi - lo || 1;
@@ -184,7 +194,7 @@ export class Grid {
     const stops = HEAT.map((c, i) => `${rgb(c)} ${(i / (HEAT.length - 1)) * 100}%`).join(", ");
     fill(
       this.legend,
-      el("span", { class: "legend-name" }, ov.name),
+      el("span", { class: "legend-name", title: ov.description }, ov.name),
       el("span", {}, fmt(lo, 2)),
       el("span", { class: "legend-bar", style: { background: `linear-gradient(90deg, ${stops})` } }),
       el("span", {}, fmt(hi, 2)),
@@ -199,9 +209,54 @@ export class Grid {
   #onClick(e) {
     const h = this.#headOf(e.target);
     if (!h) return;
+    this.#focus(h, false);
+    this.#act(h, e);
+  }
+
+  /** Click or Enter: switch off (Shift, or the Switch off mode), compare (Alt/Ctrl/⌘), else inspect. */
+  #act(h, e) {
     if (e.shiftKey || this.clickMode === "ablate") this.handlers.toggle(h);
     else if (e.altKey || e.ctrlKey || e.metaKey) this.handlers.compare(h);
     else this.handlers.select(h);
+  }
+
+  /** Move the grid's one tab stop to `h` (and focus it). */
+  #focus(h, move = true) {
+    const cell = this.cell(h);
+    if (!cell) return;
+    this.cell(this.focused)?.setAttribute("tabindex", "-1");
+    cell.tabIndex = 0;
+    this.focused = h;
+    if (move) cell.focus();
+  }
+
+  #onKey(e) {
+    const h = this.#headOf(e.target);
+    if (!h || !this.ov) return;
+    const { n_layers: nL, n_heads: nH } = this.ov;
+    const moves = {
+      ArrowUp: [-1, 0],
+      ArrowDown: [1, 0],
+      ArrowLeft: [0, -1],
+      ArrowRight: [0, 1],
+      PageUp: [-5, 0],
+      PageDown: [5, 0],
+    };
+    let to = null;
+    if (moves[e.key]) {
+      const [dl, dh] = moves[e.key];
+      to = { layer: Math.min(nL - 1, Math.max(0, h.layer + dl)), head: Math.min(nH - 1, Math.max(0, h.head + dh)) };
+    } else if (e.key === "Home") to = e.ctrlKey ? { layer: 0, head: 0 } : { layer: h.layer, head: 0 };
+    else if (e.key === "End") to = e.ctrlKey ? { layer: nL - 1, head: nH - 1 } : { layer: h.layer, head: nH - 1 };
+    else if (e.key === "Enter") {
+      e.preventDefault(); // not the button's own click as well (Space keeps it: a plain click)
+      this.#act(h, e);
+      return;
+    }
+    if (to) {
+      e.preventDefault();
+      this.#focus(to);
+    }
   }
 
   #onHover(e) {
@@ -209,37 +264,45 @@ export class Grid {
     if (!h || !this.ov) return;
     const st = this.ov.stats;
     const parts = [headLabel(h), `KV${this.kvOf?.[h.head] ?? h.head}`];
-    for (const key of ["entropy", "previous_token", "first_token", "induction"]) {
-      if (st[key]) parts.push(`${ROLE_NAMES[key]} ${fmt(st[key][h.layer][h.head], 2)}`);
+    for (const role of this.roles) {
+      if (["entropy", "previous_token", "first_token", "induction"].includes(role.name) && st[role.name]) {
+        parts.push(`${role.label} ${fmt(st[role.name][h.layer][h.head], 2)}`);
+      }
     }
-    if (this.overlay && !(this.overlay.name in ROLE_NAMES)) {
-      parts.push(`${this.overlay.name} ${fmt(this.overlay.grid[h.layer][h.head], 3)}`);
-    }
+    const ov = this.overlay;
+    if (ov && !parts.some((p) => p.startsWith(`${ov.name} `))) parts.push(`${ov.name} ${fmt(ov.grid[h.layer][h.head], 3)}`);
     this.info.textContent = parts.join(" · ");
   }
 
-  /** The whole grid as one PNG (thumbnails at 2× with layer and head labels). */
+  /** Where each head goes in an exported picture: thumbnails at 48 px with layer and head labels. */
+  #picture() {
+    const { n_layers: nL, n_heads: nH } = this.ov;
+    const [size, pad, left, top] = [48, 4, 40, 24];
+    const place = (l, h) => ({ x: left + h * (size + pad), y: top + l * (size + pad) });
+    return { nL, nH, size, left, top, place, width: left + nH * (size + pad), height: top + nL * (size + pad) };
+  }
+
+  /** The whole grid as one PNG (thumbnails at 48 px, overlay frames, switched-off heads outlined in red). */
   toBlob() {
     if (!this.ov) return Promise.resolve(null);
-    const { n_layers: nL, n_heads: nH } = this.ov;
-    const size = 48;
-    const pad = 4;
-    const left = 40;
-    const top = 24;
-    const canvas = el("canvas", { width: left + nH * (size + pad), height: top + nL * (size + pad) });
+    const { nH, size, left, place, width, height } = this.#picture();
+    const canvas = el("canvas", { width, height });
     const ctx = canvas.getContext("2d");
     ctx.fillStyle = "#fff";
-    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.fillRect(0, 0, width, height);
     ctx.imageSmoothingEnabled = false;
-    ctx.fillStyle = "#374151";
     ctx.font = "12px system-ui, sans-serif";
-    for (let h = 0; h < nH; h++) ctx.fillText(`H${h}`, left + h * (size + pad) + 14, 16);
+    ctx.fillStyle = "#374151";
+    for (let h = 0; h < nH; h++) ctx.fillText(`H${h}`, left + h * (size + 4) + 14, 16);
     this.cells.forEach((row, l) => {
       ctx.fillStyle = "#374151";
-      ctx.fillText(`L${l}`, 6, top + l * (size + pad) + size / 2 + 4);
+      ctx.fillText(`L${l}`, 6, place(l, 0).y + size / 2 + 4);
       row.forEach((cell, h) => {
-        const x = left + h * (size + pad);
-        const y = top + l * (size + pad);
+        const { x, y } = place(l, h);
+        if (this.overlay) {
+          ctx.fillStyle = cell.style.getPropertyValue("--overlay");
+          ctx.fillRect(x - 2, y - 2, size + 4, size + 4);
+        }
         ctx.drawImage(this.#thumb(l, h), x, y, size, size);
         if (cell.classList.contains("masked")) {
           ctx.strokeStyle = "#dc2626";
@@ -249,5 +312,35 @@ export class Grid {
       });
     });
     return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  }
+
+  /** The same picture as SVG: labels, frames and outlines as vectors, each thumbnail an embedded PNG. */
+  toSVG() {
+    if (!this.ov) return null;
+    const { nH, size, left, place, width, height } = this.#picture();
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(NS, "svg");
+    const add = (parent, tag, attrs, text) => {
+      const node = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+      if (text !== undefined) node.textContent = text;
+      parent.append(node);
+      return node;
+    };
+    Object.entries({ xmlns: NS, width, height, viewBox: `0 0 ${width} ${height}` }).forEach(([k, v]) => svg.setAttribute(k, String(v)));
+    add(svg, "rect", { width, height, fill: "#fff" });
+    const font = { "font-family": "system-ui, sans-serif", "font-size": 12, fill: "#374151" };
+    for (let h = 0; h < nH; h++) add(svg, "text", { ...font, x: left + h * (size + 4) + 14, y: 16 }, `H${h}`);
+    this.cells.forEach((row, l) => {
+      add(svg, "text", { ...font, x: 6, y: place(l, 0).y + size / 2 + 4 }, `L${l}`);
+      row.forEach((cell, h) => {
+        const { x, y } = place(l, h);
+        const g = add(svg, "g", { "data-head": cell.dataset.head });
+        if (this.overlay) add(g, "rect", { x: x - 2, y: y - 2, width: size + 4, height: size + 4, fill: cell.style.getPropertyValue("--overlay") });
+        add(g, "image", { x, y, width: size, height: size, href: this.#thumb(l, h).toDataURL("image/png"), style: "image-rendering: pixelated" });
+        if (cell.classList.contains("masked")) add(g, "rect", { x: x + 1, y: y + 1, width: size - 2, height: size - 2, fill: "none", stroke: "#dc2626", "stroke-width": 2 });
+      });
+    });
+    return new Blob([new XMLSerializer().serializeToString(svg)], { type: "image/svg+xml" });
   }
 }

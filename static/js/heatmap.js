@@ -1,7 +1,6 @@
 // The head view: one head's map, two heads side by side, or a head before / after ablation with the difference.
 import * as api from "./api.js";
-import { ROLE_NAMES } from "./grid.js";
-import { BLUES, el, fill, fmt, headLabel, plotlyText, rgb, sameHead, visible } from "./util.js";
+import { BLUES, BoundedCache, el, fill, fmt, headLabel, plotlyText, rgb, sameHead, visible } from "./util.js";
 
 const ATTN_SCALE = BLUES.map((c, i) => [i / (BLUES.length - 1), rgb(c)]);
 // Difference maps: blue where the ablation took attention away, red where it added some.
@@ -13,9 +12,11 @@ const DIFF_SCALE = [
   [1, "#b2182b"],
 ];
 const LOG_FLOOR = -6;
-const COLORBAR_PX = 78;
-const MIN_PANEL_PX = 280;
+const COLORBAR_PX = 78; // a vertical colour bar beside a single map
+const COLORBAR_TOP_PX = 44; // side-by-side maps: horizontal colour bars over them instead
+const MIN_PANEL_PX = 150;
 const ROW_EXTRA_PX = 120;
+const MAP_BUDGET = 8_000_000; // weights kept per text (≈ two 2,048-token maps); older maps are fetched again
 
 export const PLOT_CONFIG = {
   displaylogo: false,
@@ -62,16 +63,19 @@ export function drawMaps(div, tokens, panels, { scale = "linear", maxHeight = 90
   const labels = tokens.map(visible);
   const hasDiff = panels.some((p) => p.diff);
   const hasAttn = panels.some((p) => !p.diff);
-  const width = Math.max(360, div.clientWidth || 640);
-  const reserve = ((Number(hasAttn) + Number(hasDiff)) * COLORBAR_PX) / width;
+  const width = Math.max(300, div.clientWidth || 640);
   const n = panels.length;
+  const barsOnTop = n > 1; // side by side: the width goes to the maps, the colour bars sit over them
+  const reserve = barsOnTop ? 0 : ((Number(hasAttn) + Number(hasDiff)) * COLORBAR_PX) / width;
   // as many panels per row as stay readable (≥ MIN_PANEL_PX); the rest wrap to further rows
   const cols = Math.max(1, Math.min(n, Math.floor((width * (1 - reserve)) / MIN_PANEL_PX)));
   const rows = Math.ceil(n / cols);
   const span = (1 - reserve) / cols;
   const panelPx = span * width;
+  const topPx = barsOnTop ? COLORBAR_TOP_PX : 0;
   const height =
-    rows === 1 ? Math.min(maxHeight, Math.round(panelPx * 0.85 + 150)) : Math.round(rows * (panelPx * 0.95 + ROW_EXTRA_PX));
+    topPx +
+    (rows === 1 ? Math.min(maxHeight, Math.round(panelPx * 0.85 + 150)) : Math.round(rows * (panelPx * 0.95 + ROW_EXTRA_PX)));
   const rowH = 1 / rows;
   const below = ROW_EXTRA_PX / height; // room under each row for the key-token labels
   const above = 26 / height; // room over each row for the panel title
@@ -89,9 +93,27 @@ export function drawMaps(div, tokens, panels, { scale = "linear", maxHeight = 90
   }
   const tickX = ticks(labels, cats, panelPx * 0.8);
   const tickY = ticks(labels, cats, Math.min(panelPx, maxHeight) * 0.8);
+  // a colour bar: vertical at the right of a single map, horizontal over the first map (weights) or the last (Δ)
+  const bar = (title, which) =>
+    barsOnTop
+      ? {
+          title: { text: title, side: "top" },
+          orientation: "h",
+          thickness: 9,
+          len: Math.min(0.45, span * 0.9),
+          lenmode: "fraction",
+          x: which === "diff" ? (cols - 0.5) * span : 0.5 * span,
+          xanchor: "center",
+          yref: "container", // in the figure's top strip, over the panel titles
+          y: 1,
+          yanchor: "top",
+          ypad: 6,
+          tickfont: { size: 9 },
+        }
+      : { title: { text: title, side: "right" }, thickness: 12, len: 0.8, xanchor: "left" };
   const layout = {
     height,
-    margin: { l: 10, r: 10, t: 34, b: 10 },
+    margin: { l: 10, r: 10, t: 34 + topPx, b: 10 },
     paper_bgcolor: "rgba(0,0,0,0)",
     plot_bgcolor: "#eef0f3",
     font: { family: "Inter, system-ui, sans-serif", size: 11, color: "#1f2937" },
@@ -102,11 +124,8 @@ export function drawMaps(div, tokens, panels, { scale = "linear", maxHeight = 90
       cmin: isLog ? LOG_FLOOR : 0,
       cmax: isLog ? Math.max(LOG_FLOOR + 1, Math.log10(cmax || 1)) : cmax || 1,
       colorbar: {
-        title: { text: isLog ? "weight (log)" : "weight", side: "right" },
-        thickness: 12,
-        len: 0.8,
-        x: 1 - reserve + 0.01,
-        xanchor: "left",
+        ...bar(isLog ? "weight (log)" : "weight", "attn"),
+        ...(barsOnTop ? {} : { x: 1 - reserve + 0.01 }),
         ...(isLog ? { tickvals: [-6, -5, -4, -3, -2, -1, 0], ticktext: ["1e-6", "1e-5", "1e-4", "0.001", "0.01", "0.1", "1"] } : {}),
       },
     },
@@ -118,11 +137,8 @@ export function drawMaps(div, tokens, panels, { scale = "linear", maxHeight = 90
       cmin: -m,
       cmax: m,
       colorbar: {
-        title: { text: "Δ weight", side: "right" },
-        thickness: 12,
-        len: 0.8,
-        x: 1 - reserve + 0.01 + (hasAttn ? COLORBAR_PX / width : 0),
-        xanchor: "left",
+        ...bar("Δ weight", "diff"),
+        ...(barsOnTop ? {} : { x: 1 - reserve + 0.01 + (hasAttn ? COLORBAR_PX / width : 0) }),
       },
     };
   }
@@ -150,11 +166,12 @@ export function drawMaps(div, tokens, panels, { scale = "linear", maxHeight = 90
       constraintoward: "top",
       autorange: "reversed",
       ...tickY,
+      showticklabels: c === 0, // the same tokens on every row: label them once, left of the first map
       automargin: true,
       showgrid: false,
       scaleanchor: `x${suffix}`,
       constrain: "domain",
-      title: i === 0 ? { text: "query token", standoff: 6, font: { size: 11, color: "#6b7280" } } : undefined,
+      title: c === 0 ? { text: "query token", standoff: 6, font: { size: 11, color: "#6b7280" } } : undefined,
     };
     layout.annotations.push({
       text: `<b>${plotlyText(p.title)}</b>`,
@@ -199,7 +216,8 @@ export function drawMaps(div, tokens, panels, { scale = "linear", maxHeight = 90
 export class HeadView {
   constructor({ plot, info, note }) {
     Object.assign(this, { plot, info, noteNode: note });
-    this.maps = new Map(); // head label → weights, for the current text
+    this.maps = new BoundedCache(MAP_BUDGET, (w) => w.length * w.length); // head label → weights, this text
+    this.roles = [];
     this.ctl = null;
     this.seq = 0;
     this.shown = null; // what is on screen, for the JSON export
@@ -209,10 +227,16 @@ export class HeadView {
     this.model = model;
   }
 
+  /** [{name, label, description}] from /api/roles: what the caption lists under each head. */
+  setRoles(roles) {
+    this.roles = roles;
+  }
+
   /** A new text: forget its maps. */
   setRun(ov) {
     this.ctl?.abort();
     this.ov = ov;
+    this.extra = {};
     this.maps.clear();
   }
 
@@ -222,7 +246,9 @@ export class HeadView {
       this.ctl?.abort();
       this.ctl = new AbortController();
       const res = await api.attention(this.ov.text, missing, { signal: this.ctl.signal });
-      for (const m of res.maps) this.maps.set(headLabel(m), m.weights);
+      const fetched = new Map(res.maps.map((m) => [headLabel(m), m.weights]));
+      for (const [label, weights] of fetched) this.maps.set(label, weights);
+      return heads.map((h) => fetched.get(headLabel(h)) ?? this.maps.get(headLabel(h)));
     }
     return heads.map((h) => this.maps.get(headLabel(h)));
   }
@@ -232,13 +258,20 @@ export class HeadView {
     this.noteNode.textContent = text || "";
   }
 
+  /** The head's label, KV head and every role score known for this text (each names what it measures). */
   #describe(h) {
-    const st = this.ov.stats;
-    const parts = [`KV${this.model?.kv_groups.findIndex((g) => g.includes(h.head)) ?? "?"}`];
-    for (const key of ["entropy", "confidence", "previous_token", "self", "first_token", "duplicate_token", "induction"]) {
-      if (st[key]) parts.push(`${ROLE_NAMES[key]} ${fmt(st[key][h.layer][h.head], 2)}`);
+    const st = { ...this.ov.stats, ...this.extra };
+    const parts = [el("span", {}, `KV${this.model?.kv_groups.findIndex((g) => g.includes(h.head)) ?? "?"}`)];
+    for (const role of this.roles) {
+      if (role.name === "entropy_ratio" || !st[role.name]) continue;
+      parts.push(el("span", { title: role.description }, `${role.label} ${fmt(st[role.name][h.layer][h.head], 2)}`));
     }
-    return [el("b", {}, headLabel(h)), " ", parts.join(" · ")];
+    return [el("b", {}, headLabel(h)), " ", parts.map((p, i) => (i ? [" · ", p] : p))];
+  }
+
+  /** Scores fetched after the overview (e.g. induction on this text), shown in the caption too. */
+  setExtraStats(stats) {
+    this.extra = stats;
   }
 
   /**

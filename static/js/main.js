@@ -1,12 +1,14 @@
 // Entry point: wires the prompt, grid, head view, similarity view and live ablation to one state in the URL.
 import { Ablation, allButTop, kvGroupHeads, layerHeads, toggleAll } from "./ablation.js";
 import * as api from "./api.js";
-import { Grid, ROLE_NAMES } from "./grid.js";
+import { exportGrid, exportJSON, exportPlot, slug } from "./export.js";
+import { Grid } from "./grid.js";
 import { HeadView } from "./heatmap.js";
 import { renderModel } from "./modelcard.js";
 import { SimilarityView } from "./similarity.js";
 import * as store from "./state.js";
-import { download, el, fill, headLabel, isAbort, parseHead, sameHead } from "./util.js";
+import { TokenCounter, plural } from "./tokencount.js";
+import { el, fill, headLabel, isAbort, parseHead, sameHead } from "./util.js";
 
 const EXAMPLES = [
   ["Repeated phrase", "Mr and Mrs Dursley, of number four, Privet Drive, were proud to say that they were perfectly normal, thank you very much. Mr and Mrs Dursley, of number four, Privet Drive"],
@@ -16,28 +18,39 @@ const EXAMPLES = [
   ["Facts", "The Eiffel Tower is in the city of Paris, and the Colosseum is in the city of"],
 ];
 
+/** Overlays that are not role scores: head importance, fetched from /api/importance. */
+const IMPORTANCE = [
+  { name: "importance", label: "importance (gradient)", method: "gradient", description: "|∂loss/∂gate|: how much the loss on this text moves when the head's output is scaled" },
+  { name: "importance_ablation", label: "importance (ablation, slow)", method: "ablation", description: "the loss increase on this text when the head alone is switched off: one model run per head" },
+];
+
 const $ = (id) => document.getElementById(id);
 const S = store.fromURL();
 let model = null;
-let ov = null; // the current /api/overview result, plus .text
+let roles = []; // [{name, label, description}] from /api/roles
+let ov = null; // the last good /api/overview result, plus .text: everything on screen belongs to it
 let runSeq = 0;
 let runCtl = null;
-const importance = {}; // method → promise of /api/importance result
+let scores = {}; // overlay name → promise of its n_layers × n_heads grid, for this text
+let scoresShown = {}; // the same, once they arrived (for the JSON export)
+let colorNote = ""; // why the overlay fell back to nothing
 
 const grid = new Grid($("grid"), { legend: $("legend"), info: $("grid-info") }, { select, toggle, compare });
 const headView = new HeadView({ plot: $("heatmap"), info: $("head-info"), note: $("head-note") });
 const similarityView = new SimilarityView({ plot: $("simplot"), collapse: $("collapse") }, pickPair);
+const counter = new TokenCounter($("token-count"));
 const ablation = new Ablation(
   { panel: $("prediction"), metrics: $("metrics"), topk: $("topk"), tokens: $("token-text"), caption: $("token-caption") },
   () => {
     markPainted($("prediction"), "hs:predicted", "hs:toggle");
-    if (S.view === "head" && S.mode === "diff") drawHead();
+    if (S.view === "head" && S.mode === "diff") track(drawHead(), "loading map…");
   },
 );
 
 // -- status and errors ---------------------------------------------------------------------------
 
 let pending = 0;
+/** Show `label` while `promise` runs; any failure but a cancellation lands in the error bar. */
 function track(promise, label) {
   pending++;
   $("status").classList.add("busy");
@@ -55,11 +68,18 @@ function track(promise, label) {
     });
 }
 
-function showError(err) {
+function showError(err, note = "") {
   console.warn(err);
-  $("error-text").textContent = err instanceof api.ApiError ? `${err.code}: ${err.message}` : String(err.message || err);
+  const message = err instanceof api.ApiError ? `${err.code}: ${err.message}` : String(err?.message || err);
+  $("error-text").textContent = note ? `${message}\n${note}` : message;
   $("error").hidden = false;
 }
+
+// a promise nobody awaited still reaches the user
+window.addEventListener("unhandledrejection", (e) => {
+  e.preventDefault();
+  if (!isAbort(e.reason)) showError(e.reason);
+});
 
 /** Record when a view has been painted (the frame after its DOM changed), for tests and timing. */
 function markPainted(node, mark, since) {
@@ -72,29 +92,68 @@ function markPainted(node, mark, since) {
   );
 }
 
+/** A run in progress: say so where the user looks, and make the panels it will replace visibly stale. */
+const progress = {
+  timer: 0,
+  start(text) {
+    const t0 = performance.now();
+    const size = counter.count !== null && counter.text === text ? plural(counter.count, "token") : plural(text.length, "character");
+    const tick = () => ($("progress-text").textContent = `Running the model on ${size}… ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    tick();
+    clearInterval(this.timer);
+    this.timer = setInterval(tick, 100);
+    this.set(true);
+  },
+  stop() {
+    clearInterval(this.timer);
+    this.set(false);
+  },
+  set(on) {
+    $("progress").hidden = !on;
+    $("run").disabled = on;
+    $("run").textContent = on ? "Running…" : "Run ⏎";
+    for (const id of ["grid-scroll", "prediction", "view-panel", "ablate-bar"]) {
+      $(id).classList.toggle("stale", on);
+      $(id).inert = on && !!ov;
+      $(id).setAttribute("aria-busy", String(on));
+    }
+  },
+};
+
 // -- state → page --------------------------------------------------------------------------------
 
-function commit() {
-  store.save(S);
+/** The state changed: address bar (a history entry when `push`), grid marks, controls. */
+function commit({ push = false } = {}) {
+  store.save(S, { push });
   grid.mark(S);
   syncControls();
 }
 
 function syncControls() {
   const seg = (id, attr, value) => {
-    for (const b of $(id).querySelectorAll("button")) b.classList.toggle("on", b.dataset[attr] === value);
+    for (const b of $(id).querySelectorAll("button")) {
+      b.classList.toggle("on", b.dataset[attr] === value);
+      b.setAttribute("aria-pressed", String(b.dataset[attr] === value));
+    }
   };
   seg("head-mode", "mode", S.mode);
   seg("scale", "scale", S.scale);
   seg("metric", "metric", S.metric);
   seg("order", "order", S.order);
   seg("click-mode", "mode", grid.clickMode);
-  for (const b of document.querySelectorAll(".tabs button")) b.classList.toggle("on", b.dataset.view === S.view);
+  for (const b of document.querySelectorAll(".tabs button")) {
+    const on = b.dataset.view === S.view;
+    b.classList.toggle("on", on);
+    b.setAttribute("aria-selected", String(on));
+    b.tabIndex = on ? 0 : -1;
+  }
   $("view-head").hidden = S.view !== "head";
   $("view-similarity").hidden = S.view !== "similarity";
   $("color-by").value = S.color;
   $("abl-mode").value = S.abl;
   $("scope").value = S.scope;
+  $("scope-kv").value = S.kv;
+  $("scope-kv").disabled = S.scope === "all";
   $("cmp-label").hidden = $("swap").hidden = S.mode !== "compare";
   if (document.activeElement !== $("cmp-input")) $("cmp-input").value = S.cmp ? headLabel(S.cmp) : "";
   const h = S.head;
@@ -102,83 +161,146 @@ function syncControls() {
   $("ablate-layer").textContent = h ? `Layer ${h.layer}` : "Layer";
   const g = h && model ? model.kv_groups.findIndex((grp) => grp.includes(h.head)) : -1;
   $("ablate-kv").textContent = h && g >= 0 ? `L${h.layer} KV${g}` : "KV group";
+  // one line in layer / head order, so the grid below never moves
+  const mask = [...S.mask].sort((a, b) => a.layer - b.layer || a.head - b.head);
   fill(
     $("mask-chips"),
-    S.mask.length ? el("span", { class: "muted" }, `${S.mask.length} off:`) : el("span", { class: "muted" }, "no heads switched off"),
-    S.mask.slice(0, 40).map((m) => el("button", { type: "button", class: "chip-off", title: "switch back on", onclick: () => toggle(m) }, `${headLabel(m)} ×`)),
-    S.mask.length > 40 ? el("span", { class: "muted" }, `+${S.mask.length - 40} more`) : null,
+    el("span", { class: "muted" }, mask.length ? `${mask.length} off:` : "no heads switched off"),
+    mask.map((m) => el("button", { type: "button", class: "chip-off", title: `switch ${headLabel(m)} back on`, onclick: () => toggle(m) }, `${headLabel(m)} ×`)),
   );
 }
 
+/** Every overlay the page knows: nothing, importance, then the server's role scores. */
+const overlays = () => [{ name: "none", label: "nothing", description: "" }, ...IMPORTANCE, ...roles];
+
+/** Why an overlay cannot be shown for this text ("" when it can). */
+function unavailable(o) {
+  if (!ov || o.name === "none" || o.method) return ov && o.method && ov.tokens.length < 2 ? "needs two tokens" : "";
+  if (o.name in ov.stats) return ov.stats[o.name] === null ? "no token repeats" : "";
+  // scores outside the overview (induction on the text) exist only where a token repeats
+  return new Set(ov.token_ids).size < ov.token_ids.length ? "" : "no token repeats";
+}
+
 function fillColorOptions() {
-  const options = [
-    ["none", "nothing"],
-    ["importance", "importance (gradient)"],
-    ["importance_ablation", "importance (ablation, slow)"],
-    ...Object.entries(ROLE_NAMES).filter(([key]) => !ov || ov.stats[key]),
-  ];
-  fill($("color-by"), options.map(([value, label]) => el("option", { value }, label)));
-  if (!options.some(([v]) => v === S.color)) S.color = "none";
+  fill(
+    $("color-by"),
+    overlays().map((o) => {
+      const why = unavailable(o);
+      return el("option", { value: o.name, title: o.description, disabled: !!why }, why ? `${o.label} (${why})` : o.label);
+    }),
+  );
+  const current = overlays().find((o) => o.name === S.color);
+  colorNote = "";
+  if (!current || unavailable(current)) {
+    if (current) colorNote = `${current.label}: ${unavailable(current)} in this text, so the grid is not coloured`;
+    S.color = "none"; // the caller's commit() puts it in the address bar too
+  }
   $("color-by").value = S.color;
 }
 
 // -- running a text ------------------------------------------------------------------------------
 
-async function run() {
-  const text = $("prompt").value;
+/** Run `text`; on success everything on screen and in the URL moves to it, on failure nothing does. */
+async function run(text, { push = true } = {}) {
   if (!text.trim()) {
     showError(new Error("type some text first"));
     return;
   }
   performance.mark("hs:enter");
   runCtl?.abort();
-  runCtl = new AbortController();
+  const ctl = (runCtl = new AbortController());
   const seq = ++runSeq;
-  S.text = text;
-  commit();
   $("error").hidden = true;
-  const result = await api.overview(text, { thumb: 32, topK: 10 }, { signal: runCtl.signal });
+  progress.start(text);
+  let result;
+  try {
+    result = await api.overview(text, { thumb: 32, topK: 10 }, { signal: ctl.signal });
+  } catch (err) {
+    if (seq !== runSeq || isAbort(err)) return;
+    const kept = ov ? `The page still shows the last good run (${plural(ov.tokens.length, "token")}); the address bar points to it.` : "";
+    showError(err, kept);
+    return;
+  } finally {
+    if (seq === runSeq) progress.stop();
+  }
   if (seq !== runSeq) return;
   ov = { ...result, text };
+  S.text = text;
+  scores = {};
+  scoresShown = {};
   headView.setRun(ov);
   similarityView.setRun(ov);
-  for (const key of Object.keys(importance)) delete importance[key];
-  $("token-count").textContent = `${ov.tokens.length} tokens`;
+  counter.setRunText(text, ov.tokens.length);
   fillColorOptions();
+  commit({ push });
   grid.render(ov);
   grid.mark(S);
   markPainted($("grid"), "hs:grid", "hs:enter");
   ablation.setRun(ov);
   refreshAblation();
-  applyOverlay();
+  track(applyOverlay(), "scoring heads…");
   refreshView();
 }
 
-function getImportance(method) {
-  if (!ov) return Promise.reject(new Error("run a prompt first"));
-  if (!importance[method]) {
-    const seq = runSeq;
-    importance[method] = api.importance(ov.text, method, { signal: runCtl.signal });
-    importance[method].catch(() => seq === runSeq && delete importance[method]);
+function cancelRun() {
+  runCtl?.abort();
+  runSeq++;
+  progress.stop();
+}
+
+/** An overlay's n_layers × n_heads scores for this text: importance, or a role score from /api/heads. */
+function scoreGrid(o) {
+  if (!scores[o.name]) {
+    const signal = runCtl.signal;
+    const text = ov.text;
+    const { n_layers: nL, n_heads: nH } = ov;
+    const p = o.method
+      ? api.importance(text, o.method, { signal }).then((res) => res.scores)
+      : api.heads(text, { signal }).then((res) => {
+          const g = [...Array(nL)].map(() => Array(nH).fill(null));
+          for (const h of res.heads) g[h.layer][h.head] = h[o.name];
+          return g;
+        });
+    scores[o.name] = p;
+    const mine = scores;
+    p.then(
+      (g) => (scoresShown[o.name] = g),
+      () => mine === scores && delete scores[o.name], // a failure is not cached: asking again retries
+    );
   }
-  return importance[method];
+  return scores[o.name];
 }
 
 async function applyOverlay() {
   if (!ov) return;
-  const key = S.color;
-  if (key === "none") return grid.setOverlay(null);
-  if (ROLE_NAMES[key]) return grid.setOverlay(ROLE_NAMES[key], ov.stats[key]);
-  const method = key === "importance" ? "gradient" : "ablation";
+  const o = overlays().find((x) => x.name === S.color);
+  if (!o || o.name === "none") {
+    grid.setOverlay(null);
+    grid.setLegendNote(colorNote);
+    return;
+  }
+  if (o.name in ov.stats) return grid.setOverlay(o.label, ov.stats[o.name], o.description);
+  grid.setOverlay(null);
+  grid.setLegendNote(`${o.label}: ${o.method === "ablation" ? "switching off each head in turn…" : "computing…"}`);
   const seq = runSeq;
-  const res = await getImportance(method);
-  if (seq === runSeq && S.color === key) grid.setOverlay(`importance (${method})`, res.scores);
+  try {
+    const g = await scoreGrid(o);
+    if (seq !== runSeq || S.color !== o.name) return;
+    grid.setOverlay(o.label, g, o.description);
+    if (!o.method) {
+      headView.setExtraStats({ [o.name]: g });
+      if (S.view === "head") track(drawHead(), "loading map…");
+    }
+  } catch (err) {
+    if (seq === runSeq && S.color === o.name) grid.setLegendNote(`${o.label}: not available`);
+    throw err;
+  }
 }
 
 function refreshAblation() {
   const wantMap = S.view === "head" && S.mode === "diff" && S.head;
   track(ablation.update(S.mask, S.abl, wantMap ? [S.head] : []), "ablating…");
-  if (wantMap && !S.mask.length) drawHead();
+  if (wantMap && !S.mask.length) track(drawHead(), "loading map…");
 }
 
 // -- grid actions --------------------------------------------------------------------------------
@@ -186,7 +308,7 @@ function refreshAblation() {
 function setMask(mask) {
   performance.mark("hs:toggle");
   S.mask = mask;
-  commit();
+  commit({ push: true });
   refreshAblation();
 }
 
@@ -199,8 +321,9 @@ function select(h) {
   S.head = h;
   S.view = "head";
   if (sameHead(S.cmp, h) && S.mode === "compare") S.cmp = null;
-  commit();
+  commit({ push: true });
   refreshView();
+  revealView();
   if (S.mode === "diff") refreshAblation();
 }
 
@@ -209,8 +332,25 @@ function compare(h) {
   S.cmp = h;
   S.mode = "compare";
   S.view = "head";
-  commit();
+  commit({ push: true });
   refreshView();
+  revealView();
+}
+
+function pickPair(a, b) {
+  S.head = a;
+  S.cmp = sameHead(a, b) ? null : b;
+  S.mode = "compare";
+  S.view = "head";
+  commit({ push: true });
+  refreshView();
+  revealView();
+}
+
+/** In the one-column layout the view sits far below the grid: bring it into sight. */
+function revealView() {
+  const top = $("view-panel").getBoundingClientRect().top;
+  if (top > window.innerHeight - 120 || top < 0) $("view-panel").scrollIntoView({ block: "start", behavior: "smooth" });
 }
 
 // -- views ---------------------------------------------------------------------------------------
@@ -233,37 +373,53 @@ async function drawSimilarityView() {
   if (await similarityView.draw(S, plotHeight(plot) - 40)) markPainted(plot, "hs:similarity", "hs:enter");
 }
 
-function pickPair(a, b) {
-  S.head = a;
-  S.cmp = sameHead(a, b) ? null : b;
-  S.mode = "compare";
-  S.view = "head";
+// -- history -------------------------------------------------------------------------------------
+
+/** Back / Forward: the state of that entry, re-running only what it changes. */
+const maskKey = (s) => `${s.abl}:${s.mask.map(headLabel).sort().join()}`;
+
+function restore() {
+  const before = { color: S.color, mask: maskKey(S) };
+  Object.assign(S, store.fromURL());
+  if (model) validHeads();
+  fillColorOptions();
   commit();
+  if (S.text && S.text !== ov?.text) {
+    $("prompt").value = S.text;
+    counter.update(S.text);
+    track(run(S.text, { push: false }), "running…");
+    return;
+  }
+  if (before.mask !== maskKey(S)) refreshAblation();
+  if (before.color !== S.color) track(applyOverlay(), "scoring heads…");
   refreshView();
 }
 
 // -- export --------------------------------------------------------------------------------------
 
-function exportJSON() {
-  const data = {
+/** The data behind what is on screen: the run, the overlay and scores shown, the ablation, the open view. */
+function exportData() {
+  const overlay = overlays().find((o) => o.name === S.color && o.name !== "none");
+  const { text, ...state } = S;
+  return {
     model: model?.name ?? null,
-    text: S.text,
-    state: { mask: S.mask, head: S.head, compare: S.cmp, view: S.view, mode: S.mode, scale: S.scale, ablation_mode: S.abl },
     url: location.href,
+    text: ov?.text ?? null,
+    state,
     tokens: ov?.tokens ?? null,
     token_ids: ov?.token_ids ?? null,
     prediction: ov?.prediction ?? null,
     stats: ov?.stats ?? null,
-    ablation: ablation.result,
-    heatmap: headView.shown,
-    similarity: similarityView.shown,
+    overlay: overlay && grid.overlay ? { name: overlay.name, label: overlay.label, description: overlay.description, scores: grid.overlay.grid } : null,
+    scores: scoresShown,
+    ablation: S.mask.length ? ablation.result : null,
+    heatmap: S.view === "head" ? headView.shown : null,
+    similarity: S.view === "similarity" ? similarityView.shown : null,
   };
-  download(`headscope-${Date.now()}.json`, new Blob([JSON.stringify(data, null, 1)], { type: "application/json" }));
 }
 
-function exportPlot(div, name) {
-  if (!div.querySelector(".main-svg")) return showError(new Error("nothing to export yet"));
-  window.Plotly.downloadImage(div, { format: "png", filename: name, scale: 2, width: div.clientWidth, height: div.clientHeight });
+function plotExport(div, name, format) {
+  if (!exportPlot(div, name, format)) showError(new Error("nothing to export yet"));
 }
 
 // -- wiring --------------------------------------------------------------------------------------
@@ -275,98 +431,105 @@ function onSeg(id, attr, apply) {
   });
 }
 
+/** A change of one state key, as a history entry, then whatever it needs redrawn. */
+function step(patch, after = refreshView) {
+  Object.assign(S, patch);
+  commit({ push: true });
+  after();
+}
+
+function keepTop() {
+  const n = model.n_layers * model.n_heads;
+  const raw = $("keep-k").value.trim();
+  const k = Number(raw);
+  const ok = /^\d+$/.test(raw) && k >= 1 && k <= n;
+  $("keep-k").setAttribute("aria-invalid", String(!ok));
+  $("keep-msg").textContent = ok ? "important heads" : `k must be a whole number from 1 to ${n}`;
+  $("keep-msg").classList.toggle("field-error", !ok);
+  if (!ok) return;
+  if (!ov) return showError(new Error("run a prompt first"));
+  track(
+    scoreGrid(IMPORTANCE[0]).then((g) => setMask(allButTop(g, k))),
+    "scoring heads…",
+  );
+}
+
 function wire() {
   fill($("examples"), EXAMPLES.map(([name, text]) => el("button", { type: "button", class: "example", title: text, onclick: () => {
     $("prompt").value = text;
-    track(run(), "running…");
+    counter.update(text);
+    track(run(text), "running…");
   } }, name)));
+  const submit = () => track(run($("prompt").value), "running…");
   $("prompt-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    track(run(), "running…");
+    submit();
   });
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
-      track(run(), "running…");
+      if (!$("run").disabled || $("prompt").value !== ov?.text) submit();
     }
   });
+  $("prompt").addEventListener("input", () => counter.update($("prompt").value));
+  $("progress-cancel").addEventListener("click", cancelRun);
   $("error-close").addEventListener("click", () => ($("error").hidden = true));
   onSeg("click-mode", "mode", (m) => {
     grid.clickMode = m;
     $("grid").classList.toggle("ablate-mode", m === "ablate");
     syncControls();
   });
-  onSeg("head-mode", "mode", (m) => {
-    S.mode = m;
-    commit();
+  onSeg("head-mode", "mode", (m) => step({ mode: m }, () => {
     if (m === "diff") refreshAblation();
     refreshView();
-  });
-  onSeg("scale", "scale", (s) => {
-    S.scale = s;
-    commit();
-    refreshView();
-  });
-  onSeg("metric", "metric", (m) => {
-    S.metric = m;
-    commit();
-    refreshView();
-  });
-  onSeg("order", "order", (o) => {
-    S.order = o;
-    commit();
-    refreshView();
-  });
-  for (const tab of document.querySelectorAll(".tabs button")) {
-    tab.addEventListener("click", () => {
-      S.view = tab.dataset.view;
-      commit();
-      refreshView();
+  }));
+  onSeg("scale", "scale", (s) => step({ scale: s }));
+  onSeg("metric", "metric", (m) => step({ metric: m }));
+  onSeg("order", "order", (o) => step({ order: o }));
+  const tabs = [...document.querySelectorAll(".tabs button")];
+  for (const tab of tabs) {
+    tab.addEventListener("click", () => step({ view: tab.dataset.view }));
+    tab.addEventListener("keydown", (e) => {
+      const i = tabs.indexOf(tab) + (e.key === "ArrowRight" ? 1 : e.key === "ArrowLeft" ? -1 : 0);
+      if (i === tabs.indexOf(tab)) return;
+      const next = tabs[(i + tabs.length) % tabs.length];
+      next.focus();
+      next.click();
     });
   }
-  $("scope").addEventListener("change", () => {
-    S.scope = $("scope").value;
-    commit();
-    refreshView();
-  });
+  $("scope").addEventListener("change", () => step({ scope: $("scope").value, kv: "all" }));
+  $("scope-kv").addEventListener("change", () => step({ kv: $("scope-kv").value }));
   $("color-by").addEventListener("change", () => {
-    S.color = $("color-by").value;
-    commit();
-    track(applyOverlay(), S.color === "importance_ablation" ? "ablating each head…" : "scoring heads…");
+    colorNote = "";
+    step({ color: $("color-by").value }, () =>
+      track(applyOverlay(), S.color === "importance_ablation" ? "switching off each head…" : "scoring heads…"),
+    );
   });
   $("show-maps").addEventListener("change", () => $("grid").classList.toggle("no-maps", !$("show-maps").checked));
-  $("abl-mode").addEventListener("change", () => {
-    S.abl = $("abl-mode").value;
-    commit();
-    refreshAblation();
-  });
+  $("abl-mode").addEventListener("change", () => step({ abl: $("abl-mode").value }, refreshAblation));
   $("cmp-input").addEventListener("change", () => {
     const h = parseHead($("cmp-input").value);
     if (h && model && h.layer < model.n_layers && h.head < model.n_heads) compare(h);
     else showError(new Error(`not a head of this model: ${$("cmp-input").value} (write it as L4H1)`));
   });
-  $("swap").addEventListener("click", () => {
-    if (!S.cmp || !S.head) return;
-    [S.head, S.cmp] = [S.cmp, S.head];
-    commit();
-    refreshView();
-  });
+  $("swap").addEventListener("click", () => S.cmp && S.head && step({ head: S.cmp, cmp: S.head }));
   $("reset").addEventListener("click", () => setMask([]));
   $("ablate-layer").addEventListener("click", () => S.head && setMask(toggleAll(S.mask, layerHeads(S.head.layer, model.n_heads))));
   $("ablate-kv").addEventListener("click", () => S.head && setMask(toggleAll(S.mask, kvGroupHeads(S.head, model.kv_groups))));
-  $("keep-top").addEventListener("click", () =>
-    track(
-      getImportance("gradient").then((res) => setMask(allButTop(res.scores, Math.max(1, Number($("keep-k").value) || 10)))),
-      "scoring heads…",
-    ),
-  );
-  $("grid-png").addEventListener("click", async () => {
-    const blob = await grid.toBlob();
-    if (blob) download("headscope-grid.png", blob);
-  });
-  $("heat-png").addEventListener("click", () => exportPlot($("heatmap"), `headscope-${headView.shown?.panels.map((p) => p.title).join("-") ?? "map"}`));
-  $("sim-png").addEventListener("click", () => exportPlot($("simplot"), `headscope-similarity-${S.metric}`));
-  $("export-json").addEventListener("click", exportJSON);
+  $("keep-top").addEventListener("click", keepTop);
+  $("keep-k").addEventListener("keydown", (e) => e.key === "Enter" && keepTop());
+  for (const format of ["png", "svg"]) {
+    $(`grid-${format}`).addEventListener("click", () =>
+      track(exportGrid(grid, format).then((ok) => ok || showError(new Error("run a prompt first"))), "exporting…"),
+    );
+    $(`heat-${format}`).addEventListener("click", () =>
+      plotExport($("heatmap"), `headscope-${headView.shown?.panels.map((p) => slug(p.title)).join("-") ?? "map"}`, format),
+    );
+    $(`sim-${format}`).addEventListener("click", () => plotExport($("simplot"), `headscope-similarity-${S.metric}`, format));
+    $(`collapse-${format}`).addEventListener("click", () => plotExport($("collapse"), `headscope-within-layer-${S.metric}`, format));
+  }
+  $("export-json").addEventListener("click", () => exportJSON(exportData()));
+  window.addEventListener("popstate", restore);
   let resizeTimer = 0;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
@@ -381,22 +544,29 @@ function validHeads() {
   if (!ok(S.head)) S.head = null;
   if (!ok(S.cmp)) S.cmp = null;
   if (S.scope !== "all" && Number(S.scope) >= model.n_layers) S.scope = "all";
+  if (S.scope === "all" || Number(S.kv) >= model.n_kv_heads) S.kv = "all";
 }
 
 async function start() {
   wire();
-  fillColorOptions();
   $("prompt").value = S.text || EXAMPLES[0][1];
   syncControls();
-  model = await api.model();
+  [model, { roles }] = await Promise.all([api.model(), api.roles()]);
   renderModel($("model-body"), $("model-chip"), model);
   grid.setModel(model);
+  grid.setRoles(roles);
   headView.setModel(model);
+  headView.setRoles(roles);
+  counter.setLimit(model.max_tokens);
+  counter.update($("prompt").value);
+  $("keep-k").max = String(model.n_layers * model.n_heads);
   fill($("scope"), el("option", { value: "all" }, "all layers"), [...Array(model.n_layers).keys()].map((l) => el("option", { value: String(l) }, `layer ${l}`)));
+  fill($("scope-kv"), el("option", { value: "all" }, "all its heads"), model.kv_groups.map((g, i) => el("option", { value: String(i) }, `KV${i} (H${g.join(", H")})`)));
   validHeads();
+  fillColorOptions();
   commit();
-  document.body.dataset.ready = "1";
-  if (S.text) await run();
+  await run($("prompt").value, { push: false }); // cheap, and the page is not an empty box on arrival
+  requestAnimationFrame(() => setTimeout(() => (document.body.dataset.ready = "1")));
 }
 
 track(start(), "loading…");

@@ -1,8 +1,9 @@
 // Head × head similarity matrix (JS divergence or cosine), in layer or clustered order, and per-layer collapse.
 import * as api from "./api.js";
 import { PLOT_CONFIG } from "./heatmap.js";
-import { headLabel, parseHead } from "./util.js";
+import { el, fill, headLabel, parseHead } from "./util.js";
 
+// Both are bounded below by 0 (attention rows are non-negative): JS divergence ≤ ln 2, cosine ≤ 1.
 const METRIC = {
   js: { name: "JS divergence (nats)", scale: "Viridis", reverse: true, fmt: ".4f" },
   cosine: { name: "cosine similarity", scale: "Viridis", reverse: false, fmt: ".3f" },
@@ -49,6 +50,8 @@ export function drawSimilarity(div, data, onPick, { maxHeight = 900 } = {}) {
     x: labels,
     y: labels,
     z: data.matrix,
+    zmin: 0,
+    zmax: data.matrix.reduce((hi, row) => row.reduce((a, v) => Math.max(a, v), hi), 1e-6),
     colorscale: m.scale,
     reversescale: m.reverse,
     colorbar: { title: { text: m.name, side: "right" }, thickness: 12, len: 0.8 },
@@ -92,7 +95,7 @@ export function drawCollapse(div, data) {
     font: { family: "Inter, system-ui, sans-serif", size: 11, color: "#1f2937" },
     title: { text: `Within-layer mean ${m.name}`, font: { size: 12 }, x: 0, xanchor: "left" },
     xaxis: { title: { text: "layer" }, dtick: data.collapse.length > 12 ? 2 : 1, showgrid: false },
-    yaxis: { gridcolor: "#e5e7eb", zeroline: false },
+    yaxis: { gridcolor: "#e5e7eb", zeroline: false, rangemode: "tozero" },
     bargap: 0.25,
   };
   return window.Plotly.react(div, [trace], layout, { ...PLOT_CONFIG, responsive: true });
@@ -113,22 +116,34 @@ export class SimilarityView {
     this.ctl?.abort();
     this.ov = ov;
     this.cache.clear();
+    this.shown = null;
   }
 
-  /** Resolves to true when something new was painted. */
-  async draw({ metric, order, scope }, maxHeight) {
+  /** Resolves to true when something new was painted. scope: "all" or a layer; kv: "all" or a KV head of it. */
+  async draw({ metric, order, scope, kv }, maxHeight) {
     const seq = ++this.seq;
     if (!this.ov) return false;
-    const key = `${metric}|${order}|${scope}`;
+    if (this.ov.tokens.length < 2) {
+      // one token: every head puts all its weight on it, so every pair is identical
+      this.shown = null;
+      window.Plotly.purge(this.plot);
+      window.Plotly.purge(this.collapse);
+      this.collapse.hidden = true;
+      fill(this.plot, el("p", { class: "empty" }, "With one token every head attends only to it: there is nothing to compare. Run a longer text."));
+      return true;
+    }
+    const kvHead = scope !== "all" && kv !== "all" ? Number(kv) : null;
+    const key = `${metric}|${order}|${scope}|${kvHead}`;
     if (!this.cache.has(key)) {
       this.ctl?.abort();
       this.ctl = new AbortController();
-      const opts = { metric, order, layer: scope === "all" ? null : Number(scope) };
+      const opts = { metric, order, layer: scope === "all" ? null : Number(scope), kvHead };
       this.cache.set(key, await api.similarity(this.ov.text, opts, { signal: this.ctl.signal }));
     }
     if (seq !== this.seq) return false;
     const data = this.cache.get(key);
-    this.shown = data;
+    this.shown = { ...data, layer: scope === "all" ? null : Number(scope), kv_head: kvHead };
+    if (this.plot.querySelector(".empty")) fill(this.plot);
     await drawSimilarity(this.plot, data, this.onPick, { maxHeight });
     this.collapse.hidden = scope !== "all";
     if (scope === "all") await drawCollapse(this.collapse, data);

@@ -14,6 +14,7 @@ const DEFAULTS = {
   metric: "js",
   order: "layer",
   scope: "all", // similarity scope: all | a layer number
+  kv: "all", // with a layer: all its heads | the query heads of one KV head
 };
 
 const CHOICES = {
@@ -42,6 +43,7 @@ export function fromURL(search = location.search) {
   }
   if (/^[a-z_:]+$/.test(q.get("color") || "")) s.color = q.get("color");
   if (/^(all|\d+)$/.test(q.get("scope") || "")) s.scope = q.get("scope");
+  if (/^(all|\d+)$/.test(q.get("kv") || "")) s.kv = q.get("kv");
   return s;
 }
 
@@ -52,15 +54,20 @@ export function toQuery(s) {
   if (s.mask.length) q.set("mask", s.mask.map(headLabel).join(","));
   if (s.head) q.set("head", headLabel(s.head));
   if (s.cmp) q.set("cmp", headLabel(s.cmp));
-  for (const key of ["view", "mode", "scale", "color", "abl", "metric", "order", "scope"]) {
+  for (const key of ["view", "mode", "scale", "color", "abl", "metric", "order", "scope", "kv"]) {
     if (s[key] !== DEFAULTS[key]) q.set(key, s[key]);
   }
   return q.toString();
 }
 
-/** Record the state in the address bar without adding a history entry per click. */
-export function save(s) {
+/**
+ * Record the state in the address bar. `push` makes it a history entry (a deliberate step: Back undoes
+ * it); otherwise the current entry is rewritten (a correction, such as a head this model does not have).
+ */
+export function save(s, { push = false } = {}) {
   const query = toQuery(s);
   const url = query ? `${location.pathname}?${query}` : location.pathname;
-  if (url !== location.pathname + location.search) history.replaceState(null, "", url);
+  if (url === location.pathname + location.search) return;
+  if (push) history.pushState(null, "", url);
+  else history.replaceState(null, "", url);
 }

@@ -1,9 +1,13 @@
 // Small helpers shared by the views: DOM building (text only), head labels, token display, number formats.
 
+/** Properties that would parse a string as markup: el() refuses them. */
+const MARKUP = new Set(["innerHTML", "outerHTML", "srcdoc"]);
+
 /** Build an element. Strings and numbers become text nodes: user text never reaches the DOM as HTML. */
 export function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
+    if (MARKUP.has(key)) throw new TypeError(`el(): ${key} is not allowed; pass text or nodes as children`);
     if (value === undefined || value === null || value === false) continue;
     if (key === "class") node.className = value;
     else if (key === "dataset") Object.assign(node.dataset, value);
@@ -104,4 +108,52 @@ export function download(filename, blob) {
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
-export const isAbort = (err) => err && err.name === "AbortError";
+export const isAbort = (err) => !!err && err.name === "AbortError";
+
+/** A map that forgets its least recently used entries once their total cost passes `budget`. */
+export class BoundedCache {
+  constructor(budget, cost = () => 1) {
+    Object.assign(this, { budget, cost, total: 0, entries: new Map() });
+  }
+
+  get(key) {
+    const entry = this.entries.get(key);
+    if (!entry) return undefined;
+    this.entries.delete(key); // re-insert: Map order is the recency order
+    this.entries.set(key, entry);
+    return entry.value;
+  }
+
+  has(key) {
+    return this.entries.has(key);
+  }
+
+  /** Keep `value`; the newest entry always stays, even when it alone is over the budget. */
+  set(key, value) {
+    this.delete(key);
+    const entry = { value, cost: this.cost(value) };
+    this.entries.set(key, entry);
+    this.total += entry.cost;
+    for (const [old] of this.entries) {
+      if (this.total <= this.budget || old === key) break;
+      this.delete(old);
+    }
+  }
+
+  delete(key) {
+    const entry = this.entries.get(key);
+    if (entry) {
+      this.total -= entry.cost;
+      this.entries.delete(key);
+    }
+  }
+
+  clear() {
+    this.entries.clear();
+    this.total = 0;
+  }
+
+  get size() {
+    return this.entries.size;
+  }
+}
