@@ -17,6 +17,7 @@ function describe(detail) {
   return typeof detail === "string" ? detail : "";
 }
 
+/** Wait `ms`, or reject with an AbortError when `signal` aborts; the abort listener goes either way. */
 function sleep(ms, signal) {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(new DOMException("aborted", "AbortError"));
@@ -34,7 +35,10 @@ function sleep(ms, signal) {
 
 const MAX_RETRIES = 3;
 
-/** One request; a 503 (busy or not ready yet) is retried after its Retry-After, a few times. */
+/**
+ * One request; a 503 (busy or not ready yet) is retried after its Retry-After, a few times, and a 401
+ * (the server has an API key) asks for the key and sends the request again.
+ */
 async function request(method, path, body, { signal } = {}) {
   for (let attempt = 0; ; attempt++) {
     const res = await fetch(path, {
@@ -43,6 +47,11 @@ async function request(method, path, body, { signal } = {}) {
       headers: { ...authHeaders(), ...(body ? { "content-type": "application/json" } : {}) },
       body: body ? JSON.stringify(body) : undefined,
     });
+    if (res.status === 401) {
+      await askForKey(!!apiKey());
+      attempt = -1;
+      continue;
+    }
     if (res.status === 503 && attempt < MAX_RETRIES) {
       const wait = Math.min(5, Number(res.headers.get("retry-after")) || 1);
       await sleep(wait * 1000, signal);
@@ -59,9 +68,13 @@ async function request(method, path, body, { signal } = {}) {
   }
 }
 
-export const health = (opts) => request("GET", "/api/health", null, opts);
-export const ready = (opts) => request("GET", "/api/ready", null, opts);
 export const model = (opts) => request("GET", "/api/model", null, opts);
+
+/** The per-head role scores: [{name, label, description}] (names are fields of /api/heads). */
+export const roles = (opts) => request("GET", "/api/roles", null, opts);
+
+/** Token ids and display strings; 422 when the text is over the server's token limit. */
+export const tokenize = (text, opts) => request("POST", "/api/tokenize", { text }, opts);
 
 /** Thumbnails, role scores and the prediction for every head, in one pass. */
 export const overview = (text, { thumb = 32, topK = 10 } = {}, opts) =>
@@ -70,12 +83,6 @@ export const overview = (text, { thumb = 32, topK = 10 } = {}, opts) =>
 /** Full attention maps of some heads. */
 export const attention = (text, heads, opts) => request("POST", "/api/attention", { text, heads }, opts);
 
-/** The per-head role scores: [{name, label, description}] (names are fields of /api/heads). */
-export const roles = (opts) => request("GET", "/api/roles", null, opts);
-
-/** Token ids and display strings; 422 when the text is over the server's token limit. */
-export const tokenize = (text, opts) => request("POST", "/api/tokenize", { text }, opts);
-
 /** Prediction with heads switched off, and maps under that ablation. */
 export const ablate = (text, heads, { mode = "zero", topK = 10, maps = [] } = {}, opts) =>
   request("POST", "/api/ablate", { text, ablate: heads, mode, top_k: topK, maps }, opts);
@@ -83,6 +90,7 @@ export const ablate = (text, heads, { mode = "zero", topK = 10, maps = [] } = {}
 export function similarity(text, { metric = "js", order = "layer", layer = null, kvHead = null } = {}, opts) {
   const body = { text, metric, order };
   if (layer !== null) body.layer = layer;
+  if (kvHead !== null) body.kv_head = kvHead;
   return request("POST", "/api/similarity", body, opts);
 }
 
@@ -90,7 +98,6 @@ export const importance = (text, method = "gradient", opts) =>
   request("POST", "/api/importance", { text, method }, opts);
 
 export const heads = (text, opts) => request("POST", "/api/heads", { text }, opts);
-  if (kvHead !== null) body.kv_head = kvHead;
 
 // -- causal tracing (the Trace page) --
 
