@@ -2,6 +2,235 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import csv
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import Response, StreamingResponse
+
+from app.api.corpus_schemas import (
+    ExampleOut,
+    ExamplesOut,
+    HeadName,
+    HeadStatsOut,
+    JobHeadsOut,
+    JobIn,
+    JobList,
+    JobOut,
+    JobProgress,
+    JobSimilarityOut,
+    StatOut,
+)
+from app.api.deps import ServiceDep
+from app.api.encode import dumps
+from app.api.schemas import ERRORS, Error
+from app.corpus.jobs import Jobs, JobSpec, progress
+from app.corpus.jobstore import JobRecord
+from app.corpus.results import export_rows
+from app.inspect.runs import encode, token_strings
 
 router = APIRouter(prefix="/api", tags=["jobs"])
+KEEPALIVE_S = 15.0
+NOT_FOUND: dict[int | str, dict[str, object]] = {
+    404: {"model": Error, "description": "no job (or dataset) with that id"}
+}
+CONFLICT: dict[int | str, dict[str, object]] = {409: {"model": Error, "description": "not in a state that allows it"}}
+JobId = Annotated[str, Path(min_length=1, max_length=100)]
+
+
+def jobs_of(request: Request) -> Jobs:
+    jobs: Jobs = request.app.state.jobs
+    return jobs
+
+
+JobsDep = Annotated[Jobs, Depends(jobs_of)]
+
+
+def job_out(job: JobRecord) -> JobOut:
+    p = progress(job)
+    return JobOut(
+        id=job.id,
+        dataset=job.dataset,
+        analyses=job.analyses,
+        importance=job.importance,
+        max_tokens=job.max_tokens,
+        seed=job.seed,
+        state=job.state,  # type: ignore[arg-type]
+        error=job.error,
+        progress=JobProgress(done=p.done, total=p.total, tokens=p.tokens, tokens_per_s=p.tokens_per_s, eta_s=p.eta_s),
+        created=job.created,
+        started=job.started,
+        finished=job.finished,
+    )
+
+
+@router.post("/jobs", status_code=202, response_model=JobOut, responses={**ERRORS, **NOT_FOUND})
+def start_job(body: JobIn, jobs: JobsDep) -> JobOut:
+    """Start analysing every text of a dataset; follow it with GET /api/jobs/{id} or its events."""
+    spec = JobSpec(body.dataset, tuple(body.analyses), body.importance, body.max_tokens, body.seed)
+    return job_out(jobs.start(spec))
+
+
+@router.get("/jobs", response_model=JobList, responses=ERRORS)
+def list_jobs(jobs: JobsDep) -> JobList:
+    """Every job, newest first."""
+    return JobList(jobs=[job_out(j) for j in jobs.all()])
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses={**ERRORS, **NOT_FOUND})
+def get_job(job_id: JobId, jobs: JobsDep) -> JobOut:
+    """One job: parameters, state and progress."""
+    return job_out(jobs.get(job_id))
+
+
+@router.delete("/jobs/{job_id}", response_model=JobOut, responses={**ERRORS, **NOT_FOUND, **CONFLICT})
+def cancel_job(job_id: JobId, jobs: JobsDep) -> JobOut:
+    """Cancel a queued or running job; its finished batches stay (409 once it has ended)."""
+    return job_out(jobs.cancel(job_id))
+
+
+@router.post(
+    "/jobs/{job_id}/resume", status_code=202, response_model=JobOut, responses={**ERRORS, **NOT_FOUND, **CONFLICT}
+)
+def resume_job(job_id: JobId, jobs: JobsDep) -> JobOut:
+    """Continue an interrupted, cancelled or failed job without redoing its finished batches."""
+    return job_out(jobs.resume(job_id))
+
+
+def _event(name: str, job: JobRecord) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + dumps(job_out(job).model_dump()) + b"\n\n"
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={**ERRORS, **NOT_FOUND, 200: {"content": {"text/event-stream": {}}, "description": "progress events"}},
+)
+async def job_events(job_id: JobId, jobs: JobsDep) -> StreamingResponse:
+    """Server-Sent Events: `progress` (the job) now and after each finished batch, then `end` once; then it closes."""
+    await asyncio.to_thread(jobs.get, job_id)  # 404 before the stream starts
+    loop = asyncio.get_running_loop()
+    changes: asyncio.Queue[JobRecord] = asyncio.Queue()
+
+    def listener(job: JobRecord) -> None:  # any thread
+        loop.call_soon_threadsafe(changes.put_nowait, job)
+
+    async def stream() -> AsyncIterator[bytes]:
+        with jobs.listening(job_id, listener):  # left when the job ends or the client goes: nothing leaks
+            job = await asyncio.to_thread(jobs.get, job_id)
+            yield _event("progress", job)
+            while not job.ended:
+                try:
+                    job = await asyncio.wait_for(changes.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                yield _event("progress", job)
+            yield _event("end", job)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get(
+    "/jobs/{job_id}/heads",
+    response_model=JobHeadsOut,
+    response_model_exclude_unset=True,  # a head carries only the metrics the job computed
+    responses={**ERRORS, **NOT_FOUND, **CONFLICT},
+)
+def job_heads(job_id: JobId, jobs: JobsDep) -> JobHeadsOut:
+    """Every head's statistics over the finished texts (partial until the job is done; 409 before any)."""
+    table = jobs.results.heads(jobs.get(job_id))
+    heads = [
+        HeadStatsOut(
+            layer=h["layer"], head=h["head"], kv_group=h["kv_group"], **{m: StatOut(**h[m]) for m in table.metrics}
+        )
+        for h in table.heads
+    ]
+    out = JobHeadsOut(
+        n_texts=table.n_texts, partial=table.partial, metrics=table.metrics, reliability=table.reliability, heads=heads
+    )
+    return out
+
+
+@router.get(
+    "/jobs/{job_id}/heads/{layer}/{head}/examples",
+    response_model=ExamplesOut,
+    responses={**ERRORS, **NOT_FOUND, **CONFLICT},
+)
+def job_examples(
+    job_id: JobId,
+    layer: Annotated[int, Path(ge=0, le=10_000)],
+    head: Annotated[int, Path(ge=0, le=10_000)],
+    jobs: JobsDep,
+    svc: ServiceDep,
+    metric: Annotated[str, Query(min_length=1, max_length=50)] = "induction",
+    k: Annotated[int, Query(ge=1, le=100)] = 5,
+) -> ExamplesOut:
+    """The texts where this head scores highest on `metric`, with where in each text it does it most."""
+    job = jobs.get(job_id)
+    found = jobs.results.examples(job, metric, layer, head, k)
+    tokenizer = svc.model.tokenizer
+    texts = jobs.datasets.texts(job.dataset)
+    examples = []
+    for index, score, where in found:
+        ids = encode(tokenizer, texts[index])[: job.max_tokens]
+        examples.append(
+            ExampleOut(
+                text_index=index,
+                score=score,
+                text=texts[index],
+                tokens=token_strings(tokenizer, ids),
+                query_pos=where[0] if where else None,
+                key_pos=where[1] if where else None,
+            )
+        )
+    return ExamplesOut(metric=metric, examples=examples)
+
+
+@router.get("/jobs/{job_id}/similarity", response_model=JobSimilarityOut, responses={**ERRORS, **NOT_FOUND, **CONFLICT})
+def job_similarity(
+    job_id: JobId, jobs: JobsDep, metric: Annotated[Literal["js", "cosine"], Query()] = "js"
+) -> JobSimilarityOut:
+    """The heads × heads similarity matrix averaged over the finished texts (layer order)."""
+    n, heads, matrix = jobs.results.similarity(jobs.get(job_id), metric)
+    return JobSimilarityOut(n_texts=n, heads=[HeadName(**h) for h in heads], matrix=matrix.tolist())
+
+
+MEDIA = {"csv": "text/csv", "json": "application/json", "parquet": "application/vnd.apache.parquet"}
+
+
+def _encode(rows: list[dict[str, Any]], fmt: str) -> bytes:
+    if fmt == "json":
+        return json.dumps(rows).encode()
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(
+            out, fieldnames=["layer", "head", "kv_group", "metric", "mean", "std", "n", "ci_low", "ci_high"]
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue().encode()
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return buffer.getvalue()
+
+
+@router.get(
+    "/jobs/{job_id}/export",
+    response_class=Response,
+    responses={**ERRORS, **NOT_FOUND, **CONFLICT, 200: {"content": {m: {} for m in MEDIA.values()}}},
+)
+def export_job(
+    job_id: JobId, jobs: JobsDep, format: Annotated[Literal["csv", "json", "parquet"], Query()] = "csv"
+) -> Response:
+    """Every head's statistics as a file: one row per head × metric (mean, std, n, CI)."""
+    table = jobs.results.heads(jobs.get(job_id))
+    body = _encode(export_rows(table), format)
+    disposition = f'attachment; filename="{job_id}-heads.{format}"'
+    return Response(body, media_type=MEDIA[format], headers={"Content-Disposition": disposition})

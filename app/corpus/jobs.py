@@ -1,0 +1,316 @@
+"""Corpus jobs: run analyses over a dataset in length-bucketed batches on the model worker, persistently.
+
+What crosses the boundary: job parameters in; job records (state, progress) and change notifications
+out. A job is a generator of slices run by app.service (Sliced): one slice per batch, so interactive
+requests run between batches. Each finished batch is committed to the JobStore in one transaction
+before the next starts, so a cancel, a restart or SIGTERM loses at most the batch in flight, and a
+resumed job skips what is stored. An out-of-memory error in a batch retries it in halves, down to
+one text; a text that does not fit alone fails the job with a message that says so.
+
+States: queued → running → done | failed | cancelled; a job left queued or running by a stopped
+server is interrupted; interrupted, cancelled and failed jobs can be resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from app.corpus.datasets import DatasetStore
+from app.corpus.jobstore import JobRecord, JobStore, now_iso
+from app.corpus.measure import length_batches, measure_batch
+from app.corpus.results import Results
+from app.inspect.loading import Loaded
+from app.inspect.runs import encode
+from app.service import Conflict, InvalidInput, NotReady, Service, Sliced
+
+log = logging.getLogger(__name__)
+
+ANALYSES = ("roles", "importance", "similarity")
+IMPORTANCE = ("gradient", "ablation")
+RESUMABLE = frozenset({"interrupted", "cancelled", "failed"})
+ACTIVE = frozenset({"queued", "running"})
+TOKENIZE_CHUNK = 256  # texts tokenized per slice while a job plans its batches
+MAX_BATCH_TOKENS = 2048  # padded tokens per batch: one batch is one slice of the model worker
+MAX_BATCH_TEXTS = 64
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    dataset: str
+    analyses: tuple[str, ...] = ("roles",)
+    importance: str = "gradient"
+    max_tokens: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: int
+    total: int
+    tokens: int
+    tokens_per_s: float | None
+    eta_s: float | None
+
+
+def progress(job: JobRecord) -> Progress:
+    """Texts and tokens done; tokens/s over the time the job has run (all its sessions); ETA while running."""
+    rate = job.tokens / job.run_s if job.run_s > 0 and job.tokens else None
+    eta = None
+    if job.state == "done":
+        eta = 0.0
+    elif job.state in ACTIVE and rate:
+        eta = max(job.total_tokens - job.tokens, 0) / rate
+    return Progress(job.done, job.total, job.tokens, rate, eta)
+
+
+class OutOfMemoryInBatch(Exception):
+    """A single text did not fit in memory even alone."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError | torch.OutOfMemoryError)
+
+
+class Jobs:
+    """Starts, cancels and resumes jobs; tells listeners when a job changes. Thread-safe."""
+
+    def __init__(
+        self,
+        service: Service,
+        datasets: DatasetStore,
+        store: JobStore,
+        max_batch_tokens: int = MAX_BATCH_TOKENS,
+        max_batch_texts: int = MAX_BATCH_TEXTS,
+    ) -> None:
+        self.service = service
+        self.datasets = datasets
+        self.store = store
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_texts = max_batch_texts
+        self.results = Results(store)
+        self._tasks: dict[str, Sliced[None]] = {}
+        self._listeners: dict[str, list[Callable[[JobRecord], None]]] = {}
+        self._lock = threading.Lock()
+        self.forwards = 0  # batches measured (pieces after an out-of-memory split count once each)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """At startup: jobs a previous process left queued or running become interrupted."""
+        for job_id in self.store.interrupt_unfinished():
+            log.info(
+                "job %s was interrupted by the last shutdown; POST /api/jobs/%s/resume continues it", job_id, job_id
+            )
+
+    def shutdown(self) -> None:
+        """Mark active jobs interrupted (their finished batches are already stored) and stop them."""
+        with self._lock:
+            tasks = dict(self._tasks)
+        for job_id, task in tasks.items():
+            self.store.update(job_id, expect=ACTIVE, state="interrupted")
+            task.cancel()
+            self._publish(job_id)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def start(self, spec: JobSpec) -> JobRecord:
+        """Check the request, store the job as queued and hand it to the model worker."""
+        if not spec.analyses:
+            raise InvalidInput("analyses is empty: give at least one of " + ", ".join(ANALYSES))
+        unknown = set(spec.analyses) - set(ANALYSES)
+        if unknown:
+            raise InvalidInput(f"unknown analyses {sorted(unknown)}; choose from {list(ANALYSES)}")
+        if spec.importance not in IMPORTANCE:
+            raise InvalidInput(f"importance must be one of {list(IMPORTANCE)}")
+        limit = self.service.max_tokens  # NotReady while the model loads
+        if not 1 <= spec.max_tokens <= limit:
+            raise InvalidInput(f"max_tokens is {spec.max_tokens}; this server accepts 1..{limit}")
+        self.datasets.get(spec.dataset)  # NotFound
+        job = JobRecord(
+            id="job_" + secrets.token_hex(6),
+            dataset=spec.dataset,
+            analyses=[a for a in ANALYSES if a in spec.analyses],
+            importance=spec.importance,
+            max_tokens=spec.max_tokens,
+            seed=spec.seed,
+            state="queued",
+            created=now_iso(),
+        )
+        self.store.create(job)
+        self._submit(job.id)
+        return self.store.get(job.id)
+
+    def get(self, job_id: str) -> JobRecord:
+        return self.store.get(job_id)
+
+    def all(self) -> list[JobRecord]:
+        return self.store.all()
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued or running job (409 once it has ended); its finished batches stay."""
+        job = self.store.get(job_id)
+        if not self.store.update(job_id, expect=ACTIVE, state="cancelled", finished=now_iso()):
+            raise Conflict(f"job {job_id} has already ended ({job.state})")
+        with self._lock:
+            task = self._tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+        self._publish(job_id)
+        return self.store.get(job_id)
+
+    def resume(self, job_id: str) -> JobRecord:
+        """Continue an interrupted, cancelled or failed job from its finished batches (409 otherwise)."""
+        job = self.store.get(job_id)
+        if job.state not in RESUMABLE:
+            raise Conflict(f"job {job_id} is {job.state}; only interrupted, cancelled or failed jobs resume")
+        loaded = self.service.model
+        if job.model is not None and job.model != loaded.name:
+            raise Conflict(f"job {job_id} ran on {job.model}; this server serves {loaded.name}")
+        self.datasets.get(job.dataset)  # NotFound when the dataset has been deleted since
+        if not self.store.update(job_id, expect=RESUMABLE, state="queued", error=None, finished=None):
+            raise Conflict(f"job {job_id} changed state meanwhile; try again")
+        self._submit(job_id)
+        return self.store.get(job_id)
+
+    # -- listeners -------------------------------------------------------------------------------
+
+    @contextmanager
+    def listening(self, job_id: str, listener: Callable[[JobRecord], None]) -> Iterator[None]:
+        """Call `listener(job)` (from any thread) after each change of the job, until the block ends."""
+        with self._lock:
+            self._listeners.setdefault(job_id, []).append(listener)
+        try:
+            yield
+        finally:
+            with self._lock:
+                found = self._listeners.get(job_id, [])
+                found.remove(listener)
+                if not found:
+                    self._listeners.pop(job_id, None)
+
+    def n_listeners(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._listeners.values())
+
+    def _publish(self, job_id: str) -> None:
+        with self._lock:
+            listeners = list(self._listeners.get(job_id, []))
+        if listeners:
+            job = self.store.get(job_id)
+            for listener in listeners:
+                try:
+                    listener(job)
+                except Exception:  # e.g. a listener's event loop closed: the job goes on
+                    log.exception("a listener of job %s failed", job_id)
+
+    # -- running (model thread) ------------------------------------------------------------------
+
+    def _submit(self, job_id: str) -> None:
+        try:
+            task = self.service.submit(f"job {job_id}", self._run(job_id))
+        except NotReady:
+            self.store.update(job_id, state="interrupted")
+            raise
+        with self._lock:
+            self._tasks[job_id] = task
+        task.future.add_done_callback(lambda _: self._forget(job_id, task))
+
+    def _forget(self, job_id: str, task: Sliced[None]) -> None:
+        with self._lock:
+            if self._tasks.get(job_id) is task:
+                del self._tasks[job_id]
+
+    def _run(self, job_id: str) -> Generator[None, None, None]:
+        """The job as slices: plan the batches, then one batch per slice, each committed when it ends."""
+        try:
+            job = self.store.get(job_id)
+            loaded = self.service.model
+            layout = loaded.adapter.layout
+            texts = self.datasets.texts(job.dataset)
+            lengths: list[int] = []
+            for start in range(0, len(texts), TOKENIZE_CHUNK):
+                lengths += [len(self._ids(loaded, t, job.max_tokens)) for t in texts[start : start + TOKENIZE_CHUNK]]
+                yield
+            plan = length_batches(lengths, self.max_batch_tokens, self.max_batch_texts)
+            started = job.started or now_iso()
+            shape = (layout.n_layers, layout.n_heads, layout.group_size)
+            if not self.store.update(
+                job_id,
+                expect=frozenset({"queued"}),
+                state="running",
+                started=started,
+                model=loaded.name,
+                shape=shape,
+                total=len(texts),
+                total_tokens=sum(lengths),
+            ):
+                return  # cancelled while queued
+            self._publish(job_id)
+            finished = self.store.finished_batches(job_id)
+            stored = self.store.stored_texts(job_id)
+            for number, batch in enumerate(plan):
+                if number in finished:
+                    continue
+                pieces = [[i for i in batch if i not in stored]]
+                while pieces:
+                    yield
+                    piece = pieces.pop(0)
+                    split = self._measure(loaded, job, texts, piece, number if not pieces else None)
+                    if split:
+                        pieces[:0] = split
+                    else:
+                        self._publish(job_id)
+                self.store.finish_batch(job_id, number)  # when its texts were stored before (or in pieces)
+            if self.store.update(job_id, expect=frozenset({"running"}), state="done", finished=now_iso()):
+                self._publish(job_id)
+        except GeneratorExit:  # cancelled (state already set) or the server stopping
+            if self.store.update(job_id, expect=ACTIVE, state="interrupted"):
+                self._publish(job_id)
+            raise
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, OutOfMemoryInBatch) else f"{type(exc).__name__}: {exc}"
+            log.exception("job %s failed", job_id)
+            if self.store.update(job_id, expect=ACTIVE, state="failed", error=message, finished=now_iso()):
+                self._publish(job_id)
+
+    def _measure(
+        self, loaded: Loaded, job: JobRecord, texts: list[str], piece: list[int], batch: int | None
+    ) -> list[list[int]]:
+        """Measure and commit one piece of a batch; on out-of-memory, its two halves to run instead."""
+        if not piece:
+            return []
+        began = time.monotonic()
+        items = [(i, self._ids(loaded, texts[i], job.max_tokens)) for i in piece]
+        try:
+            self.forwards += 1
+            result = measure_batch(loaded, items, frozenset(job.analyses), job.importance)
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            self.service.release_memory()
+            if len(piece) == 1:
+                n = len(items[0][1])
+                raise OutOfMemoryInBatch(
+                    f"out of memory on text {piece[0]} ({n} tokens) even alone; start the job with a smaller max_tokens"
+                ) from exc
+            log.warning("job %s: out of memory on %d texts; retrying in halves", job.id, len(piece))
+            half = len(piece) // 2
+            return [piece[:half], piece[half:]]
+        try:
+            self.store.commit(job.id, result.texts, result.similarity_sum, time.monotonic() - began, batch)
+        except sqlite3.IntegrityError as exc:  # a text already stored: a bug, and nothing was written
+            raise RuntimeError(f"job {job.id}: batch {batch} was already stored") from exc
+        return []
+
+    @staticmethod
+    def _ids(loaded: Loaded, text: str, max_tokens: int) -> list[int]:
+        return encode(loaded.tokenizer, text)[:max_tokens]

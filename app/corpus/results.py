@@ -1,0 +1,131 @@
+"""What a job's stored per-text rows say: per-head statistics, top examples, averaged similarity, export rows.
+
+Everything is computed from the rows in the JobStore (so a partial job answers from its finished
+batches, and a restart changes nothing) with app.corpus.stats. Plain Python values out (NaN → None).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.corpus import stats
+from app.corpus.jobstore import JobRecord, JobStore
+from app.corpus.measure import ROLE_METRICS
+from app.service import Conflict, InvalidInput
+
+STAT_FIELDS = ("mean", "std", "n", "ci_low", "ci_high")
+SIMILARITY = ("js", "cosine")
+CACHED_TABLES = 8
+
+
+@dataclass
+class HeadTable:
+    """Every head's statistics of every computed metric. heads: [{layer, head, kv_group, metric: {...}}]."""
+
+    n_texts: int
+    partial: bool
+    metrics: list[str]
+    reliability: dict[str, float | None]
+    heads: list[dict[str, Any]]
+
+
+def _number(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def _shape(job: JobRecord) -> tuple[int, int, int]:
+    if job.shape is None or job.done == 0:
+        raise Conflict(f"job {job.id} has no finished batch yet ({job.state})")
+    return job.shape
+
+
+class Results:
+    """Read side of jobs. Head tables are cached per (job, texts done): polling a running job is cheap."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self._tables: OrderedDict[tuple[str, int, bool], HeadTable] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def heads(self, job: JobRecord) -> HeadTable:
+        n_layers, n_heads, group_size = _shape(job)
+        key = (job.id, job.done, job.state == "done")
+        with self._lock:
+            if key in self._tables:
+                return self._tables[key]
+        stored = self.store.values(job.id, (n_layers, n_heads))
+        metrics = [m for m in (*ROLE_METRICS, "importance") if m in stored.values]
+        summaries = {m: stats.summarise(stored.values[m], job.seed) for m in metrics}
+        heads: list[dict[str, Any]] = []
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                row: dict[str, Any] = {"layer": layer, "head": head, "kv_group": head // group_size}
+                for m, s in summaries.items():
+                    row[m] = {f: _cell(getattr(s, f), layer, head, f) for f in STAT_FIELDS}
+                heads.append(row)
+        table = HeadTable(
+            n_texts=len(stored.indices),
+            partial=job.state != "done",
+            metrics=metrics,
+            reliability={m: stats.split_half(stored.values[m], job.seed) for m in metrics},
+            heads=heads,
+        )
+        with self._lock:
+            self._tables[key] = table
+            while len(self._tables) > CACHED_TABLES:
+                self._tables.popitem(last=False)
+        return table
+
+    def examples(
+        self, job: JobRecord, metric: str, layer: int, head: int, k: int
+    ) -> list[tuple[int, float, tuple[int, int] | None]]:
+        """The k texts where the head scores highest: (text_index, score, (query_pos, key_pos) or None)."""
+        n_layers, n_heads, _ = _shape(job)
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise InvalidInput(f"head L{layer}H{head} out of range; the job's model has {n_layers}×{n_heads} heads")
+        stored = self.store.values(job.id, (n_layers, n_heads))
+        if metric not in stored.values:
+            raise InvalidInput(f"metric {metric!r} was not computed by this job; it has {sorted(stored.values)}")
+        out: list[tuple[int, float, tuple[int, int] | None]] = []
+        for row, score in stats.top_examples(stored.values[metric], layer, head, k):
+            text_index = int(stored.indices[row])
+            cells = self.store.cells(job.id, text_index, metric, (n_layers, n_heads))
+            where = None
+            if cells is not None and int(cells[layer, head, 0]) >= 0:
+                where = (int(cells[layer, head, 0]), int(cells[layer, head, 1]))
+            out.append((text_index, float(score), where))
+        return out
+
+    def similarity(self, job: JobRecord, metric: str) -> tuple[int, list[dict[str, int]], np.ndarray]:
+        """(texts averaged, heads in layer order, the (n, n) mean similarity matrix)."""
+        n_layers, n_heads, _ = _shape(job)
+        if "similarity" not in job.analyses:
+            raise Conflict(f"job {job.id} did not compute similarity (analyses: {job.analyses})")
+        found = self.store.similarity(job.id, metric)
+        if found is None:
+            raise Conflict(f"job {job.id} has no similarity yet")
+        n, total = found
+        heads = [{"layer": ly, "head": h} for ly in range(n_layers) for h in range(n_heads)]
+        return n, heads, total / max(n, 1)
+
+
+def _cell(grid: np.ndarray, layer: int, head: int, field: str) -> float | int | None:
+    value = grid[layer, head]
+    return int(value) if field == "n" else _number(float(value))
+
+
+def export_rows(table: HeadTable) -> list[dict[str, Any]]:
+    """One row per head × metric: layer, head, kv_group, metric, mean, std, n, ci_low, ci_high."""
+    rows = []
+    for metric in table.metrics:
+        for h in table.heads:
+            rows.append(
+                {"layer": h["layer"], "head": h["head"], "kv_group": h["kv_group"], "metric": metric, **h[metric]}
+            )
+    return rows

@@ -1,0 +1,239 @@
+"""The model worker's scheduler: requests first, long work in slices, cancel, disconnect, cached reads."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from app.config import Settings
+from app.inspect import importance, runs
+from app.inspect.loading import Loaded
+from app.main import create_app
+from app.service import Cancelled, ClientGone, Service
+from tests.conftest import make_client
+from tests.test_service import run_async
+
+
+def _service(loaded: Loaded, **overrides: Any) -> Service:
+    svc = Service(Settings(model=loaded.name, **overrides), loaded)
+    svc.ready = True
+    return svc
+
+
+def _slices(log: list[str], name: str, n: int, seconds: float) -> Generator[int, None, str]:
+    try:
+        for i in range(n):
+            time.sleep(seconds)
+            log.append(f"{name}{i}")
+            yield i
+        return f"{name} done"
+    finally:
+        log.append(f"{name} closed")
+
+
+def test_requests_run_between_slices_and_background_tasks_take_turns(tiny_loaded: dict[str, Loaded]) -> None:
+    svc = _service(tiny_loaded["llama"])
+    log: list[str] = []
+    a = svc.submit("a", _slices(log, "a", 6, 0.02))
+    b = svc.submit("b", _slices(log, "b", 3, 0.02))
+
+    async def scenario() -> None:
+        await asyncio.sleep(0.05)
+        assert await svc.call(lambda: log.append("request") or "served") == "served"
+
+    run_async(scenario)
+    assert a.future.result(5) == "a done" and b.future.result(5) == "b done"
+    served = log.index("request")
+    assert 0 < served < log.index("a5")  # before the long task had finished, between two of its slices
+    assert log.index("b2") < log.index("a4")  # round robin: b did not wait for all of a
+    svc.shutdown()
+
+
+def test_cancel_closes_the_work_before_its_next_slice(tiny_loaded: dict[str, Loaded]) -> None:
+    svc = _service(tiny_loaded["llama"])
+    log: list[str] = []
+    task = svc.submit("a", _slices(log, "a", 100, 0.02))
+    time.sleep(0.1)
+    task.cancel()
+    with pytest.raises(Cancelled):
+        task.future.result(5)
+    ran = task.slices
+    assert log[-1] == "a closed"  # its finally ran
+    time.sleep(0.1)
+    assert task.slices == ran < 100
+    svc.shutdown()
+
+
+def test_shutdown_closes_background_work_and_finishes_admitted_requests(tiny_loaded: dict[str, Loaded]) -> None:
+    svc = _service(tiny_loaded["llama"])
+    log: list[str] = []
+    task = svc.submit("a", _slices(log, "a", 1000, 0.01))
+    time.sleep(0.05)
+    svc.shutdown()
+    assert task.done and log[-1] == "a closed"
+
+
+def test_a_cached_attention_request_does_not_wait_behind_a_slice(tiny_loaded: dict[str, Loaded]) -> None:
+    text = "The cached run answers without the model thread."
+    for client in make_client(tiny_loaded["llama"]):
+        svc: Service = client.app.state.service  # type: ignore[attr-defined]
+        body = {"text": text, "heads": [{"layer": 1, "head": 2}]}
+        first = client.post("/api/attention", json=body)  # analyses and caches the run
+        assert first.status_code == 200
+        release = threading.Event()
+
+        def blocking() -> Generator[None, None, None]:
+            release.wait(10)  # a slice that holds the model thread
+            yield
+
+        task = svc.submit("blocker", blocking())
+        time.sleep(0.05)
+        start = time.perf_counter()
+        again = client.post("/api/attention", json=body)
+        elapsed = time.perf_counter() - start
+        release.set()
+        task.future.result(5)
+        assert again.status_code == 200 and again.json() == first.json()
+        assert elapsed < 2.0  # it did not wait for the 10 s slice
+        # an uncached text needs a forward, so it waits for the model thread like any other request
+        assert client.post("/api/attention", json={**body, "text": "new"}).status_code == 200
+
+
+LONG = " ".join(f"word{i % 37} and" for i in range(180))  # ≈ 600 tokens: one head per sweep slice
+
+
+def test_an_ablation_answers_within_twice_its_idle_time_while_a_sweep_runs(tiny_loaded: dict[str, Loaded]) -> None:
+    loaded = tiny_loaded["llama"]
+    ablate = {"text": LONG, "ablate": [{"layer": 0, "head": 1}]}
+    for client in make_client(loaded):
+        svc: Service = client.app.state.service  # type: ignore[attr-defined]
+        assert client.post("/api/ablate", json=ablate).status_code == 200  # the run and its baseline, cached
+
+        def timed() -> float:
+            start = time.perf_counter()
+            assert client.post("/api/ablate", json=ablate).status_code == 200
+            return time.perf_counter() - start
+
+        idle = statistics.median(timed() for _ in range(5))
+        sweep_done = threading.Event()
+
+        def sweep() -> None:
+            r = client.post("/api/importance", json={"text": LONG, "method": "ablation"})
+            assert r.status_code == 200
+            sweep_done.set()
+
+        thread = threading.Thread(target=sweep)
+        thread.start()
+        while svc.queue_depth == 0:
+            time.sleep(0.005)
+        busy = []
+        while not sweep_done.is_set() and len(busy) < 5:
+            busy.append(timed())
+        thread.join(120)
+        assert len(busy) >= 3, "the sweep ended before the ablations could be timed"
+        assert statistics.median(busy) <= 2 * idle + 0.02, (idle, busy)
+
+
+def test_a_sweep_whose_client_disconnects_stops_within_one_slice(
+    tiny_loaded: dict[str, Loaded], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over real ASGI: the client gives up (http.disconnect) while the sweep runs; the sweep is closed."""
+    loaded = tiny_loaded["llama"]
+    app = create_app(Settings(model=loaded.name), loaded=loaded)
+    svc: Service = app.state.service
+    svc.ready = True
+    slices: list[float] = []
+    closed: list[float] = []
+    real = importance.sweep_slices
+
+    def watched(*args: Any, **kwargs: Any) -> Generator[importance.SweepProgress, None, importance.SweepResult]:
+        steps = real(*args, **kwargs)
+        try:
+            for progress in steps:
+                slices.append(time.monotonic())
+                time.sleep(0.05)  # a slow slice, so the disconnect lands mid-sweep
+                yield progress
+        finally:
+            closed.append(time.monotonic())
+        return importance.SweepResult(delta_loss=None, kl_last=None)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("app.api.importance.sweep_slices", watched)
+    body = b'{"text": "%s", "method": "ablation"}' % LONG.encode()
+    runs.analyse(loaded, LONG)  # warm
+
+    async def scenario() -> None:
+        gone = asyncio.Event()
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "path": "/api/importance",
+            "raw_path": b"/api/importance",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+            "client": ("127.0.0.1", 1),
+            "server": ("test", 80),
+            "scheme": "http",
+            "root_path": "",
+        }
+        call = asyncio.create_task(app(scope, receive, send))
+        while len(slices) < 3:
+            await asyncio.sleep(0.01)
+        gone.set()
+        left = time.monotonic()
+        await asyncio.wait_for(call, 10)
+        while not closed and time.monotonic() - left < 5:
+            await asyncio.sleep(0.01)
+        assert closed
+        assert sum(t > left for t in slices) <= 1  # at most the slice already under way when it left
+        n = len(slices)
+        await asyncio.sleep(0.3)
+        assert len(slices) == n  # nothing ran after the close
+        assert n < loaded.adapter.layout.n_layers * loaded.adapter.layout.n_heads
+
+    run_async(scenario)
+    assert svc.queue_depth == 0
+    svc.shutdown()
+
+
+def test_client_gone_and_cancelled_are_service_errors() -> None:
+    assert ClientGone("x").status == 499 and Cancelled("x").status == 409
+
+
+def test_sweep_in_slices_equals_the_sweep_at_once(tiny_loaded: dict[str, Loaded]) -> None:
+    loaded = tiny_loaded["gpt2"]
+    run = runs.analyse(loaded, LONG)
+    steps = importance.sweep_slices(loaded, run, slice_tokens=1)  # one head per slice
+    n = 0
+    while True:
+        try:
+            progress = next(steps)
+            assert progress.done == n and progress.total == 8
+            n += 1
+        except StopIteration as stop:
+            sliced = stop.value
+            break
+    assert n == 8
+    whole = importance.ablation_sweep(loaded, run)
+    assert float((sliced.delta_loss - whole.delta_loss).abs().max()) < 1e-5
+    assert float((sliced.kl_last - whole.kl_last).abs().max()) < 1e-5
