@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -15,7 +15,7 @@ class DatasetIn(Strict):
     """A dataset sent as JSON. (A file is sent as multipart/form-data instead: see POST /api/datasets.)"""
 
     name: str = Field(min_length=1, max_length=200, description="a name to show; need not be unique")
-    texts: list[str] = Field(
+    texts: list[Annotated[str, Field(min_length=1)]] = Field(
         min_length=1, description="the texts, each non-empty; at most HEADSCOPE_MAX_DATASET_TEXTS of them"
     )
 
@@ -74,3 +74,109 @@ def upload_body() -> dict[str, Any]:
             },
         }
     }
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+Analysis = Literal["roles", "importance", "similarity"]
+JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
+
+
+class JobIn(Strict):
+    dataset: str = Field(min_length=1, max_length=200, description="a dataset id from GET /api/datasets")
+    analyses: list[Analysis] = Field(
+        ["roles"], description="what to measure on every text: roles (the /api/heads scores), importance, similarity"
+    )
+    importance: Literal["gradient", "ablation"] = Field("gradient", description="how importance is measured")
+    max_tokens: int = Field(
+        128, ge=1, le=1_000_000, description="each text is cut to this many tokens (≤ the server's)"
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the bootstrap and the split halves")
+
+
+class JobProgress(BaseModel):
+    done: int = Field(description="texts finished")
+    total: int = Field(description="texts in the dataset (0 until the job has started)")
+    tokens: int = Field(description="tokens of the finished texts")
+    tokens_per_s: float | None = Field(description="tokens per second of the job's running time")
+    eta_s: float | None = Field(description="seconds left at that rate, while the job is active")
+
+
+class JobOut(BaseModel):
+    id: str = Field(description='"job_" + 12 hex characters')
+    dataset: str
+    analyses: list[str]
+    importance: str
+    max_tokens: int
+    seed: int
+    state: JobState
+    error: str | None = Field(description="why the job failed")
+    progress: JobProgress
+    created: str = Field(description="ISO 8601, UTC")
+    started: str | None
+    finished: str | None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut] = Field(description="newest first")
+
+
+class StatOut(BaseModel):
+    """One head's statistic over texts: mean, std, texts that count (n), 95% percentile bootstrap interval."""
+
+    mean: float | None
+    std: float | None
+    n: int
+    ci_low: float | None
+    ci_high: float | None
+
+
+class HeadStatsOut(BaseModel):
+    """One head; a field per metric the job computed (others are left out)."""
+
+    layer: int
+    head: int
+    kv_group: int
+    entropy: StatOut | None = None
+    confidence: StatOut | None = None
+    previous_token: StatOut | None = None
+    self: StatOut | None = None
+    first_token: StatOut | None = None
+    duplicate_token: StatOut | None = None
+    induction: StatOut | None = Field(None, description="prefix matching on the texts themselves")
+    importance: StatOut | None = None
+
+
+class JobHeadsOut(BaseModel):
+    n_texts: int = Field(description="texts finished and counted")
+    partial: bool = Field(description="true until the job is done")
+    metrics: list[str]
+    reliability: dict[str, float | None] = Field(
+        description="per metric: Spearman correlation of the head means over two random halves of the texts"
+    )
+    heads: list[HeadStatsOut]
+
+
+class ExampleOut(BaseModel):
+    text_index: int
+    score: float
+    text: str
+    tokens: list[str] = Field(description="the text's tokens (cut to the job's max_tokens)")
+    query_pos: int | None = Field(description="where in the text the head does it most (null: no such cell)")
+    key_pos: int | None
+
+
+class ExamplesOut(BaseModel):
+    metric: str
+    examples: list[ExampleOut]
+
+
+class HeadName(BaseModel):
+    layer: int
+    head: int
+
+
+class JobSimilarityOut(BaseModel):
+    n_texts: int = Field(description="texts averaged")
+    heads: list[HeadName] = Field(description="layer order")
+    matrix: list[list[float]] = Field(description="n × n, as /api/similarity, averaged over texts")

@@ -2,6 +2,163 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import importlib.util
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from app.api.corpus_schemas import (
+    DatasetDetail,
+    DatasetIn,
+    DatasetList,
+    DatasetOut,
+    IndexedText,
+    TextsPage,
+    upload_body,
+)
+from app.api.deps import ServiceDep
+from app.api.schemas import ERRORS, Error
+from app.corpus import upload
+from app.corpus.datasets import DatasetInfo, DatasetStore, checked
+from app.service import InvalidInput, NotReady, Service
 
 router = APIRouter(prefix="/api", tags=["datasets"])
+SAMPLE = 5
+NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": Error, "description": "no dataset with that id"}}
+counter = upload.TokenCounter()
+MULTIPART = importlib.util.find_spec("python_multipart") is not None  # Starlette's optional form parser
+
+
+def store(request: Request) -> DatasetStore:
+    datasets: DatasetStore = request.app.state.datasets
+    return datasets
+
+
+StoreDep = Annotated[DatasetStore, Depends(store)]
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetOut, responses=ERRORS, openapi_extra=upload_body())
+async def create_dataset(request: Request, svc: ServiceDep, datasets: StoreDep) -> DatasetOut:
+    """Store a dataset: JSON {name, texts}, or a multipart .jsonl / .txt file (and an optional name)."""
+    tokenizer = svc.model.tokenizer  # 503 while the model loads: n_tokens needs it
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media == "multipart/form-data":
+        name, filename, data = await _read_form(request)
+        texts = await asyncio.to_thread(upload.read_file, filename, data)
+    elif media in ("", "application/json") or media.endswith("+json"):
+        name, texts = _read_json(await request.body())
+    else:
+        raise InvalidInput(f"content type {media!r}: send application/json {{name, texts}} or multipart/form-data")
+
+    def store_it() -> DatasetInfo:  # parsing, counting and inserting 10,000 texts: CPU work, off the event loop
+        checked(name, texts, datasets.max_texts)
+        return datasets.create(name, texts, counter.count(tokenizer, texts))
+
+    return _out(await asyncio.to_thread(store_it))
+
+
+@router.get("/datasets", response_model=DatasetList, responses=ERRORS)
+def list_datasets(svc: ServiceDep, datasets: StoreDep) -> DatasetList:
+    """Every dataset: the built-in sets first, then uploads, oldest first."""
+    _count_builtins(svc, datasets)
+    return DatasetList(datasets=[_out(info) for info in datasets.list()])
+
+
+@router.get("/datasets/{dataset_id}", response_model=DatasetDetail, responses={**ERRORS, **NOT_FOUND})
+def get_dataset(dataset_id: str, svc: ServiceDep, datasets: StoreDep) -> DatasetDetail:
+    """One dataset and its first few texts."""
+    info = datasets.get(dataset_id)
+    _count_builtins(svc, datasets)
+    _, sample = datasets.page(dataset_id, 0, SAMPLE)
+    return DatasetDetail(**_out(datasets.get(info.id)).model_dump(), sample=sample)
+
+
+@router.get("/datasets/{dataset_id}/texts", response_model=TextsPage, responses={**ERRORS, **NOT_FOUND})
+def dataset_texts(
+    dataset_id: str,
+    datasets: StoreDep,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+) -> TextsPage:
+    """A page of a dataset's texts, in order."""
+    total, texts = datasets.page(dataset_id, offset, limit)
+    return TextsPage(total=total, texts=[IndexedText(index=offset + i, text=t) for i, t in enumerate(texts)])
+
+
+@router.delete(
+    "/datasets/{dataset_id}",
+    status_code=204,
+    response_class=Response,
+    responses={
+        **ERRORS,
+        **NOT_FOUND,
+        409: {"model": Error, "description": "a built-in set cannot be deleted"},
+    },
+)
+def delete_dataset(dataset_id: str, datasets: StoreDep) -> Response:
+    """Delete an uploaded dataset and its texts."""
+    datasets.delete(dataset_id)
+    return Response(status_code=204)
+
+
+def _out(info: DatasetInfo) -> DatasetOut:
+    return DatasetOut(
+        id=info.id,
+        name=info.name,
+        n_texts=info.n_texts,
+        n_tokens=info.n_tokens,
+        builtin=info.builtin,
+        created=info.created,
+    )
+
+
+def _read_json(body: bytes) -> tuple[str, list[str]]:
+    """Validated like any JSON body: field errors come back as 422 invalid_request."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"the body is not UTF-8 (byte {exc.start})") from None
+    try:
+        payload = DatasetIn.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_input=False, include_url=False)]
+        ) from None
+    return payload.name, payload.texts
+
+
+async def _read_form(request: Request) -> tuple[str, str, bytes]:
+    """(name, file name, file bytes) of a multipart upload; the name defaults to the file's name."""
+    if not MULTIPART:
+        raise InvalidInput(
+            "this server cannot read multipart uploads (python-multipart is not installed); send JSON {name, texts}"
+        )
+    try:
+        async with request.form(max_files=1, max_fields=4) as form:
+            file, name = form.get("file"), form.get("name")
+            if not isinstance(file, UploadFile):
+                raise InvalidInput("a multipart upload needs a 'file' field holding a .jsonl or .txt file")
+            data = await file.read()
+            filename = upload.file_name(file.filename or "")
+    except HTTPException as exc:  # Starlette's 400 for a malformed body or too many parts
+        raise InvalidInput(f"malformed multipart body: {exc.detail}") from None
+    return (name if isinstance(name, str) and name.strip() else filename), filename, data
+
+
+def _count_builtins(svc: Service, datasets: DatasetStore) -> None:
+    """Count the built-in sets' tokens once the model is ready (once per process; about 1,000 short texts)."""
+    if not svc.ready:
+        return
+    for info in datasets.list():
+        if info.builtin and info.n_tokens is None:
+            try:
+                tokenizer = svc.model.tokenizer
+            except NotReady:
+                return
+            datasets.set_builtin_tokens(info.id, counter.count(tokenizer, datasets.texts(info.id)))

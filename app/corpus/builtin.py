@@ -81,9 +81,9 @@ def induction() -> list[str]:
 
 def ioi() -> list[str]:
     """Each template with the same seeded choice of ordered name pairs (so ABBA and BABA both occur)."""
-    pairs = [(a, b) for a in PEOPLE for b in PEOPLE if a != b]
+    pairs = [(a, b) for a in PEOPLE for b in PEOPLE if a != b and (a, b) != ("Mary", "John")]
     random.Random(SEED).shuffle(pairs)
-    chosen = pairs[:IOI_PAIRS_PER_TEMPLATE]
+    chosen = [("Mary", "John"), *pairs[: IOI_PAIRS_PER_TEMPLATE - 1]]  # the classic example comes first
     return [template.format(a=a, b=b) for template in IOI_TEMPLATES for a, b in chosen]
 
 
