@@ -10,6 +10,7 @@ const MLP = "#f59e0b";
 export function renderSummary(node, res) {
   const heads = res.heads.flat().reduce((a, b) => a + b, 0);
   const mlp = res.mlp.reduce((a, b) => a + b, 0);
+  node.dataset.logit = String(res.logit);
   const what = `logit[${visible(res.target.token)}]` + (res.contrast ? ` − logit[${visible(res.contrast.token)}]` : "");
   fill(
     node,

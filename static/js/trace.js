@@ -60,10 +60,10 @@ function showError(err) {
  * an aborted request is silent, any other error goes to the error bar.
  */
 async function task(panel, label, work) {
-  const progress = panel.querySelector(".progress");
+  const progress = panel.querySelector(".trace-progress");
   const t0 = performance.now();
   const tick = () => (progress.textContent = `${label} ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  panel.classList.add("stale");
+  panel.classList.add("outdated");
   tick();
   const timer = setInterval(tick, 250);
   pending++;
@@ -71,7 +71,7 @@ async function task(panel, label, work) {
   $("status-text").textContent = label;
   try {
     await work();
-    panel.classList.remove("stale");
+    panel.classList.remove("outdated");
     progress.textContent = "";
     requestAnimationFrame(() => (panel.dataset.painted = String(Number(panel.dataset.painted || 0) + 1)));
   } catch (err) {
@@ -125,7 +125,7 @@ async function trace(push = false, { edited = false } = {}) {
     store.save(S, push);
     return showError(new Error("type a clean and a corrupted prompt (or pick an example)"));
   }
-  for (const id of ["patch-panel", "dla-panel", "token-panel"]) $(id).classList.add("stale");
+  for (const id of ["patch-panel", "dla-panel", "token-panel"]) $(id).classList.add("outdated");
   store.save(S, push);
   runs = null;
   await task($("lens-panel"), "reading the lens…", async () => {
@@ -278,7 +278,7 @@ function refreshToken() {
   const { signal } = tokenCtl;
   if (S.tok === null || !runs) {
     $("token-body").hidden = true;
-    $("token-panel").classList.remove("stale");
+    $("token-panel").classList.remove("outdated");
     return;
   }
   const run = runs[S.tp];

@@ -44,7 +44,7 @@ def wait_painted(page: Any, panel: str, before: int = 0) -> None:
     """Wait until `#panel` has been drawn (again) since its counter read `before`, and is no longer stale."""
     page.wait_for_function(
         "([id, before]) => { const p = document.getElementById(id);"
-        " return Number(p.dataset.painted || 0) > before && !p.classList.contains('stale'); }",
+        " return Number(p.dataset.painted || 0) > before && !p.classList.contains('outdated'); }",
         arg=[panel, before],
         timeout=120_000,
     )
@@ -78,11 +78,13 @@ def test_ioi_pair_draws_patching_dla_and_lens(page: Any, tiny_server: Server, ar
     page.click(".example")
     wait_painted(page, "dla-panel")
     # patching is held back: its panel looks stale and says what it is doing
-    page.wait_for_function("() => document.querySelector('#patch-panel .progress').textContent.includes('patching 8')")
-    assert "stale" in (page.get_attribute("#patch-panel", "class") or "")
-    page.unroute("**/api/patch")
+    page.wait_for_function(
+        "() => document.querySelector('#patch-panel .trace-progress').textContent.includes('patching 8')"
+    )
+    assert "outdated" in (page.get_attribute("#patch-panel", "class") or "")
     for route in held:
         route.continue_()
+    page.unroute("**/api/patch")
     wait_painted(page, "patch-panel")
 
     # the two prompts, with the one differing token marked in each
@@ -101,7 +103,8 @@ def test_ioi_pair_draws_patching_dla_and_lens(page: Any, tiny_server: Server, ar
     dla = post(tiny_server.url, "/api/dla", {"text": CLEAN, "target": " Mary", "contrast": " John"})
     assert page.get_attribute("#dla-heads", "data-bars") == "8"
     assert page.locator("#dla-heads .bars path").count() == 8
-    assert f"{dla['logit']:.3f}" in page.inner_text("#dla-summary")
+    assert math.isclose(float(page.get_attribute("#dla-summary", "data-logit") or "nan"), dla["logit"], abs_tol=1e-6)
+    assert "logit[·Mary] − logit[·John]" in page.inner_text("#dla-summary")
     assert page.locator("#dla-layers .bars path").count() == 2 * 2
     # the lens: probability and rank curves, one table row per layer
     assert page.locator("#lens-plot .scatterlayer .trace").count() == 2
