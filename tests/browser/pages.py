@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -55,3 +57,40 @@ def tick_labels(page: Any, axis: str, subplot: int = 0) -> list[str]:
 def top_tokens(page: Any, column: int) -> list[str]:
     """The tokens listed in one top-k column of the prediction panel (0 = baseline, 1 = ablated)."""
     return [str(t) for t in page.locator(f"#topk .top-col >> nth={column} >> .tok").all_text_contents()]
+
+
+HOLD = """([fragment, ms]) => {
+  const real = window.fetch;
+  window.__held = { started: 0, aborted: 0 };
+  window.fetch = (url, opts = {}) => {
+    if (!String(url).includes(fragment)) return real(url, opts);
+    window.__held.started++;
+    opts.signal?.addEventListener("abort", () => window.__held.aborted++, { once: true });
+    return new Promise((r) => setTimeout(r, ms)).then(() => real(url, opts));
+  };
+}"""
+
+
+def delay_requests(page: Any, fragment: str, ms: int) -> None:
+    """Hold every fetch whose URL contains `fragment` for `ms` before sending it (an abort still cancels it).
+
+    Counts in window.__held: started, aborted. Call before open_app (it is an init script).
+    """
+    page.add_init_script(f"({HOLD})({json.dumps([fragment, ms])})")
+
+
+def held(page: Any) -> dict[str, int]:
+    """What delay_requests counted: {started, aborted}."""
+    return dict(page.evaluate("() => window.__held"))
+
+
+def grid_top(page: Any) -> float:
+    """Where the first grid cell is drawn (px from the top of the page)."""
+    return float(page.eval_on_selector("#grid .cell", "c => c.getBoundingClientRect().top"))
+
+
+def download(page: Any, selector: str) -> bytes:
+    """Click a download button and return the file's bytes."""
+    with page.expect_download() as dl:
+        page.click(selector)
+    return Path(dl.value.path()).read_bytes()

@@ -12,6 +12,9 @@ import pytest
 
 from tests.browser.pages import (
     click_head,
+    delay_requests,
+    download,
+    held,
     open_app,
     painted,
     query,
@@ -98,29 +101,39 @@ def test_switching_a_head_off_changes_the_prediction_and_the_url(page: Any, tiny
 
 
 def test_rapid_toggles_cancel_stale_requests(page: Any, tiny_server: Server) -> None:
+    delay_requests(page, "/api/ablate", 400)  # each toggle's request is still pending when the next click comes
     open_app(page, tiny_server.url)
     run_prompt(page, PROMPT)
-    cancelled: list[str] = []
-    page.on("requestfailed", lambda r: "/api/ablate" in r.url and cancelled.append(r.failure or ""))
     for label in ("L0H0", "L0H3", "L1H1", "L1H2"):
         click_head(page, label, modifiers=["Shift"])
     page.wait_for_selector('#prediction[data-state="ablated"]')
     assert page.inner_text("#topk .top-col >> nth=1 >> h3") == "4 heads off (zero)"
     assert set(query(page)["mask"].split(",")) == {"L0H0", "L0H3", "L1H1", "L1H2"}
     assert page.is_hidden("#error")  # an aborted request is not an error
-    assert all("abort" in reason.lower() for reason in cancelled)
+    assert held(page) == {"started": 4, "aborted": 3}  # every stale request was cancelled, the last one was not
 
 
-def test_server_errors_are_shown_not_thrown(page: Any, tiny_server: Server) -> None:
+def test_a_failed_run_keeps_the_last_good_one_and_says_so(page: Any, tiny_server: Server) -> None:
     page.watch.allow("status of 422")
     open_app(page, tiny_server.url)
+    run_prompt(page, PROMPT)
+    url = page.url
     page.fill("#prompt", " w1" * 2100)  # over the server's 2048-token limit
+    page.wait_for_function("() => document.querySelector('#token-count').dataset.tokens === '4200'")
+    assert "over this server's limit of 2,048" in page.inner_text("#token-count")
     page.press("#prompt", "Enter")
     page.wait_for_selector("#error:not([hidden])")
-    assert "2048" in page.inner_text("#error-text")
-    assert page.locator("#grid .cell").count() == 0
-    run_prompt(page, PROMPT)  # the next good run clears it
+    assert "2048" in page.inner_text("#error-text") and "last good run (9 tokens)" in page.inner_text("#error-text")
+    # the page, the address bar and the export still belong to the last good run, together
+    assert page.url == url
+    assert page.locator("#grid .cell").count() == 8
+    assert page.is_hidden("#progress") and page.is_enabled("#run")
+    assert page.eval_on_selector("#grid-scroll", "e => e.inert") is False  # usable again
+    data = json.loads(download(page, "#export-json"))
+    assert data["text"] == PROMPT and len(data["tokens"]) == len(PROMPT_TOKENS)
+    run_prompt(page, PROMPT + " again")  # the next good run clears the message
     assert page.is_hidden("#error")
+    assert query(page)["text"] == PROMPT + " again"
 
 
 def test_reloading_the_url_restores_the_view(page: Any, tiny_server: Server, artifacts: Path) -> None:
@@ -222,7 +235,7 @@ def test_layer_kv_group_and_top_k_buttons(page: Any, tiny_server: Server) -> Non
     assert page.locator(".cell.masked").count() == 5
 
 
-def test_overlays_and_exports(page: Any, tiny_server: Server, tmp_path: Path) -> None:
+def test_overlays_and_exports(page: Any, tiny_server: Server) -> None:
     open_app(page, tiny_server.url)
     run_prompt(page, PROMPT)
     page.select_option("#color-by", "importance")
@@ -230,15 +243,28 @@ def test_overlays_and_exports(page: Any, tiny_server: Server, tmp_path: Path) ->
     assert page.inner_text(".legend-name") == "importance (gradient)"
     assert page.get_attribute('.cell[data-head="L0H0"]', "style").count("--overlay") == 1
     show_head(page, "L0H2")
-    with page.expect_download() as dl:
-        page.click("#export-json")
-    data = json.loads(Path(dl.value.path()).read_text())
+    data = json.loads(download(page, "#export-json"))
     assert data["text"] == PROMPT and data["heatmap"]["panels"][0]["title"] == "L0H2"
     assert len(data["heatmap"]["panels"][0]["weights"]) == len(PROMPT_TOKENS)
+    # the overlay on screen and the importance scores behind it travel with the export
+    assert data["overlay"]["name"] == "importance" and data["overlay"]["label"] == "importance (gradient)"
+    assert data["overlay"]["scores"] == data["scores"]["importance"]
+    assert len(data["overlay"]["scores"]) == 2 and len(data["overlay"]["scores"][0]) == 4
+    assert data["similarity"] is None  # not on screen
     for button in ("#heat-png", "#grid-png"):
-        with page.expect_download() as dl:
-            page.click(button)
-        assert Path(dl.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert download(page, button)[:8] == b"\x89PNG\r\n\x1a\n"
+    for button in ("#heat-svg", "#grid-svg"):
+        svg = download(page, button).decode()
+        assert svg.lstrip().startswith(("<svg", "<?xml")) and "</svg>" in svg
+    grid_svg = download(page, "#grid-svg").decode()
+    assert grid_svg.count("<image") == 8 and ">L1<" in grid_svg and ">H3<" in grid_svg
+    page.click('.tabs button[data-view="similarity"]')
+    page.wait_for_selector("#simplot[data-painted]")
+    for button in ("#sim-svg", "#collapse-svg"):
+        assert "</svg>" in download(page, button).decode()
+    assert download(page, "#sim-png")[:4] == b"\x89PNG"
+    data = json.loads(download(page, "#export-json"))
+    assert data["heatmap"] is None and len(data["similarity"]["heads"]) == 8
 
 
 def test_512_tokens_stay_usable(page: Any, tiny_server: Server, artifacts: Path) -> None:
