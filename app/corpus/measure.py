@@ -1,0 +1,306 @@
+"""Per-text head measurements over a batch of texts: one padded forward, then each text's own numbers.
+
+A batch is padded to its longest text (right padding by default; left padding gets explicit position
+ids) and run once with capture on. Each text's queries, keys and hidden states are then sliced back to
+its own positions as a batch-1 `Run`, and measured by the very functions the one-text endpoints use
+(roles.head_stats, similarity.head_similarity, importance's loss), so a text's numbers do not depend on
+the batch it ran in. Nothing here is sized by the dataset: only by the batch.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from app.inspect import capture, metrics, roles
+from app.inspect.adapters import Layout
+from app.inspect.capture import LayerQK
+from app.inspect.gates import gate_tensor, head_gates
+from app.inspect.importance import _next_token_stats
+from app.inspect.loading import Loaded
+from app.inspect.resume import recording_inputs, starting_at
+from app.inspect.runs import Run
+from app.inspect.similarity import Metric, head_similarity
+
+Padding = Literal["right", "left"]
+PADDING: Padding = "right"  # right padding keeps every text at positions 0..n−1 without position ids
+SIMILARITY_METRICS: tuple[Metric, ...] = ("js", "cosine")
+ABLATION_TOKENS = 4096  # rows × padded tokens per single-head ablation forward (texts × heads of one layer)
+
+# metric name (the corpus contract) → HeadStats field; "induction" on a corpus is prefix matching on the text
+_STAT_FIELDS = {
+    "entropy": "entropy",
+    "confidence": "confidence",
+    "previous_token": "previous_token",
+    "self": "self_attention",
+    "first_token": "first_token",
+    "duplicate_token": "duplicate_token",
+    "induction": "text_induction",
+}
+ROLE_METRICS: tuple[str, ...] = tuple(_STAT_FIELDS)
+assert {m for m in ROLE_METRICS if m != "induction"} <= {r.name for r in roles.ROLES}
+
+
+@dataclass
+class TextResult:
+    """One text's numbers: every metric per head, and where in the text the head does it most."""
+
+    index: int  # the text's index in the dataset
+    n_tokens: int
+    values: dict[str, np.ndarray]  # metric -> (n_layers, n_heads) float64; NaN = does not count
+    where: dict[str, np.ndarray]  # metric -> (n_layers, n_heads, 2) int64 (query_pos, key_pos); -1 = none
+
+
+@dataclass
+class BatchResult:
+    texts: list[TextResult]
+    similarity_sum: dict[str, np.ndarray]  # "js"/"cosine" -> (n, n) SUM over the batch's texts (mergeable)
+
+
+def length_batches(lengths: list[int], max_batch_tokens: int, max_batch_texts: int) -> list[list[int]]:
+    """Indices of texts grouped into padded batches of similar length (deterministic).
+
+    Texts are taken shortest first (ties by index); a batch closes when one more text would make
+    texts × longest exceed `max_batch_tokens`, or the batch would exceed `max_batch_texts`. A text
+    longer than `max_batch_tokens` runs alone.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda j: (lengths[j], j)):
+        longest = max(lengths[i], 1)  # sorted: the new text is the batch's longest
+        if current and ((len(current) + 1) * longest > max_batch_tokens or len(current) >= max_batch_texts):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class Padded:
+    """A padded batch: ids, mask and positions (B, T), and each text's own positions."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T) 1 = token, 0 = padding
+    position_ids: torch.Tensor  # (B, T) each text counts 0..n−1 from its first real token
+    windows: list[slice]  # per text: its positions in the padded row
+
+    def inputs(self, repeat: int = 1) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the backbone, each row repeated `repeat` times (block-wise)."""
+        return {
+            "input_ids": self.input_ids.repeat(repeat, 1),
+            "attention_mask": self.attention_mask.repeat(repeat, 1),
+            "position_ids": self.position_ids.repeat(repeat, 1),
+            "use_cache": False,  # type: ignore[dict-item]
+        }
+
+
+def pad(token_lists: list[list[int]], padding: Padding, device: torch.device) -> Padded:
+    """Pad token lists to the longest, on the right or on the left (pad id 0: masked, never attended to)."""
+    t = max(len(ids) for ids in token_lists)
+    ids = torch.zeros(len(token_lists), t, dtype=torch.long)
+    mask = torch.zeros(len(token_lists), t, dtype=torch.long)
+    windows = []
+    for row, tokens in enumerate(token_lists):
+        start = 0 if padding == "right" else t - len(tokens)
+        window = slice(start, start + len(tokens))
+        ids[row, window] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, window] = 1
+        windows.append(window)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)  # (B, T): 0 at each text's first token
+    return Padded(ids.to(device), mask.to(device), positions.to(device), windows)
+
+
+def _text_qk(qk: LayerQK, row: int, window: slice) -> LayerQK:
+    """One text's slice of a batched layer capture, as a batch-1 capture of that text alone."""
+    mask = qk.mask
+    if mask is not None:
+        mask = mask[row : row + 1] if mask.shape[0] > 1 else mask
+        mask = mask[..., window, window]
+    return LayerQK(q=qk.q[row : row + 1, :, window], k=qk.k[row : row + 1, :, window], mask=mask, scaling=qk.scaling)
+
+
+def text_run(
+    loaded: Loaded, captured: dict[int, LayerQK], hidden: torch.Tensor, row: int, window: slice, ids: list[int]
+) -> Run:
+    """A batch-1 Run of one text of a padded batch (views, no copies): what runs.analyse gives for it alone."""
+    qk = {layer: _text_qk(x, row, window) for layer, x in captured.items()}
+    return Run(
+        model_name=loaded.name, text="", token_ids=ids, tokens=[], qk=qk, hidden=hidden[row, window], head_means={}
+    )
+
+
+def measure_batch(
+    loaded: Loaded,
+    texts: list[tuple[int, list[int]]],
+    analyses: frozenset[str],
+    importance: str,
+    padding: Padding = PADDING,
+) -> BatchResult:
+    """Every requested metric of every head on each text of one batch, from one padded forward.
+
+    Args:
+        loaded: the model.
+        texts: (dataset index, token ids) per text, already cut to the job's max_tokens.
+        analyses: subset of {"roles", "importance", "similarity"}.
+        importance: "gradient" (Michel et al., from one backward of the batch) or "ablation"
+            (the exact single-head sweep, texts of the batch × heads of a layer per forward).
+        padding: "right" or "left"; the numbers are the same either way.
+    """
+    layout = loaded.adapter.layout
+    batch = pad([ids for _, ids in texts], padding, loaded.device)
+    gradient = "importance" in analyses and importance == "gradient"
+    ablation = "importance" in analyses and importance == "ablation"
+    gates = torch.ones(len(texts), layout.n_layers, layout.n_heads, device=loaded.device, requires_grad=gradient)
+    inputs: dict[int, torch.Tensor] = {}
+    with (
+        torch.inference_mode(not gradient),
+        torch.enable_grad() if gradient else torch.no_grad(),
+        capture.recording() as rec,
+        head_gates(loaded.adapter, gates, "zero"),  # all ones: the plain model (and Michel et al.'s ξ)
+        recording_inputs(loaded.adapter, inputs) if ablation else nullcontext(),
+    ):
+        hidden = loaded.adapter.backbone()(**batch.inputs()).last_hidden_state  # (B, T, d)
+        if gradient or ablation:  # the loss costs an LM-head pass: only when importance needs it
+            losses = _losses(loaded, hidden, batch, [ids for _, ids in texts])  # (B,)
+        if gradient:
+            (grad,) = torch.autograd.grad(losses.sum(), gates)  # rows are independent: row b's own ∂L_b/∂ξ_b
+    results = []
+    for row, (index, ids) in enumerate(texts):
+        values: dict[str, np.ndarray] = {}
+        where: dict[str, np.ndarray] = {}
+        if "roles" in analyses:
+            run = text_run(loaded, rec.captured, hidden.detach(), row, batch.windows[row], ids)
+            stats = roles.head_stats(run, layout)
+            for metric, field in _STAT_FIELDS.items():
+                score = getattr(stats, field)
+                values[metric] = _nan_grid(layout) if score is None else score.double().numpy()
+            where.update(role_cells(run, layout))
+        if "importance" in analyses:
+            values["importance"] = _nan_grid(layout)
+            where["importance"] = np.full((layout.n_layers, layout.n_heads, 2), -1, dtype=np.int64)
+            if gradient and len(ids) > 1:
+                values["importance"] = grad[row].abs().double().cpu().numpy()
+        results.append(TextResult(index=index, n_tokens=len(ids), values=values, where=where))
+    if ablation:
+        deltas = _ablation_deltas(loaded, batch, [ids for _, ids in texts], inputs, losses.detach())
+        for result, delta in zip(results, deltas, strict=True):
+            if result.n_tokens > 1:
+                result.values["importance"] = delta
+    sums = {}
+    if "similarity" in analyses:
+        sums = _similarity_sums(loaded, rec.captured, hidden.detach(), batch, texts)
+    return BatchResult(texts=results, similarity_sum=sums)
+
+
+def _nan_grid(layout: Layout) -> np.ndarray:
+    return np.full((layout.n_layers, layout.n_heads), np.nan)
+
+
+def _losses(loaded: Loaded, hidden: torch.Tensor, batch: Padded, token_ids: list[list[int]]) -> torch.Tensor:
+    """Each text's mean next-token loss, by importance's own loss on its unpadded rows: (B,)."""
+    losses = []
+    for row, (window, ids) in enumerate(zip(batch.windows, token_ids, strict=True)):
+        targets = torch.tensor(ids[1:], device=hidden.device)
+        loss, _ = _next_token_stats(loaded, hidden[row : row + 1, window], targets)
+        losses.append(loss[0])
+    return torch.stack(losses)
+
+
+@torch.inference_mode()
+def _ablation_deltas(
+    loaded: Loaded,
+    batch: Padded,
+    token_ids: list[list[int]],
+    inputs: dict[int, torch.Tensor],
+    base: torch.Tensor,
+) -> list[np.ndarray]:
+    """Loss increase when each head alone is zeroed, per text: (n_layers, n_heads) each.
+
+    As importance.ablation_sweep, but over the batch: rows are (head, text) pairs of one layer,
+    each forward starting at that layer from the batch's own residual stream.
+    """
+    layout = loaded.adapter.layout
+    n, t = batch.input_ids.shape
+    delta = torch.zeros(n, layout.n_layers, layout.n_heads, dtype=torch.float64)
+    per_forward = max(1, ABLATION_TOKENS // (n * t))  # heads per forward
+    for layer in range(layout.n_layers):
+        for start in range(0, layout.n_heads, per_forward):
+            heads = list(range(start, min(start + per_forward, layout.n_heads)))
+            off = [[(layer, h)] for h in heads for _ in range(n)]  # row = i·n + text
+            gates = gate_tensor(len(off), layout.n_layers, layout.n_heads, off, loaded.device)
+            with (
+                head_gates(loaded.adapter, gates, "zero"),
+                starting_at(loaded.adapter, layer, inputs[layer].repeat(len(heads), 1, 1)),
+            ):
+                hidden = loaded.adapter.backbone()(**batch.inputs(len(heads))).last_hidden_state
+            for i, head in enumerate(heads):
+                rows = hidden[i * n : (i + 1) * n]  # (n, T, d): every text with this head off
+                delta[:, layer, head] = (_losses(loaded, rows, batch, token_ids) - base).double().cpu()
+    return list(delta.numpy())
+
+
+def role_cells(run: Run, layout: Layout) -> dict[str, np.ndarray]:
+    """Where each head does each role most in the run's text: metric -> (n_layers, n_heads, 2) (query, key).
+
+    confidence: the row with the largest top weight and its key; previous_token, self, first_token: the
+    query with the most weight on q−1, q, 0; duplicate_token, induction: the matching cell with the most
+    weight. Query 0 (all its weight on itself) is skipped when the text has more tokens. −1 = no such cell.
+    """
+    t = run.n_tokens
+    cells = {m: np.full((layout.n_layers, layout.n_heads, 2), -1, dtype=np.int64) for m in ROLE_METRICS}
+    ids = torch.tensor(run.token_ids, device=run.hidden.device)
+    repeats = len(set(run.token_ids)) < t
+    match = metrics.duplicate_match(ids, 0, t, t) if repeats else None  # (T, T)
+    prefix = roles.prefix_match(ids, 0, t, t) if repeats else None  # (T, T)
+    q = torch.arange(t, device=ids.device)
+    first = 1 if t > 1 else 0  # skip query 0 when there are others
+    heads = list(range(layout.n_heads))
+    for layer in range(layout.n_layers):
+        maps = run.maps(layer, heads, layout.group_size)  # (H, T, T)
+        top, top_key = maps[:, first:].max(-1)  # (H, T − first)
+        best = top.argmax(-1) + first  # (H,)
+        picks = {
+            "confidence": (best, top_key.gather(1, (best - first)[:, None])[:, 0]),
+            "self": _best_query(maps[:, q[first:], q[first:]], first, 0),
+            "first_token": _best_query(maps[:, first:, 0], first, None),
+        }
+        if t > 1:
+            picks["previous_token"] = _best_query(maps[:, q[1:], q[:-1]], 1, 1)
+        for metric, mask in (("duplicate_token", match), ("induction", prefix)):
+            if mask is not None:
+                flat = (maps * mask).flatten(1).argmax(-1)  # (H,): the matching cell with the most weight
+                picks[metric] = (flat // t, flat % t)
+        for metric, (query, key) in picks.items():
+            cells[metric][layer, :, 0] = query.cpu().numpy()
+            cells[metric][layer, :, 1] = key.cpu().numpy()
+    return cells
+
+
+def _best_query(weights: torch.Tensor, offset: int, back: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query, key) of the largest of (H, n) weights at queries offset.., key = query − back (or 0 if None)."""
+    query = weights.argmax(-1) + offset  # (H,)
+    return query, query - back if back is not None else torch.zeros_like(query)
+
+
+def _similarity_sums(
+    loaded: Loaded,
+    captured: dict[int, LayerQK],
+    hidden: torch.Tensor,
+    batch: Padded,
+    texts: list[tuple[int, list[int]]],
+) -> dict[str, np.ndarray]:
+    """Sum over the batch's texts of each text's /api/similarity matrix (all heads, layer order)."""
+    layout = loaded.adapter.layout
+    heads = [(ly, h) for ly in range(layout.n_layers) for h in range(layout.n_heads)]
+    sums: dict[str, np.ndarray] = {m: np.zeros((len(heads), len(heads))) for m in SIMILARITY_METRICS}
+    for row, (_, ids) in enumerate(texts):
+        run = text_run(loaded, captured, hidden, row, batch.windows[row], ids)
+        for metric in SIMILARITY_METRICS:
+            sums[metric] += head_similarity(run, layout, heads, metric, "layer").matrix.double().numpy()
+    return sums

@@ -1,0 +1,206 @@
+"""Batched corpus measurement: each text's numbers equal the one-text path's, with right or left padding."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from app.corpus import measure
+from app.inspect import importance, metrics, roles, runs, similarity
+from app.inspect.loading import Loaded
+from tests.helpers import tiny_loaded
+
+TEXTS = [
+    "The cat sat on the mat. The cat sat on the mat again.",
+    "Hello world",
+    "one two three one two three four",
+    "A",  # one token: no loss, no importance
+    "Repeated phrase here, repeated phrase here, and again a repeated phrase.",
+]
+TOL = 1e-5
+ARCHS = ("llama", "gpt2", "gpt_neox")
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def loaded(request: pytest.FixtureRequest) -> Loaded:
+    return tiny_loaded(request.param)
+
+
+def items(loaded: Loaded) -> list[tuple[int, list[int]]]:
+    return [(10 + i, runs.encode(loaded.tokenizer, text)) for i, text in enumerate(TEXTS)]
+
+
+def alone(loaded: Loaded, ids: list[int]) -> runs.Run:
+    return runs.analyse(loaded, "", token_ids=ids)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_roles_and_gradient_match_one_text_at_a_time(loaded: Loaded, padding: measure.Padding) -> None:
+    layout = loaded.adapter.layout
+    batch = items(loaded)
+    assert len({len(ids) for _, ids in batch}) > 2  # real padding
+    result = measure.measure_batch(loaded, batch, frozenset({"roles", "importance"}), "gradient", padding=padding)
+    assert [t.index for t in result.texts] == [i for i, _ in batch]
+    for (_, ids), text in zip(batch, result.texts, strict=True):
+        assert text.n_tokens == len(ids)
+        run = alone(loaded, ids)
+        stats = roles.head_stats(run, layout)
+        expected = {
+            "entropy": stats.entropy,
+            "confidence": stats.confidence,
+            "previous_token": stats.previous_token,
+            "self": stats.self_attention,
+            "first_token": stats.first_token,
+            "duplicate_token": stats.duplicate_token,
+            "induction": stats.text_induction,
+        }
+        assert set(measure.ROLE_METRICS) == set(expected)
+        for metric, ref in expected.items():
+            got = text.values[metric]
+            assert got.shape == (layout.n_layers, layout.n_heads) and got.dtype == np.float64
+            if ref is None:
+                assert np.isnan(got).all(), metric
+            else:
+                np.testing.assert_allclose(got, ref.double().numpy(), atol=TOL, rtol=0, err_msg=metric)
+        if len(ids) > 1:
+            grad = importance.gradient_importance(loaded, ids).double().numpy()
+            np.testing.assert_allclose(text.values["importance"], grad, atol=TOL, rtol=0)
+        else:
+            assert np.isnan(text.values["importance"]).all()
+        cells = measure.role_cells(run, layout)
+        for metric in measure.ROLE_METRICS:
+            np.testing.assert_array_equal(text.where[metric], cells[metric], err_msg=metric)
+        assert (text.where["importance"] == -1).all() and (text.where["entropy"] == -1).all()
+    # some text repeats a token and some does not: both branches ran
+    assert any(np.isnan(t.values["induction"]).all() for t in result.texts)
+    assert any(np.isfinite(t.values["induction"]).all() for t in result.texts)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_similarity_sums_match_one_text_matrices(loaded: Loaded, padding: measure.Padding) -> None:
+    layout = loaded.adapter.layout
+    batch = items(loaded)
+    result = measure.measure_batch(loaded, batch, frozenset({"similarity"}), "gradient", padding=padding)
+    heads = [(ly, h) for ly in range(layout.n_layers) for h in range(layout.n_heads)]
+    for metric in ("js", "cosine"):
+        total = sum(
+            similarity.head_similarity(alone(loaded, ids), layout, heads, metric, "layer").matrix.double().numpy()
+            for _, ids in batch
+        )
+        np.testing.assert_allclose(result.similarity_sum[metric], total, atol=TOL, rtol=0)
+    assert all(t.values == {} for t in result.texts)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_ablation_matches_the_single_head_sweep(padding: measure.Padding, monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = tiny_loaded("gpt2")  # GPT-2: the out-projection bias stays when a head is zeroed
+    batch = items(loaded)[:3]
+    monkeypatch.setattr(measure, "ABLATION_TOKENS", 40)  # several forwards per layer
+    result = measure.measure_batch(loaded, batch, frozenset({"importance"}), "ablation", padding=padding)
+    for (_, ids), text in zip(batch, result.texts, strict=True):
+        sweep = importance.ablation_sweep(loaded, alone(loaded, ids))
+        np.testing.assert_allclose(text.values["importance"], sweep.delta_loss.double().numpy(), atol=TOL, rtol=0)
+
+
+def test_left_padding_needs_position_ids() -> None:
+    """The tests above can fail: without explicit positions, a left-padded GPT-2 text moves along its
+    absolute position table (RoPE scores depend only on relative positions, so Llama and NeoX would not show it)."""
+    loaded = tiny_loaded("gpt2")
+    batch = items(loaded)[:2]
+    padded = measure.pad([ids for _, ids in batch], "left", loaded.device)
+    kwargs = padded.inputs()
+    del kwargs["position_ids"]
+    with torch.inference_mode():
+        hidden = loaded.adapter.backbone()(**kwargs).last_hidden_state
+    short = 1 if len(batch[1][1]) < len(batch[0][1]) else 0
+    ref = alone(loaded, batch[short][1]).hidden
+    assert (hidden[short, padded.windows[short]] - ref).abs().max() > 1e-3
+
+
+def test_text_induction_equals_the_probe_score_on_the_probe() -> None:
+    loaded = tiny_loaded("gpt_neox")
+    layout = loaded.adapter.layout
+    row = roles.probe_tokens(layout.vocab_size)[0].tolist()
+    assert len(set(row[: roles.PROBE_LENGTH])) == roles.PROBE_LENGTH  # no repeat within a copy
+    run = alone(loaded, row)
+    stats = roles.head_stats(run, layout)
+    assert stats.text_induction is not None
+    for layer in range(layout.n_layers):
+        mass, n_rows = metrics.induction_mass(run.maps(layer, list(range(layout.n_heads)), layout.group_size), 50)
+        torch.testing.assert_close(stats.text_induction[layer], mass / n_rows, atol=1e-6, rtol=0)
+
+
+def test_prefix_matching_against_its_definition() -> None:
+    loaded = tiny_loaded("llama")
+    layout = loaded.adapter.layout
+    ids = [5, 7, 5, 9, 7, 5, 5]
+    run = alone(loaded, ids)
+    stats = roles.head_stats(run, layout)
+    assert stats.text_induction is not None
+    cells = measure.role_cells(run, layout)
+    for layer in range(layout.n_layers):
+        maps = run.maps(layer, list(range(layout.n_heads)), layout.group_size).double()
+        for head in range(layout.n_heads):
+            total, rows, best = 0.0, 0, (-1.0, -1, -1)
+            for q in range(len(ids)):
+                targets = {j + 1 for j in range(q) if ids[j] == ids[q]}
+                if targets:
+                    rows += 1
+                    total += sum(float(maps[head, q, k]) for k in targets)
+                    best = max([best, *((float(maps[head, q, k]), -q, -k) for k in targets)])
+            assert abs(float(stats.text_induction[layer, head]) - total / rows) < 1e-6
+            assert tuple(cells["induction"][layer, head]) == (-best[1], -best[2])
+            prev = [float(maps[head, q, q - 1]) for q in range(1, len(ids))]
+            assert tuple(cells["previous_token"][layer, head]) == (1 + int(np.argmax(prev)), int(np.argmax(prev)))
+
+
+def test_heads_endpoint_reports_text_induction(client) -> None:  # type: ignore[no-untyped-def]
+    repeated = client.post("/api/heads", json={"text": "a b c d a b c d"}).json()["heads"]
+    assert all(isinstance(h["text_induction"], float) for h in repeated)
+    single = client.post("/api/heads", json={"text": "The cat sat."}).json()["heads"]
+    assert all(h["text_induction"] is None for h in single)
+
+
+def test_length_batches_are_bucketed_bounded_and_deterministic() -> None:
+    rng = np.random.default_rng(0)
+    lengths = [int(x) for x in rng.integers(1, 200, 300)] + [500]
+    batches = measure.length_batches(lengths, max_batch_tokens=1024, max_batch_texts=16)
+    assert batches == measure.length_batches(lengths, 1024, 16)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert len(b) <= 16 and (len(b) * longest <= 1024 or len(b) == 1)
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(flat)  # shortest first: similar lengths share a batch
+    assert [500] in [[lengths[i] for i in b] for b in batches]  # too long for the budget: alone
+
+
+def live_tensor_bytes() -> int:
+    gc.collect()
+    with warnings.catch_warnings():  # isinstance on some deprecated torch objects warns
+        warnings.simplefilter("ignore")
+        return sum(o.numel() * o.element_size() for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def test_memory_is_bounded_by_the_batch() -> None:
+    """Nothing accumulates across batches; a batch returns only small per-text and per-head arrays."""
+    loaded = tiny_loaded("llama")
+    layout = loaded.adapter.layout
+    batch = items(loaded)
+    analyses = frozenset({"roles", "importance", "similarity"})
+    for i in range(4):  # warm up: first calls may fill caches of transformers or torch (per shape)
+        measure.measure_batch(loaded, batch[i : i + 2], analyses, "gradient")
+    before = live_tensor_bytes()
+    n = layout.n_layers * layout.n_heads
+    for i in range(4):
+        result = measure.measure_batch(loaded, batch[i : i + 2], analyses, "gradient")
+        assert all(m.shape == (n, n) for m in result.similarity_sum.values())
+        for text in result.texts:
+            assert all(v.shape == (layout.n_layers, layout.n_heads) for v in text.values.values())
+            assert all(w.shape == (layout.n_layers, layout.n_heads, 2) for w in text.where.values())
+        del result, text
+    assert live_tensor_bytes() - before <= 0  # captures, hidden states and gates are all freed
