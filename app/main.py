@@ -18,6 +18,8 @@ from app.api import ablate, attention, datasets, errors, heads, importance, jobs
 from app.api.encode import FiniteJSONResponse
 from app.config import Settings
 from app.corpus.datasets import DatasetStore
+from app.corpus.jobs import Jobs
+from app.corpus.jobstore import JobStore
 from app.inspect.loading import Loaded
 from app.middleware import Guard
 from app.service import Service
@@ -38,6 +40,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     telemetry = Telemetry()
     service = Service(settings, loaded, telemetry)
     store = DatasetStore(settings.data_dir, settings.max_dataset_texts)  # opens its file on first use
+    corpus_jobs = Jobs(service, store, JobStore(settings.data_dir))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,12 +50,15 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
             except Exception:
                 log.exception("the model failed to load; /api/ready stays 503")
 
+        await asyncio.to_thread(corpus_jobs.recover)  # jobs a stopped server left running are now interrupted
         task = asyncio.create_task(start())
         app.state.loading = task
         try:
             yield
         finally:
+            await asyncio.to_thread(corpus_jobs.shutdown)  # running jobs: interrupted (finished batches are stored)
             await asyncio.to_thread(service.shutdown)  # sets stopping first: /api/ready turns 503 at once
+            corpus_jobs.store.close()
             store.close()
             task.cancel()
 
@@ -65,6 +71,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     )
     app.state.service = service
     app.state.datasets = store
+    app.state.jobs = corpus_jobs
     app.state.settings = settings
     errors.install(app, settings.retry_after_s)
     for module in (meta, attention, overview, ablate, similarity, importance, heads, tracing, datasets, jobs):

@@ -10,6 +10,7 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.inspect import importance, runs
@@ -88,7 +89,7 @@ def test_a_cached_attention_request_does_not_wait_behind_a_slice(tiny_loaded: di
         assert first.status_code == 200
         release = threading.Event()
 
-        def blocking() -> Generator[None, None, None]:
+        def blocking(release: threading.Event = release) -> Generator[None, None, None]:
             release.wait(10)  # a slice that holds the model thread
             yield
 
@@ -115,7 +116,7 @@ def test_an_ablation_answers_within_twice_its_idle_time_while_a_sweep_runs(tiny_
         svc: Service = client.app.state.service  # type: ignore[attr-defined]
         assert client.post("/api/ablate", json=ablate).status_code == 200  # the run and its baseline, cached
 
-        def timed() -> float:
+        def timed(client: TestClient = client) -> float:
             start = time.perf_counter()
             assert client.post("/api/ablate", json=ablate).status_code == 200
             return time.perf_counter() - start
@@ -123,7 +124,7 @@ def test_an_ablation_answers_within_twice_its_idle_time_while_a_sweep_runs(tiny_
         idle = statistics.median(timed() for _ in range(5))
         sweep_done = threading.Event()
 
-        def sweep() -> None:
+        def sweep(client: TestClient = client, sweep_done: threading.Event = sweep_done) -> None:
             r = client.post("/api/importance", json={"text": LONG, "method": "ablation"})
             assert r.status_code == 200
             sweep_done.set()
