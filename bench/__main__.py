@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from app.inspect.loading import Loaded
-from bench import analysis, importance, inputs, models, report, server, timing
+from bench import analysis, corpus, importance, inputs, models, report, server, timing
 from bench.report import Row, nbytes
 
 log = logging.getLogger("bench")
@@ -38,6 +38,7 @@ class Plan:
     sweep: tuple[int, int, int | None]  # (tokens, reps, loop sample)
     gradient: tuple[tuple[int, int], ...]
     eager_cap_gb: float = 12.0
+    corpus_texts: tuple[int, int] | None = None  # CPU: corpus-job rows over this many texts (RSS: vs the second)
 
 
 FULL_CPU = Plan(
@@ -48,6 +49,7 @@ FULL_CPU = Plan(
     ablate=((64, 5), (512, 5)),
     sweep=(64, 1, None),
     gradient=((64, 5), (512, 5)),
+    corpus_texts=(256, 4096),
 )
 QUICK_CPU = Plan(
     analysis=((512, 2, 1.15), (2048, 1, 1.5)),
@@ -57,6 +59,7 @@ QUICK_CPU = Plan(
     ablate=((64, 2), (512, 2)),
     sweep=(64, 1, 27),
     gradient=((64, 2), (512, 1)),
+    corpus_texts=(64, 512),
 )
 FULL_CUDA = Plan(
     analysis=((512, 10, 1.2), (4096, 5, 1.2)),
@@ -166,6 +169,12 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
     for n, reps in plan.gradient:
         log.info("gradient importance at %d tokens", n)
         steps.add(lambda n=n, reps=reps: importance.gradient_row(loaded, n, reps))  # type: ignore[misc]
+    if plan.corpus_texts and server.has_server():
+        n_texts, large = plan.corpus_texts
+        log.info("corpus jobs over %d texts (RSS: %d texts, fresh processes)", n_texts, large)
+        steps.add(lambda: corpus.throughput_rows(loaded, n_texts))
+        steps.add(lambda: corpus.server_rows(loaded, n_texts, 15))
+        steps.add(lambda: corpus.rss_row(n_texts, large))
     return steps.rows
 
 
