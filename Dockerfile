@@ -1,7 +1,7 @@
 # HeadScope for GPU hosts. Build: docker build -t headscope .
 # Run:   docker run --gpus all -p 8000:8000 -v headscope-cache:/app/models/cache headscope
-# On a normal Linux host torch==2.13.0 from PyPI is the CUDA build, so the same pinned install
-# steps as the Makefile (`make env`) give a GPU-enabled image.
+# On a normal Linux host torch==2.13.0 from PyPI is the CUDA build, so the Makefile's pinned runtime install
+# (`make runtime`: requirements.lock, no test or lint tools) gives a GPU-enabled image.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -15,9 +15,9 @@ RUN apt-get update \
     && useradd --create-home --uid 10001 headscope
 
 WORKDIR /app
-COPY requirements.lock pyproject.toml Makefile ./
-# Same pinned install as `make serve` / `make test` on a developer machine.
-RUN make env PYTHON=python3
+COPY requirements.lock Makefile ./
+# The runtime half of what `make env` installs on a developer machine, from the same lock and recipe.
+RUN make runtime PYTHON=python3
 
 COPY app ./app
 COPY static ./static

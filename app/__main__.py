@@ -6,8 +6,14 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
 
 from app.config import Settings
+
+log = logging.getLogger("app")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,31 +23,57 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="registry name (models/registry.toml), local directory, or hub id")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--device", help="auto, cpu, cuda, cuda:1, …")
+    serve.add_argument("--device", help="auto, cpu, mps, cuda, cuda:1, …")
     serve.add_argument("--dtype", help="auto, float32, bfloat16, float16")
     serve.add_argument("--device-map", dest="device_map", help="'auto' spreads a large model over several GPUs")
     serve.add_argument("--max-tokens", dest="max_tokens", type=int)
     prep = sub.add_parser("prepare", help="prepare a registry model's cached weights and exit")
-    prep.add_argument("--model", help="registry name (default: the registry's default)")
+    prep.add_argument("--model", help="registry name (default: HEADSCOPE_MODEL, else smollm2-135m)")
     return parser
+
+
+def setting_name(field: str) -> str:
+    """How an operator spells a setting: its environment variable and, where there is one, its flag."""
+    return f"HEADSCOPE_{field.upper()} (--{field.replace('_', '-')})"
+
+
+def checked_settings(overrides: dict[str, Any], serving: bool = True) -> Settings | None:
+    """Settings from the environment and flags, every value checked; None (after logging why) if one is bad.
+
+    The model is resolved (registry weights prepared if needed) and its architecture and the device checked
+    here, so a bad setting stops the process at start with a message naming it, not later in the background.
+    """
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"])
+            log.error("invalid setting %s: %s (got %r)", setting_name(field), error["msg"], error.get("input"))
+        return None
+    from app.inspect import loading
+
+    checks: list[tuple[str, Callable[[str], object]]] = [("model", loading.check)]
+    if serving:
+        checks.append(("device", loading.pick_device))
+    for field, check in checks:
+        try:
+            log.debug("%s resolves to %s", field, check(getattr(settings, field)))
+        except ValueError as exc:  # ModelNotFound and UnsupportedArchitecture are ValueErrors too
+            log.error("invalid setting %s: %s", setting_name(field), exc)
+            return None
+    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
-    settings = Settings(**overrides)
-    from app.inspect import loading
-
-    if args.command == "prepare":
-        name, path = loading.resolve(settings.model)
-        logging.getLogger("app").info("%s ready at %s", name, path)
-        return 0
-    try:
-        loading.check(settings.model)  # unsupported architecture or unknown model: fail now, with a message
-    except (loading.ModelNotFound, ValueError) as exc:
-        logging.getLogger("app").error("%s", exc)
+    settings = checked_settings(overrides, serving=args.command == "serve")
+    if settings is None:
         return 2
+    if args.command == "prepare":
+        log.info("%s ready", settings.model)
+        return 0
 
     import uvicorn
 

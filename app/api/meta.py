@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
 
 from app.api.deps import ServiceDep, checked_ids
-from app.api.schemas import ERRORS, Health, KVCacheCost, ModelInfo, RoleInfo, RolesOut, TextIn, TokenizeOut
+from app.api.schemas import ERRORS, Error, Health, KVCacheCost, ModelInfo, RoleInfo, RolesOut, TextIn, TokenizeOut
 from app.inspect.roles import ROLES
 from app.inspect.runs import token_strings
+from app.service import LoadFailed, NotReady
 
 router = APIRouter(prefix="/api", tags=["model"])
+LOAD_FAILED: dict[int | str, dict[str, object]] = {
+    503: {"model": Error, "description": "load_failed: the model failed to load; this process never will"}
+}
 
 
-@router.get("/health", response_model=Health)
-def health() -> Health:
-    """Liveness: the process is up. Never touches the model."""
+@router.get("/health", response_model=Health, responses=LOAD_FAILED)
+def health(svc: ServiceDep) -> Health:
+    """Liveness (the Docker healthcheck): 200 while the process can serve, 503 `load_failed` once the model
+    failed to load. Never touches the model."""
+    if svc.load_error is not None:
+        raise LoadFailed(f"the model failed to load: {svc.load_error}")
     return Health(status="ok")
 
 
 @router.get("/ready", response_model=Health, responses=ERRORS)
-def ready(svc: ServiceDep) -> Health | JSONResponse:
-    """Readiness: 200 once the model is loaded and warmed, 503 before that and while shutting down."""
-    if svc.ready and not svc.stopping:
-        return Health(status="ready")
-    state = "shutting down" if svc.stopping else "loading the model"
-    return JSONResponse({"error": "not_ready", "detail": state}, status_code=503, headers={"Retry-After": "2"})
+def ready(svc: ServiceDep) -> Health:
+    """Readiness: 200 once the model is loaded and warmed; 503 before that, while shutting down, and after a
+    failed load."""
+    if svc.load_error is not None:
+        raise LoadFailed(f"the model failed to load: {svc.load_error}")
+    if svc.stopping:
+        raise NotReady("shutting down")
+    if not svc.ready:
+        raise NotReady("loading the model")
+    return Health(status="ready")
 
 
 @router.get("/model", response_model=ModelInfo, responses=ERRORS)

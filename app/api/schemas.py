@@ -13,16 +13,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
+BOUNDS = "outside that, negative or huge alike, is 422 invalid_input naming the model's bounds"
+
+
 class HeadRef(Strict):
     """One query head, 0-based. Shown as L{layer}H{head} on screen."""
 
-    layer: int = Field(ge=0, le=10_000)
-    head: int = Field(ge=0, le=10_000)
+    layer: int = Field(description=f"0 ≤ layer < n_layers of the served model (GET /api/model); {BOUNDS}")
+    head: int = Field(description=f"0 ≤ head < n_heads of the served model; {BOUNDS}")
 
 
 class TextIn(Strict):
     text: str = Field(
-        min_length=1, max_length=50_000, description="the input text, tokenized as the model's tokenizer does"
+        min_length=1,
+        max_length=50_000,
+        pattern=r"\S",
+        description="the input text, tokenized as the model's tokenizer does; it must hold a non-whitespace "
+        "character (empty or whitespace-only text is 422 invalid_request)",
     )
 
 
@@ -89,8 +96,15 @@ class TokenizeOut(Tokens):
 
 
 class AttentionIn(TextIn):
-    heads: list[HeadRef] | None = Field(None, max_length=10_000, description="heads to return")
-    layers: list[int] | None = Field(None, max_length=10_000, description="return every head of these layers")
+    heads: list[HeadRef] | None = Field(
+        None,
+        max_length=10_000,
+        description="heads to return; with `layers` it must name at least one head (both absent or both empty "
+        "is 422 invalid_input)",
+    )
+    layers: list[int] | None = Field(
+        None, max_length=10_000, description=f"return every head of these layers; 0 ≤ layer < n_layers, {BOUNDS}"
+    )
 
 
 class HeadMap(BaseModel):
@@ -146,9 +160,9 @@ class AblateOut(Tokens):
 class SimilarityIn(TextIn):
     metric: Literal["js", "cosine"] = "js"
     order: Literal["layer", "cluster"] = "layer"
-    layer: int | None = Field(None, ge=0, description="restrict to the heads of one layer")
+    layer: int | None = Field(None, description=f"restrict to the heads of one layer; {BOUNDS}")
     kv_head: int | None = Field(
-        None, ge=0, description="with `layer`: restrict to the query heads sharing this KV head"
+        None, description=f"with `layer`: restrict to the query heads sharing this KV head; {BOUNDS}"
     )
 
 

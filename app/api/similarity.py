@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import ServiceDep, checked_ids, checked_layers
+from app.api.deps import ServiceDep, checked_ids, checked_index, checked_layers
 from app.api.schemas import ERRORS, Head, LayerCollapse, SimilarityIn, SimilarityOut
 from app.inspect.similarity import head_similarity
 from app.service import InvalidInput
@@ -21,11 +21,7 @@ async def similarity(body: SimilarityIn, svc: ServiceDep) -> SimilarityOut:
     layers = checked_layers(layout, [body.layer], "layer") if body.layer is not None else range(layout.n_layers)
     query_heads = list(range(layout.n_heads))
     if body.kv_head is not None:
-        if body.kv_head >= layout.n_kv_heads:
-            raise InvalidInput(
-                f"kv_head {body.kv_head} out of range; the model has KV heads 0..{layout.n_kv_heads - 1}"
-            )
-        query_heads = layout.kv_groups()[body.kv_head]
+        query_heads = layout.kv_groups()[checked_index("kv_head", "KV head", body.kv_head, layout.n_kv_heads)]
     heads = [(layer, h) for layer in layers for h in query_heads]
     ids = checked_ids(svc, body.text)
 

@@ -40,20 +40,46 @@ class Loaded:
     dtype: torch.dtype
 
 
-def registry(path: Path = REGISTRY) -> dict[str, Any]:
-    """The parsed registry file."""
+SOURCE_KEYS = {"wheel-gguf": ("package", "file"), "hub": ("id",)}  # what each kind of registry entry needs
+
+
+def registry(path: Path = REGISTRY) -> dict[str, dict[str, str]]:
+    """The registry's models by name, each checked to have the keys its `source` needs.
+
+    Raises:
+        ValueError: naming the entry, when one has an unknown source or lacks a key (a dotted name left
+            unquoted parses as nested tables and shows up here as an entry without a source).
+    """
     with path.open("rb") as f:
-        return tomllib.load(f)
-
-
-def default_model_name(path: Path = REGISTRY) -> str:
-    return str(registry(path)["default"])
+        models: dict[str, Any] = tomllib.load(f).get("models", {})
+    for name, entry in models.items():
+        source = entry.get("source") if isinstance(entry, dict) else None
+        if source not in SOURCE_KEYS:
+            raise ValueError(
+                f"{path.name}: model {name!r} has source {source!r}, not one of {', '.join(SOURCE_KEYS)} "
+                "(a name with dots must be quoted)"
+            )
+        missing = [key for key in SOURCE_KEYS[source] if not isinstance(entry.get(key), str)]
+        if missing:
+            raise ValueError(f"{path.name}: model {name!r} (source {source!r}) lacks {', '.join(missing)}")
+    return models
 
 
 def pick_device(device: str | None) -> torch.device:
-    """`device` as given, else CUDA when present, else CPU."""
+    """`device` as given, else CUDA when present, else CPU.
+
+    Raises:
+        ValueError: the device named is not on this machine (so a bad setting fails at start, not in a request).
+    """
     if device and device != "auto":
-        return torch.device(device)
+        dev = torch.device(device)
+        if dev.type == "cuda" and (dev.index or 0) >= (torch.cuda.device_count() if torch.cuda.is_available() else 0):
+            raise ValueError(
+                f"device {device!r} is not available: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r} is not available on this machine")
+        return dev
     return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
 
 
@@ -105,7 +131,7 @@ def prepare_wheel_gguf(name: str, entry: dict[str, Any], cache: Path = CACHE) ->
 
 def resolve(name: str, cache: Path = CACHE) -> tuple[str, str]:
     """Map an operator's model name to (display name, path or hub id to load)."""
-    models = registry().get("models", {})
+    models = registry()
     if name in models:
         entry = models[name]
         if entry["source"] == "wheel-gguf":
