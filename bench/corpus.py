@@ -75,7 +75,7 @@ def plain_batches(loaded: Loaded, texts: list[str], jobs: Jobs) -> tuple[float, 
     start = time.perf_counter()
     for batch in plan:
         padded = pad([ids[i] for i in batch], "right", loaded.device)
-        loaded.adapter.backbone()(**padded.inputs(), use_cache=False)
+        loaded.adapter.backbone()(**padded.inputs())
     return time.perf_counter() - start, sum(len(i) for i in ids)
 
 
