@@ -44,7 +44,7 @@ def test_sweep_equals_one_at_a_time_ablation() -> None:
     loaded = tiny_loaded("llama", seed=4)
     run = runs.analyse(loaded, TEXT)
     layout = loaded.adapter.layout
-    sweep = ablation_sweep(loaded, run, batch_size=3)  # batches that straddle layers
+    sweep = ablation_sweep(loaded, run, batch_size=3)  # 4 heads a layer: batches of 3 and 1 (never across layers)
     for layer in range(layout.n_layers):
         for head in range(layout.n_heads):
             one = ablate(loaded, run, [(layer, head)], "zero", 1)

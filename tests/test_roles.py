@@ -58,8 +58,16 @@ def test_stats_are_chunk_independent_and_thumbnails_are_block_means(monkeypatch)
     layout = loaded.adapter.layout
     text = "one two three four five six seven eight nine ten one two three four five six seven eight"
     whole = roles.head_stats(runs.analyse(loaded, text), layout, thumb=5)
-    monkeypatch.setattr(roles, "ROW_CHUNK", 3)
+    assert roles.rows_per_chunk(layout.n_heads, 18) >= 18  # one chunk holds this whole text...
+    sizes: list[int] = []
+
+    def three_rows(n_heads: int, t: int) -> int:
+        sizes.append(t)
+        return 3  # ...so force chunks of 3 rows (rows_per_chunk itself never goes below 16)
+
+    monkeypatch.setattr(roles, "rows_per_chunk", three_rows)
     chunked = roles.head_stats(runs.analyse(loaded, text), layout, thumb=5)
+    assert sizes and sizes[0] > 3 * 4  # the forced size was used, on a text spanning several chunks
     for name in ("entropy", "entropy_ratio", "confidence", "previous_token", "first_token", "duplicate_token"):
         torch.testing.assert_close(getattr(whole, name), getattr(chunked, name))
     assert whole.duplicate_token is not None and float(whole.duplicate_token.max()) > 0
