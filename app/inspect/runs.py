@@ -193,8 +193,7 @@ class RunCache:
         self.max_bytes = max_bytes
         self._runs: OrderedDict[tuple[str, str], Run] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self.misses = 0  # runs asked for and not found (tests check that follow-ups reuse the cached run)
 
     def get(self, model_name: str, text: str) -> Run | None:
         with self._lock:
@@ -203,7 +202,6 @@ class RunCache:
                 self.misses += 1
                 return None
             self._runs.move_to_end((model_name, text))
-            self.hits += 1
             return run
 
     def put(self, run: Run) -> None:
