@@ -57,6 +57,38 @@ def checked_layers(layout: Layout, layers: Iterable[int], field: str = "layers")
     return list(dict.fromkeys(checked_index(field, "layer", layer, layout.n_layers) for layer in layers))
 
 
+def checked_token(svc: Service, text: str | None, token_id: int | None, field: str) -> int | None:
+    """The id of a token argument given as a one-token string or as `{field}_id`; None when neither is given."""
+    if text is not None and token_id is not None:
+        raise InvalidInput(f"give `{field}` or `{field}_id`, not both")
+    vocab = svc.model.adapter.layout.vocab_size
+    if token_id is not None:
+        if token_id >= vocab:
+            raise InvalidInput(f"{field}_id: {token_id} is out of range; the vocabulary has ids 0..{vocab - 1}")
+        return token_id
+    if text is None:
+        return None
+    tokenizer = svc.model.tokenizer
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        raise InvalidInput(
+            f"{field}: {text!r} is {len(ids)} tokens {pieces}, not one; give a single token or `{field}_id`"
+        )
+    if ids[0] >= vocab:
+        raise InvalidInput(f"{field}: {text!r} has id {ids[0]}, outside the model's {vocab} logits")
+    return ids[0]
+
+
+def checked_position(position: int, n_tokens: int, field: str = "position") -> int:
+    """A query position (negative counts from the end) as 0..n_tokens−1; 422 when out of range."""
+    if not -n_tokens <= position < n_tokens:
+        raise InvalidInput(
+            f"{field}: {position} is out of range for {n_tokens} tokens (use {-n_tokens}..{n_tokens - 1})"
+        )
+    return position % n_tokens
+
+
 def check_map_budget(svc: Service, n_maps: int, n_tokens: int) -> None:
     cells = n_maps * n_tokens * n_tokens
     if cells > svc.settings.max_map_cells:

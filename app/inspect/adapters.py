@@ -22,16 +22,38 @@ class Family:
     layers: str  # dotted path from the CausalLM to the ModuleList of blocks
     attention: str  # attribute of a block holding the attention module
     out_proj: str  # attribute of the attention module: input is (B, T, n_heads * head_dim)
+    final_norm: str  # dotted path from the CausalLM to the norm before the LM head
+    attn_norm: str  # attribute of a block: the norm before attention
+    mlp_norm: str  # attribute of a block: the norm before the MLP
+    mlp_out: str  # dotted path from a block to the MLP's output projection (its bias goes to DLA's `other`)
 
 
-_LLAMA = Family("llama", "model.layers", "self_attn", "o_proj")
+_LLAMA = Family(
+    "llama",
+    "model.layers",
+    "self_attn",
+    "o_proj",
+    "model.norm",
+    "input_layernorm",
+    "post_attention_layernorm",
+    "mlp.down_proj",
+)
 FAMILIES: dict[str, Family] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
-    "gpt2": Family("gpt2", "transformer.h", "attn", "c_proj"),
-    "gpt_neox": Family("gpt_neox", "gpt_neox.layers", "attention", "dense"),
+    "gpt2": Family("gpt2", "transformer.h", "attn", "c_proj", "transformer.ln_f", "ln_1", "ln_2", "mlp.c_proj"),
+    "gpt_neox": Family(
+        "gpt_neox",
+        "gpt_neox.layers",
+        "attention",
+        "dense",
+        "gpt_neox.final_layer_norm",
+        "input_layernorm",
+        "post_attention_layernorm",
+        "mlp.dense_4h_to_h",
+    ),
 }
 
 
@@ -109,6 +131,20 @@ class Adapter:
         """The output projection's bias (GPT-2 has one), or None."""
         bias = getattr(self.out_proj(layer), "bias", None)
         return bias if isinstance(bias, torch.Tensor) else None
+
+    def final_norm(self) -> nn.Module:
+        """The norm between the last block and the LM head (RMSNorm or LayerNorm)."""
+        found: nn.Module = reduce(getattr, self.family.final_norm.split("."), self.model)
+        return found
+
+    def block_part(self, layer: int, path: str) -> nn.Module:
+        """A submodule of block `layer` by dotted path (e.g. family.attn_norm, family.mlp_out, "mlp")."""
+        found: nn.Module = reduce(getattr, path.split("."), self.layers[layer])
+        return found
+
+    def parallel_residual(self, layer: int) -> bool:
+        """Whether the block adds attention and MLP to the same input (GPT-NeoX's default)."""
+        return bool(getattr(self.layers[layer], "use_parallel_residual", False))
 
     def backbone(self) -> nn.Module:
         """The model without its LM head; its output is the final-normed hidden state."""

@@ -1,0 +1,281 @@
+"""Activation patching: run one prompt with some activations taken from another, read a logit difference.
+
+A site is a head's output (its slice of the output-projection input, as app.inspect.gates sees it) or
+the residual stream entering a block, at one position or all. Each patched run is a batch row; rows
+whose first patched block is the same run together, starting there from the target run's cached
+residual stream (app.inspect.resume). Only positions up to the one read can matter (causality), so
+the runs stop there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from app.inspect.importance import run_layer_inputs
+from app.inspect.loading import Loaded
+from app.inspect.resume import starting_at
+from app.inspect.runs import Run
+
+Direction = Literal["denoise", "noise"]
+HEAD_OUTPUTS_CACHE_BYTES = 256 << 20  # keep a run's head outputs on it when they fit
+
+
+class NothingToRecover(ValueError):
+    """Clean and corrupted runs give the same logit difference: every score would be 0/0."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One patched activation: head `head`'s output in block `layer`, or (head None) the residual
+    stream entering block `layer`; at `position`, or at every position (None)."""
+
+    layer: int
+    head: int | None = None
+    position: int | None = None
+
+
+Row = tuple[Site, ...]  # the sites patched together in one run
+
+
+def head_outputs(loaded: Loaded, run: Run) -> dict[int, torch.Tensor]:
+    """Every block's output-projection input for the run's text: per layer (T, n_heads * head_dim).
+
+    One forward; kept on the run (run.extras) when it fits HEAD_OUTPUTS_CACHE_BYTES.
+    """
+    cached = run.extras.get("head_outputs")
+    if isinstance(cached, dict):
+        return cached
+    outputs: dict[int, torch.Tensor] = {}
+
+    def make_hook(layer: int) -> Any:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            outputs[layer] = args[0][0].detach()  # (T, n_heads * head_dim)
+
+        return hook
+
+    adapter = loaded.adapter
+    handles = [
+        adapter.out_proj(layer).register_forward_pre_hook(make_hook(layer)) for layer in range(len(adapter.layers))
+    ]
+    try:
+        with torch.inference_mode():
+            adapter.backbone()(input_ids=torch.tensor([run.token_ids], device=loaded.device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    size = sum(x.numel() * x.element_size() for x in outputs.values())
+    if size <= HEAD_OUTPUTS_CACHE_BYTES:
+        run.extras["head_outputs"] = outputs
+        run.extra_bytes += size
+    return outputs
+
+
+def logit_diff(loaded: Loaded, hidden: torch.Tensor, answer: int, wrong: int) -> torch.Tensor:
+    """logit[answer] − logit[wrong] of final-normed hidden states (B, d_model): (B,), float32 or wider.
+
+    One dot product per row with the difference of the two unembedding rows: each row's value does
+    not depend on the batch it sits in (a GEMM over the batch may pick another kernel per batch size),
+    so a patch that changes nothing gives the target's own difference, bit for bit.
+    """
+    lm_head = loaded.adapter.lm_head()
+    weight: torch.Tensor = getattr(lm_head, "weight")  # noqa: B009 (typed as Tensor | Module)
+    wide = torch.promote_types(hidden.dtype, torch.float32)
+    direction = (weight[answer].to(wide) - weight[wrong].to(wide)).to(hidden.device)  # (d,)
+    diff = (hidden.to(wide) * direction).sum(-1)
+    bias = getattr(lm_head, "bias", None)
+    if isinstance(bias, torch.Tensor):
+        diff = diff + (bias[answer].to(wide) - bias[wrong].to(wide))
+    return diff
+
+
+@contextmanager
+def _patched(
+    loaded: Loaded,
+    blocks: list[nn.Module],
+    rows: list[Row],
+    source: Run,
+    n: int,
+    source_heads: dict[int, torch.Tensor] | None,
+) -> Iterator[None]:
+    """Hooks that put the source's activations at each row's sites; removed on exit.
+
+    Entered inside starting_at, so a residual patch on the first block follows its input swap; `blocks`
+    is the full block list, taken before starting_at shortens it.
+    """
+    fam, layout = loaded.adapter.family, loaded.adapter.layout
+    b, hd = len(rows), layout.head_dim
+    head_masks: dict[int, torch.Tensor] = {}  # layer → (B, n, n_heads) bool
+    resid_masks: dict[int, torch.Tensor] = {}  # layer → (B, n) bool
+    for r, row in enumerate(rows):
+        for s in row:
+            where = slice(None) if s.position is None else slice(s.position, s.position + 1)
+            if s.head is None:
+                resid_masks.setdefault(s.layer, torch.zeros(b, n, dtype=torch.bool))[r, where] = True
+            else:
+                head_masks.setdefault(s.layer, torch.zeros(b, n, layout.n_heads, dtype=torch.bool))[
+                    r, where, s.head
+                ] = True
+
+    def head_hook(layer: int) -> Any:
+        mask = head_masks[layer].to(loaded.device)[..., None]  # (B, n, n_heads, 1)
+        assert source_heads is not None
+        src = source_heads[layer][:n].view(1, n, layout.n_heads, hd)
+
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            x = args[0]  # (B, n, n_heads * head_dim)
+            patched = torch.where(mask, src.to(x.dtype), x.view(b, n, layout.n_heads, hd))
+            return (patched.reshape(b, n, -1), *args[1:])
+
+        return hook
+
+    def resid_hook(layer: int) -> Any:
+        mask = resid_masks[layer].to(loaded.device)[..., None]  # (B, n, 1)
+        src = source.layer_inputs[layer][:, :n]  # (1, n, d)
+
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+            x = args[0] if args else kwargs["hidden_states"]
+            patched = torch.where(mask, src.to(x.dtype), x)
+            if args:
+                return (patched, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": patched}
+
+        return hook
+
+    handles: list[torch.utils.hooks.RemovableHandle] = []
+    try:
+        for layer in head_masks:
+            out_proj = getattr(getattr(blocks[layer], fam.attention), fam.out_proj)
+            handles.append(out_proj.register_forward_pre_hook(head_hook(layer)))
+        for layer in resid_masks:  # after starting_at's own input swap on the first block
+            handles.append(blocks[layer].register_forward_pre_hook(resid_hook(layer), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.inference_mode()
+def patched_logit_diffs(
+    loaded: Loaded,
+    target: Run,
+    source: Run,
+    rows: list[Row],
+    position: int,
+    answer: int,
+    wrong: int,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """logit[answer] − logit[wrong] at `position` of the target run with each row's sites patched from the source.
+
+    Args:
+        loaded: the model.
+        target: the run that receives the patches.
+        source: the run the activations come from (same number of tokens).
+        rows: one patched run each; a row without sites at or before `position` is the target itself.
+        position: the query position read, 0 ≤ position < n_tokens.
+        answer, wrong: token ids.
+        batch_size: rows per batched forward.
+
+    Returns:
+        (len(rows),) float64 on the CPU.
+    """
+    n = position + 1  # later positions cannot change the logits at `position`
+    base = logit_diff(loaded, target.hidden[position : position + 1], answer, wrong)[0]
+    out = torch.full((len(rows),), float(base), dtype=torch.float64)
+    rows = [tuple(s for s in row if s.position is None or s.position < n) for row in rows]
+    by_start: dict[int, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row:
+            by_start.setdefault(min(s.layer for s in row), []).append(i)
+    if not by_start:
+        return out
+    inputs = run_layer_inputs(loaded, target)
+    needs_heads = any(s.head is not None for row in rows for s in row)
+    src_heads = head_outputs(loaded, source) if needs_heads else None
+    if not source.layer_inputs and any(s.head is None for row in rows for s in row):
+        source.layer_inputs.update(run_layer_inputs(loaded, source))
+    ids = torch.tensor([target.token_ids[:n]], device=loaded.device)
+    blocks = list(loaded.adapter.layers)
+    for start, members in sorted(by_start.items()):
+        for i in range(0, len(members), batch_size):
+            chunk = members[i : i + batch_size]
+            batch = [rows[j] for j in chunk]
+            with ExitStack() as stack:
+                stack.enter_context(starting_at(loaded.adapter, start, inputs[start][:, :n]))
+                stack.enter_context(_patched(loaded, blocks, batch, source, n, src_heads))
+                hidden = loaded.adapter.backbone()(input_ids=ids.expand(len(batch), -1), use_cache=False)
+            diffs = logit_diff(loaded, hidden.last_hidden_state[:, -1], answer, wrong)
+            out[chunk] = diffs.double().cpu()
+    return out
+
+
+@dataclass
+class PatchResult:
+    """Normalised recoveries, (patched − corrupted) / (clean − corrupted), in either direction."""
+
+    clean_diff: float
+    corrupted_diff: float
+    scores: torch.Tensor  # (n_layers, n_heads): each head's output at every position
+    position_scores: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # head → (n_tokens,)
+    residual_scores: torch.Tensor | None = None  # (n_layers, n_tokens): the stream entering each block
+
+
+def patch(
+    loaded: Loaded,
+    clean: Run,
+    corrupted: Run,
+    position: int,
+    answer: int,
+    wrong: int,
+    direction: Direction = "denoise",
+    by_position: list[tuple[int, int]] | None = None,
+    residual: bool = False,
+    batch_size: int = 16,
+) -> PatchResult:
+    """Patch every head (and optionally chosen heads per position, and the residual stream per block and position).
+
+    Args:
+        loaded: the model.
+        clean, corrupted: runs of two texts with the same number of tokens.
+        position: the query position read, 0 ≤ position < n_tokens.
+        answer, wrong: token ids; the metric is logit[answer] − logit[wrong] at `position`.
+        direction: "denoise" patches clean activations into the corrupted run, "noise" the reverse.
+        by_position: heads to patch one position at a time.
+        residual: also patch the residual stream entering each block, one position at a time.
+        batch_size: rows per batched forward.
+
+    Raises:
+        NothingToRecover: clean and corrupted logit differences are (almost) equal.
+    """
+    layout = loaded.adapter.layout
+    clean_diff = float(logit_diff(loaded, clean.hidden[position : position + 1], answer, wrong)[0])
+    corrupted_diff = float(logit_diff(loaded, corrupted.hidden[position : position + 1], answer, wrong)[0])
+    if abs(clean_diff - corrupted_diff) < 1e-6:
+        raise NothingToRecover(
+            f"clean and corrupted give the same logit difference ({clean_diff:.6g}) at position {position}: "
+            "nothing to recover; pick prompts or tokens that differ"
+        )
+    target, source = (corrupted, clean) if direction == "denoise" else (clean, corrupted)
+    t = clean.n_tokens
+    heads = [(layer, head) for layer in range(layout.n_layers) for head in range(layout.n_heads)]
+    rows: list[Row] = [(Site(layer, head),) for layer, head in heads]
+    for layer, head in by_position or []:
+        rows += [(Site(layer, head, pos),) for pos in range(t)]
+    if residual:
+        rows += [(Site(layer, None, pos),) for layer in range(layout.n_layers) for pos in range(t)]
+    diffs = patched_logit_diffs(loaded, target, source, rows, position, answer, wrong, batch_size)
+    scores = (diffs - corrupted_diff) / (clean_diff - corrupted_diff)
+    k = len(heads)
+    result = PatchResult(clean_diff, corrupted_diff, scores[:k].view(layout.n_layers, layout.n_heads))
+    for i, pair in enumerate(by_position or []):
+        result.position_scores[pair] = scores[k + i * t : k + (i + 1) * t]
+    if residual:
+        start = k + len(by_position or []) * t
+        result.residual_scores = scores[start:].view(layout.n_layers, t)
+    return result
