@@ -2,6 +2,7 @@
 // token backgrounds over the text for a chosen layer and head (or the layer's mean), with head chips that
 // say where each head of the layer looks.
 import { renderStrip } from "./promptview.js";
+import { draw, layout, tokenCats, tokenTicks } from "./traceplot.js";
 import { BLUES, el, fill, fmt, ramp, rgb, visible } from "./util.js";
 
 /** The attention row shown: one head's, or the mean over the layer's heads (head === null). */
@@ -51,5 +52,40 @@ export function renderHighlight(node, att, layer, head) {
     span.style.color = color[0] < 120 ? "#fff" : "";
     span.title = `${visible(att.tokens[k])} [${k}]: ${fmt(w, 4)}`;
     span.dataset.w = w.toFixed(6);
+  });
+}
+
+/** Every head of the layer at once: heads × key tokens (up to the query), shaded by weight; click a row. */
+export function drawLayerHeads(div, att, layer, head, onHead) {
+  const q = att.query_pos;
+  const tokens = att.tokens.slice(0, q + 1);
+  const z = att.weights[layer].map((row) => row.slice(0, q + 1));
+  const width = div.clientWidth || 600;
+  const names = z.map((_, h) => `H${h}`);
+  const trace = {
+    type: "heatmap",
+    z,
+    x: tokenCats(tokens),
+    y: names,
+    hovertemplate: "%{y} → %{x}: %{z:.4f}<extra></extra>",
+    colorscale: BLUES.map((c, i) => [i / (BLUES.length - 1), rgb(c)]),
+    zmin: 0,
+    xgap: 1,
+    ygap: 1,
+    showscale: false,
+  };
+  const shapes =
+    head === null
+      ? []
+      : [{ type: "rect", xref: "paper", x0: 0, x1: 1, yref: "y", y0: head - 0.5, y1: head + 0.5, line: { color: "#4f46e5", width: 2 } }];
+  const lay = layout(Math.max(140, z.length * 20 + 80), {
+    xaxis: { ...tokenTicks(tokens, width - 60), fixedrange: true },
+    yaxis: { type: "category", autorange: "reversed", fixedrange: true },
+    margin: { l: 36, r: 8, t: 4, b: 8 },
+    shapes,
+  });
+  return draw(div, [trace], lay).then(() => {
+    div.removeAllListeners?.("plotly_click");
+    div.on("plotly_click", (ev) => onHead(ev.points[0].pointIndex[0]));
   });
 }

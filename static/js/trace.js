@@ -5,7 +5,7 @@ import { clearDLA, drawHeads, drawLayers, renderSummary } from "./dlaview.js";
 import { drawLens, drawLensGrid, renderLensTable } from "./lensview.js";
 import { drawPatch, drawResidual, drawRows, rank, renderTopHeads } from "./patchview.js";
 import { renderPicker, renderStrip, wireStrip } from "./promptview.js";
-import { renderControls, renderHighlight } from "./tokenview.js";
+import { drawLayerHeads, renderControls, renderHighlight } from "./tokenview.js";
 import * as store from "./tracestate.js";
 import { clear } from "./traceplot.js";
 import { el, fill, fmt, headLabel, isAbort, parseHead, sameHead, signed, visible } from "./util.js";
@@ -312,6 +312,7 @@ function drawTokenAttention() {
   if (!att) return;
   renderControls(tokenNodes(), att, S.tl, S.th);
   renderHighlight($("token-text"), att, S.tl, S.th);
+  drawLayerHeads($("token-layer-plot"), att, S.tl, S.th, (h) => setTokenHead(S.tl, h));
   $("layer-prev").disabled = S.tl === 0;
   $("layer-next").disabled = S.tl === att.weights.length - 1;
 }

@@ -146,6 +146,8 @@ def test_click_token_shows_every_heads_attention_from_it(page: Any, tiny_server:
     assert page.get_attribute('#token-heads .head-chip[data-head="2"]', "aria-pressed") == "true"
     assert all(math.isclose(a, b, abs_tol=1e-5) for a, b in zip(shown(), att["weights"][1][2][:10], strict=True))
     assert query(page)["tl"] == "1" and query(page)["th"] == "2"
+    # every head of layer 1 at once: heads × tokens up to the query
+    assert close(plot_z(page, "token-layer-plot"), [row[:10] for row in att["weights"][1]])
     # the per-layer lens for that position: target = the next token (·gave)
     assert "·gave" in page.inner_text("#token-lens-caption")
     assert page.locator("#token-lens-table tbody tr").count() == 2
