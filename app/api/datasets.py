@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -32,7 +31,6 @@ router = APIRouter(prefix="/api", tags=["datasets"])
 SAMPLE = 5
 NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": Error, "description": "no dataset with that id"}}
 counter = upload.TokenCounter()
-MULTIPART = importlib.util.find_spec("python_multipart") is not None  # Starlette's optional form parser
 
 
 def store(request: Request) -> DatasetStore:
@@ -73,10 +71,10 @@ def list_datasets(svc: ServiceDep, datasets: StoreDep) -> DatasetList:
 @router.get("/datasets/{dataset_id}", response_model=DatasetDetail, responses={**ERRORS, **NOT_FOUND})
 def get_dataset(dataset_id: str, svc: ServiceDep, datasets: StoreDep) -> DatasetDetail:
     """One dataset and its first few texts."""
-    info = datasets.get(dataset_id)
-    _count_builtins(svc, datasets)
+    if datasets.get(dataset_id).builtin:  # 404 first for an unknown id
+        _count_builtins(svc, datasets, only=dataset_id)
     _, sample = datasets.page(dataset_id, 0, SAMPLE)
-    return DatasetDetail(**_out(datasets.get(info.id)).model_dump(), sample=sample)
+    return DatasetDetail(**_out(datasets.get(dataset_id)).model_dump(), sample=sample)
 
 
 @router.get("/datasets/{dataset_id}/texts", response_model=TextsPage, responses={**ERRORS, **NOT_FOUND})
@@ -135,10 +133,6 @@ def _read_json(body: bytes) -> tuple[str, list[str]]:
 
 async def _read_form(request: Request) -> tuple[str, str, bytes]:
     """(name, file name, file bytes) of a multipart upload; the name defaults to the file's name."""
-    if not MULTIPART:
-        raise InvalidInput(
-            "this server cannot read multipart uploads (python-multipart is not installed); send JSON {name, texts}"
-        )
     try:
         async with request.form(max_files=1, max_fields=4) as form:
             file, name = form.get("file"), form.get("name")
@@ -151,14 +145,14 @@ async def _read_form(request: Request) -> tuple[str, str, bytes]:
     return (name if isinstance(name, str) and name.strip() else filename), filename, data
 
 
-def _count_builtins(svc: Service, datasets: DatasetStore) -> None:
-    """Count the built-in sets' tokens once the model is ready (once per process; about 1,000 short texts)."""
+def _count_builtins(svc: Service, datasets: DatasetStore, only: str | None = None) -> None:
+    """Count built-in sets' tokens once the model is ready (once per process; about 1,000 short texts)."""
     if not svc.ready:
-        return
+        return  # n_tokens stays null until then
     for info in datasets.list():
-        if info.builtin and info.n_tokens is None:
+        if info.builtin and info.n_tokens is None and only in (None, info.id):
             try:
                 tokenizer = svc.model.tokenizer
-            except NotReady:
+            except NotReady:  # shutting down
                 return
             datasets.set_builtin_tokens(info.id, counter.count(tokenizer, datasets.texts(info.id)))
