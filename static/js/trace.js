@@ -331,6 +331,9 @@ function setTokenHead(layer, head) {
   drawTokenAttention();
 }
 
+/** What the main trace depends on (everything but the token view). */
+const traceKey = () => JSON.stringify([S.clean, S.corrupted, S.answer, S.wrong, S.pos, S.dir, S.res, S.rows, S.grid]);
+
 // -- wiring ----------------------------------------------------------------------------------------
 
 function wire() {
@@ -404,9 +407,11 @@ function wire() {
     if (chip) setTokenHead(S.tl, chip.dataset.head === "mean" ? null : Number(chip.dataset.head));
   });
   window.addEventListener("popstate", () => {
+    const before = traceKey();
     S = store.fromURL();
     syncInputs();
-    if (S.clean && S.corrupted) trace(false);
+    if (runs && traceKey() === before) refreshToken(); // only the token view moved
+    else if (S.clean && S.corrupted) trace(false);
   });
 }
 

@@ -157,6 +157,17 @@ def test_click_token_shows_every_heads_attention_from_it(page: Any, tiny_server:
     page.keyboard.press("ArrowRight")
     wait_painted(page, "token-panel", before)
     assert query(page)["tok"] == "10"
+    # a token click is a history entry; Back moves the token view only (the patching panel is not redrawn)
+    wait_painted(page, "patch-panel")
+    patch_paints = painted(page, "patch-panel")
+    before = painted(page, "token-panel")
+    page.click("#clean-tokens .t >> nth=4")
+    wait_painted(page, "token-panel", before)
+    before = painted(page, "token-panel")
+    page.go_back()
+    wait_painted(page, "token-panel", before)
+    assert query(page)["tok"] == "10"
+    assert painted(page, "patch-panel") == patch_paints
     page.screenshot(path=str(artifacts / "trace-tiny-token.png"))
 
 
