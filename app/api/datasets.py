@@ -50,11 +50,11 @@ async def create_dataset(request: Request, svc: ServiceDep, datasets: StoreDep) 
         name, filename, data = await _read_form(request)
         texts = await asyncio.to_thread(upload.read_file, filename, data)
     elif media in ("", "application/json") or media.endswith("+json"):
-        name, texts = _read_json(await request.body())
+        name, texts = await asyncio.to_thread(_read_json, await request.body())  # up to 20 MB of JSON
     else:
         raise InvalidInput(f"content type {media!r}: send application/json {{name, texts}} or multipart/form-data")
 
-    def store_it() -> DatasetInfo:  # parsing, counting and inserting 10,000 texts: CPU work, off the event loop
+    def store_it() -> DatasetInfo:  # counting and inserting 10,000 texts: CPU work, off the event loop
         checked(name, texts, datasets.max_texts)
         return datasets.create(name, texts, counter.count(tokenizer, texts))
 
