@@ -125,7 +125,7 @@ export async function uploadDataset(file, name, { signal } = {}) {
   const form = new FormData();
   form.append("file", file);
   if (name) form.append("name", name);
-  const res = await fetch("/api/datasets", { method: "POST", body: form, signal });
+  const res = await fetch("/api/datasets", { method: "POST", body: form, signal, headers: authHeaders() });
   const data = await res.json().catch(() => null);
   if (!res.ok) throw new ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);
   return data;
