@@ -60,7 +60,8 @@ async function request(method, path, body, { signal } = {}) {
     let data = null;
     try {
       data = await res.json();
-    } catch {
+    } catch (err) {
+      if (signal?.aborted) throw err; // cancelled while the body was arriving: not an empty answer
       // not JSON: fall through to the status check
     }
     if (!res.ok) throw new ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);

@@ -209,6 +209,10 @@ export function drawMaps(div, tokens, panels, { scale = "linear", maxHeight = 90
     }
     return trace;
   });
+  // Plotly.react cannot carry its axis constraints from one panel layout to another: start afresh then
+  const shape = `${n}x${cols}`;
+  if (div.dataset.shape !== shape) Plotly.purge(div);
+  div.dataset.shape = shape;
   return Plotly.react(div, traces, layout, PLOT_CONFIG);
 }
 

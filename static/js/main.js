@@ -322,8 +322,7 @@ function select(h) {
   S.view = "head";
   if (sameHead(S.cmp, h) && S.mode === "compare") S.cmp = null;
   commit({ push: true });
-  refreshView();
-  revealView();
+  refreshView().then(revealView);
   if (S.mode === "diff") refreshAblation();
 }
 
@@ -333,8 +332,7 @@ function compare(h) {
   S.mode = "compare";
   S.view = "head";
   commit({ push: true });
-  refreshView();
-  revealView();
+  refreshView().then(revealView);
 }
 
 function pickPair(a, b) {
@@ -343,22 +341,21 @@ function pickPair(a, b) {
   S.mode = "compare";
   S.view = "head";
   commit({ push: true });
-  refreshView();
-  revealView();
+  refreshView().then(revealView);
 }
 
-/** In the one-column layout the view sits far below the grid: bring it into sight. */
+/** In the one-column layout the map is drawn far below the grid: bring it into sight. */
 function revealView() {
-  const top = $("view-panel").getBoundingClientRect().top;
-  if (top > window.innerHeight - 120 || top < 0) $("view-panel").scrollIntoView({ block: "start", behavior: "smooth" });
+  const top = $(S.view === "head" ? "heatmap" : "simplot").getBoundingClientRect().top;
+  if (top > window.innerHeight - 150 || top < 0) $("view-panel").scrollIntoView({ block: "start", behavior: "smooth" });
 }
 
 // -- views ---------------------------------------------------------------------------------------
 
 function refreshView() {
-  if (!ov) return;
-  if (S.view === "head") track(drawHead(), "loading map…");
-  else track(drawSimilarityView(), "comparing heads…");
+  if (!ov) return Promise.resolve();
+  if (S.view === "head") return track(drawHead(), "loading map…");
+  return track(drawSimilarityView(), "comparing heads…");
 }
 
 const plotHeight = (div) => Math.max(420, window.innerHeight - div.getBoundingClientRect().top - 24);
