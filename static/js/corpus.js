@@ -1,7 +1,7 @@
 // Entry point of the corpus view: texts → job → progress → every head's dataset-level statistics (grid, scatter,
 // head panel with top examples, similarity matrix), with the view (job, metric, axes, head) held in the URL.
 import * as api from "./api.js";
-import { CorpusGrid, metricLabel } from "./corpusgrid.js";
+import { CorpusGrid, metricDescription, metricLabel, setMetricNames } from "./corpusgrid.js";
 import { DatasetForm } from "./corpusdata.js";
 import { renderHead } from "./corpusheads.js";
 import { RESUMABLE, RUNNING, renderJobList, renderProgress, watchJob } from "./corpusjobs.js";
@@ -104,7 +104,7 @@ async function openJob(id, push) {
         if (j.id !== S.job) return;
         job = j;
         showJob();
-        if (Date.now() - headsAt > HEADS_EVERY_MS) track(loadResults(), "reading statistics…");
+        if (Date.now() - headsAt > HEADS_EVERY_MS) track(Promise.all([loadResults(), refreshJobs()]), "reading statistics…");
       },
       onEnd: (j) => {
         if (j.id !== S.job) return;
@@ -207,7 +207,7 @@ function showResults() {
   if (S.head && !heads.heads.some((h) => sameHead(h, S.head))) S.head = null;
   store.save(S);
   for (const [id, value] of [["metric", S.metric], ["sx", S.x], ["sy", S.y]]) {
-    fill($(id), metrics.map((m) => el("option", { value: m }, metricLabel(m))));
+    fill($(id), metrics.map((m) => el("option", { value: m, title: metricDescription(m) || null }, metricLabel(m))));
     $(id).value = value;
   }
   grid.render(heads, S.metric, S.head);
@@ -354,6 +354,7 @@ async function start() {
   model = await api.model();
   $("model-chip").textContent = `${model.name} · ${model.n_layers}L × ${model.n_heads}H`;
   $("max-tokens").max = String(model.max_tokens);
+  setMetricNames((await api.roles()).roles);
   await form.refresh();
   if (S.job) await openJob(S.job, false);
   else await refreshJobs();

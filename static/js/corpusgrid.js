@@ -2,8 +2,17 @@
 // with hover (and focus) showing "L3H5 · mean ± CI half-width [ci_low, ci_high] · n". Arrow keys move between cells.
 import { HEAT, el, fill, fmt, headLabel, ramp, rgb } from "./util.js";
 
-/** The label a metric name gets on screen ("previous_token" → "previous-token"). */
-export const metricLabel = (name) => name.replace(/_/g, "-");
+const NAMES = new Map(); // metric → {label, description}, from GET /api/roles
+
+/** Take the role scores' labels and descriptions from the server; on a corpus, induction is the text's own. */
+export function setMetricNames(roles) {
+  for (const r of roles) NAMES.set(r.name, r);
+  if (NAMES.has("text_induction")) NAMES.set("induction", NAMES.get("text_induction"));
+}
+
+/** The label a metric gets on screen ("previous_token" → "previous-token"). */
+export const metricLabel = (name) => NAMES.get(name)?.label ?? name.replace(/_/g, "-");
+export const metricDescription = (name) => NAMES.get(name)?.description ?? "";
 
 /** A head's statistic as one line: "L3H5 · 0.412 ± 0.031 [0.381, 0.443] · n=128". */
 export function describeStat(h, metric) {
@@ -13,11 +22,18 @@ export function describeStat(h, metric) {
   return `${headLabel(h)} · ${fmt(s.mean)} ± ${fmt(half)} [${fmt(s.ci_low)}, ${fmt(s.ci_high)}] · n=${s.n}`;
 }
 
-/** The range of a metric's head means (ignoring heads no text counts for). */
+const UNBOUNDED = new Set(["entropy", "importance"]); // every other metric is a share of attention, in [0, 1]
+
+/**
+ * The colour domain of a metric: from 0 (or below, for a negative mean) to the largest mean, and to 1 for shares
+ * of attention, so that heads which differ by less than their CIs do not look far apart. Null: no values yet.
+ */
 export function extent(heads, metric) {
   const means = heads.map((h) => h[metric]?.mean).filter((v) => typeof v === "number" && Number.isFinite(v));
   if (!means.length) return null;
-  return [Math.min(...means), Math.max(...means)];
+  const lo = Math.min(0, ...means);
+  const hi = Math.max(...means);
+  return [lo, !UNBOUNDED.has(metric) && lo >= 0 && hi <= 1 ? 1 : hi];
 }
 
 /** A mean as it fits in a cell: two decimals (three significant digits from 10 on), no exponents. */

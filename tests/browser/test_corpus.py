@@ -53,10 +53,11 @@ def fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
-def expected_label(head: dict[str, Any], metric: str) -> str:
+def expected_label(head: dict[str, Any], metric: str, labels: dict[str, str]) -> str:
+    """What the grid's hover (and the cell's aria-label) must say for this head's statistic."""
     s = head[metric]
     if not s["n"]:
-        return f"L{head['layer']}H{head['head']} · {metric.replace('_', '-')}: no text counts (n=0)"
+        return f"L{head['layer']}H{head['head']} · {labels.get(metric, metric)}: no text counts (n=0)"
     half = (s["ci_high"] - s["ci_low"]) / 2
     return (
         f"L{head['layer']}H{head['head']} · {fmt(s['mean'])} ± {fmt(half)} "
@@ -119,8 +120,10 @@ def test_upload_job_grid_examples_and_click_through(
     assert stats["partial"] is False and stats["n_texts"] == len(TEXTS)
     metric = query(page)["metric"]
     assert metric == stats["metrics"][0]
+    names = {r["name"]: r["label"] for r in api.get("/api/roles").json()["roles"]}
+    names["induction"] = names["text_induction"]  # on a corpus, induction is measured on the text itself
     labels = cell_labels(page)
-    assert labels == {f"L{h['layer']}H{h['head']}": expected_label(h, metric) for h in stats["heads"]}
+    assert labels == {f"L{h['layer']}H{h['head']}": expected_label(h, metric, names) for h in stats["heads"]}
     assert re.fullmatch(r"L1H2 · -?\d\.\d{3} ± \d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\] · n=6", labels["L1H2"])
     page.hover('.ccell[data-head="L1H2"]')
     assert page.is_visible("#ctip") and page.inner_text("#ctip") == labels["L1H2"]
@@ -134,7 +137,7 @@ def test_upload_job_grid_examples_and_click_through(
     wait_repaint(page, "#cgrid", before)
     assert query(page)["metric"] == "previous_token"
     by_label = {f"L{h['layer']}H{h['head']}": h for h in stats["heads"]}
-    assert cell_labels(page)["L0H3"] == expected_label(by_label["L0H3"], "previous_token")
+    assert cell_labels(page)["L0H3"] == expected_label(by_label["L0H3"], "previous_token", names)
 
     # a head: its top examples with the query and key tokens marked
     page.click('.ccell[data-head="L1H2"]')
@@ -179,7 +182,7 @@ def test_upload_job_grid_examples_and_click_through(
         label = hover.split(" · ")[0]
         if label in by_label and label != "L1H2":
             break
-    assert hover.startswith(expected_label(by_label[label], "entropy"))  # the hover shows that head's statistics
+    assert hover.startswith(expected_label(by_label[label], "entropy", names))  # the hover shows that head's statistics
     page.mouse.down()
     page.mouse.up()
     page.wait_for_function(f"() => new URLSearchParams(location.search).get('head') === '{label}'")
@@ -288,3 +291,27 @@ def test_cancel_a_running_job_then_resume_it(page: Any, corpus_server: Server, a
     page.wait_for_selector("#job-state .st-cancelled")
     assert api.get(f"/api/jobs/{job_id}").json()["state"] == "cancelled"
     settled_done(api, job_id)
+
+
+def test_errors_show_in_the_error_bar(page: Any, corpus_server: Server, tmp_path: Path) -> None:
+    page.watch.allow("404")
+    page.watch.allow("422")
+    base = corpus_server.url
+    open_corpus(page, base, "?job=job_000000000000")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error-text").startswith("not_found: ")
+    assert page.get_attribute("#results", "data-state") != "ready"
+
+    # a malformed .jsonl: the server says which line; nothing is stored and no job starts
+    page.click("#error-close")
+    before = httpx.get(f"{base}/api/jobs").json()["jobs"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": oops}\n', encoding="utf-8")
+    page.click('#source button[data-source="upload"]')
+    page.set_input_files("#file", str(bad))
+    page.click("#start")
+    page.wait_for_selector("#error:not([hidden])")
+    message = page.inner_text("#error-text")
+    assert message.startswith("invalid_input: line 2: "), message
+    assert httpx.get(f"{base}/api/jobs").json()["jobs"] == before
+    assert page.get_attribute('#source button[data-source="upload"]', "aria-pressed") == "true"  # still there to fix
