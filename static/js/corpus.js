@@ -96,7 +96,12 @@ async function openJob(id, push) {
   }
   S.job = id;
   store.save(S, push);
-  job = await fetchJob((signal) => api.job(id, { signal }));
+  try {
+    job = await fetchJob((signal) => api.job(id, { signal }));
+  } catch (err) {
+    if (!isAbort(err)) closeJob(); // e.g. an unknown id in a shared link: show nothing rather than the last job
+    throw err;
+  }
   showJob();
   if (RUNNING.has(job.state)) {
     stopWatch = watchJob(id, {
@@ -116,6 +121,23 @@ async function openJob(id, push) {
     });
   }
   await Promise.all([loadResults(), refreshJobs()]);
+}
+
+/** No job open: empty progress panel and results. */
+function closeJob() {
+  stopWatch?.();
+  stopWatch = null;
+  job = heads = examples = null;
+  S.job = null;
+  store.save(S);
+  $("job-title").textContent = "No job open.";
+  renderProgress({ bar: $("job-bar"), text: $("job-progress"), state: $("job-state") }, { state: "none", progress: {} });
+  $("job-progress").textContent = "";
+  fill($("job-state"));
+  $("cancel").disabled = true;
+  $("resume").hidden = true;
+  $("results-title").textContent = "Corpus statistics";
+  showResults();
 }
 
 function showJob() {
@@ -298,11 +320,7 @@ function onPopState() {
   const next = store.fromURL();
   const other = next.job !== S.job;
   S = next;
-  if (!S.job) {
-    stopWatch?.();
-    job = heads = examples = null;
-    return showResults();
-  }
+  if (!S.job) return closeJob();
   if (other) return track(openJob(S.job, false), "opening job…");
   showResults();
   track(Promise.all([loadExamples(), loadSimilarity()]), "reading…");

@@ -139,6 +139,16 @@ def test_upload_job_grid_examples_and_click_through(
     by_label = {f"L{h['layer']}H{h['head']}": h for h in stats["heads"]}
     assert cell_labels(page)["L0H3"] == expected_label(by_label["L0H3"], "previous_token", names)
 
+    # the keyboard: arrows move between cells, Enter selects; the tooltip follows the focus
+    page.focus('.ccell[data-head="L0H0"]')
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.dataset.head") == "L1H1"
+    assert page.inner_text("#ctip") == cell_labels(page)["L1H1"]
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('head') === 'L1H1'")
+    assert pressed(page) == ["L1H1"]
+
     # a head: its top examples with the query and key tokens marked
     page.click('.ccell[data-head="L1H2"]')
     page.wait_for_selector("#head-body .cx")
