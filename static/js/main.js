@@ -5,6 +5,8 @@ import { exportGrid, exportJSON, exportPlot, slug } from "./export.js";
 import { Grid } from "./grid.js";
 import { HeadView } from "./heatmap.js";
 import { renderModel } from "./modelcard.js";
+import { IMPORTANCE, Overlays } from "./overlays.js";
+import { Progress } from "./progress.js";
 import { SimilarityView } from "./similarity.js";
 import * as store from "./state.js";
 import { TokenCounter, plural } from "./tokencount.js";
@@ -18,27 +20,24 @@ const EXAMPLES = [
   ["Facts", "The Eiffel Tower is in the city of Paris, and the Colosseum is in the city of"],
 ];
 
-/** Overlays that are not role scores: head importance, fetched from /api/importance. */
-const IMPORTANCE = [
-  { name: "importance", label: "importance (gradient)", method: "gradient", description: "|∂loss/∂gate|: how much the loss on this text moves when the head's output is scaled" },
-  { name: "importance_ablation", label: "importance (ablation, slow)", method: "ablation", description: "the loss increase on this text when the head alone is switched off: one model run per head" },
-];
-
 const $ = (id) => document.getElementById(id);
 const S = store.fromURL();
 let model = null;
-let roles = []; // [{name, label, description}] from /api/roles
 let ov = null; // the last good /api/overview result, plus .text: everything on screen belongs to it
 let runSeq = 0;
 let runCtl = null;
-let scores = {}; // overlay name → promise of its n_layers × n_heads grid, for this text
-let scoresShown = {}; // the same, once they arrived (for the JSON export)
-let colorNote = ""; // why the overlay fell back to nothing
 
 const grid = new Grid($("grid"), { legend: $("legend"), info: $("grid-info") }, { select, toggle, compare });
 const headView = new HeadView({ plot: $("heatmap"), info: $("head-info"), note: $("head-note") });
 const similarityView = new SimilarityView({ plot: $("simplot"), collapse: $("collapse") }, pickPair);
 const counter = new TokenCounter($("token-count"));
+const overlays = new Overlays();
+const progress = new Progress({
+  box: $("progress"),
+  text: $("progress-text"),
+  run: $("run"),
+  stale: ["grid-scroll", "prediction", "view-panel", "ablate-bar"].map($),
+});
 const ablation = new Ablation(
   { panel: $("prediction"), metrics: $("metrics"), topk: $("topk"), tokens: $("token-text"), caption: $("token-caption") },
   () => {
@@ -92,34 +91,6 @@ function markPainted(node, mark, since) {
   );
 }
 
-/** A run in progress: say so where the user looks, and make the panels it will replace visibly stale. */
-const progress = {
-  timer: 0,
-  start(text) {
-    const t0 = performance.now();
-    const size = counter.count !== null && counter.text === text ? plural(counter.count, "token") : plural(text.length, "character");
-    const tick = () => ($("progress-text").textContent = `Running the model on ${size}… ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-    tick();
-    clearInterval(this.timer);
-    this.timer = setInterval(tick, 100);
-    this.set(true);
-  },
-  stop() {
-    clearInterval(this.timer);
-    this.set(false);
-  },
-  set(on) {
-    $("progress").hidden = !on;
-    $("run").disabled = on;
-    $("run").textContent = on ? "Running…" : "Run ⏎";
-    for (const id of ["grid-scroll", "prediction", "view-panel", "ablate-bar"]) {
-      $(id).classList.toggle("stale", on);
-      $(id).inert = on && !!ov;
-      $(id).setAttribute("aria-busy", String(on));
-    }
-  },
-};
-
 // -- state → page --------------------------------------------------------------------------------
 
 /** The state changed: address bar (a history entry when `push`), grid marks, controls. */
@@ -170,32 +141,8 @@ function syncControls() {
   );
 }
 
-/** Every overlay the page knows: nothing, importance, then the server's role scores. */
-const overlays = () => [{ name: "none", label: "nothing", description: "" }, ...IMPORTANCE, ...roles];
-
-/** Why an overlay cannot be shown for this text ("" when it can). */
-function unavailable(o) {
-  if (!ov || o.name === "none" || o.method) return ov && o.method && ov.tokens.length < 2 ? "needs two tokens" : "";
-  if (o.name in ov.stats) return ov.stats[o.name] === null ? "no token repeats" : "";
-  // scores outside the overview (induction on the text) exist only where a token repeats
-  return new Set(ov.token_ids).size < ov.token_ids.length ? "" : "no token repeats";
-}
-
 function fillColorOptions() {
-  fill(
-    $("color-by"),
-    overlays().map((o) => {
-      const why = unavailable(o);
-      return el("option", { value: o.name, title: o.description, disabled: !!why }, why ? `${o.label} (${why})` : o.label);
-    }),
-  );
-  const current = overlays().find((o) => o.name === S.color);
-  colorNote = "";
-  if (!current || unavailable(current)) {
-    if (current) colorNote = `${current.label}: ${unavailable(current)} in this text, so the grid is not coloured`;
-    S.color = "none"; // the caller's commit() puts it in the address bar too
-  }
-  $("color-by").value = S.color;
+  S.color = overlays.fillSelect($("color-by"), S.color); // the caller's commit() puts it in the address bar
 }
 
 // -- running a text ------------------------------------------------------------------------------
@@ -211,7 +158,8 @@ async function run(text, { push = true } = {}) {
   const ctl = (runCtl = new AbortController());
   const seq = ++runSeq;
   $("error").hidden = true;
-  progress.start(text);
+  const known = counter.count !== null && counter.text === text;
+  progress.start(known ? plural(counter.count, "token") : plural(text.length, "character"), !!ov);
   let result;
   try {
     result = await api.overview(text, { thumb: 32, topK: 10 }, { signal: ctl.signal });
@@ -226,8 +174,7 @@ async function run(text, { push = true } = {}) {
   if (seq !== runSeq) return;
   ov = { ...result, text };
   S.text = text;
-  scores = {};
-  scoresShown = {};
+  overlays.setRun(ov, ctl.signal);
   headView.setRun(ov);
   similarityView.setRun(ov);
   counter.setRunText(text, ov.tokens.length);
@@ -248,43 +195,25 @@ function cancelRun() {
   progress.stop();
 }
 
-/** An overlay's n_layers × n_heads scores for this text: importance, or a role score from /api/heads. */
-function scoreGrid(o) {
-  if (!scores[o.name]) {
-    const signal = runCtl.signal;
-    const text = ov.text;
-    const { n_layers: nL, n_heads: nH } = ov;
-    const p = o.method
-      ? api.importance(text, o.method, { signal }).then((res) => res.scores)
-      : api.heads(text, { signal }).then((res) => {
-          const g = [...Array(nL)].map(() => Array(nH).fill(null));
-          for (const h of res.heads) g[h.layer][h.head] = h[o.name];
-          return g;
-        });
-    scores[o.name] = p;
-    const mine = scores;
-    p.then(
-      (g) => (scoresShown[o.name] = g),
-      () => mine === scores && delete scores[o.name], // a failure is not cached: asking again retries
-    );
-  }
-  return scores[o.name];
-}
-
 async function applyOverlay() {
   if (!ov) return;
-  const o = overlays().find((x) => x.name === S.color);
+  const o = overlays.find(S.color);
   if (!o || o.name === "none") {
     grid.setOverlay(null);
-    grid.setLegendNote(colorNote);
+    grid.setLegendNote(overlays.note);
     return;
   }
   if (o.name in ov.stats) return grid.setOverlay(o.label, ov.stats[o.name], o.description);
+  // fetched: say so where the legend goes, with the time it has taken (the ablation sweep takes a while)
   grid.setOverlay(null);
-  grid.setLegendNote(`${o.label}: ${o.method === "ablation" ? "switching off each head in turn…" : "computing…"}`);
+  const t0 = performance.now();
+  const doing = o.method === "ablation" ? "switching off each head in turn" : "computing";
+  const say = () => grid.setLegendNote(`${o.label}: ${doing}… ${Math.round((performance.now() - t0) / 1000)} s`);
+  say();
+  const timer = setInterval(say, 1000);
   const seq = runSeq;
   try {
-    const g = await scoreGrid(o);
+    const g = await overlays.scores(o);
     if (seq !== runSeq || S.color !== o.name) return;
     grid.setOverlay(o.label, g, o.description);
     if (!o.method) {
@@ -294,6 +223,8 @@ async function applyOverlay() {
   } catch (err) {
     if (seq === runSeq && S.color === o.name) grid.setLegendNote(`${o.label}: not available`);
     throw err;
+  } finally {
+    clearInterval(timer);
   }
 }
 
@@ -396,7 +327,7 @@ function restore() {
 
 /** The data behind what is on screen: the run, the overlay and scores shown, the ablation, the open view. */
 function exportData() {
-  const overlay = overlays().find((o) => o.name === S.color && o.name !== "none");
+  const overlay = S.color === "none" ? null : overlays.find(S.color);
   const { text, ...state } = S;
   return {
     model: model?.name ?? null,
@@ -408,7 +339,7 @@ function exportData() {
     prediction: ov?.prediction ?? null,
     stats: ov?.stats ?? null,
     overlay: overlay && grid.overlay ? { name: overlay.name, label: overlay.label, description: overlay.description, scores: grid.overlay.grid } : null,
-    scores: scoresShown,
+    scores: overlays.arrived,
     ablation: S.mask.length ? ablation.result : null,
     heatmap: S.view === "head" ? headView.shown : null,
     similarity: S.view === "similarity" ? similarityView.shown : null,
@@ -446,7 +377,7 @@ function keepTop() {
   if (!ok) return;
   if (!ov) return showError(new Error("run a prompt first"));
   track(
-    scoreGrid(IMPORTANCE[0]).then((g) => setMask(allButTop(g, k))),
+    overlays.scores(IMPORTANCE[0]).then((g) => setMask(allButTop(g, k))),
     "scoring heads…",
   );
 }
@@ -497,7 +428,7 @@ function wire() {
   $("scope").addEventListener("change", () => step({ scope: $("scope").value, kv: "all" }));
   $("scope-kv").addEventListener("change", () => step({ kv: $("scope-kv").value }));
   $("color-by").addEventListener("change", () => {
-    colorNote = "";
+    overlays.note = "";
     step({ color: $("color-by").value }, () =>
       track(applyOverlay(), S.color === "importance_ablation" ? "switching off each head…" : "scoring heads…"),
     );
@@ -548,7 +479,9 @@ async function start() {
   wire();
   $("prompt").value = S.text || EXAMPLES[0][1];
   syncControls();
+  let roles;
   [model, { roles }] = await Promise.all([api.model(), api.roles()]);
+  overlays.setRoles(roles);
   renderModel($("model-body"), $("model-chip"), model);
   grid.setModel(model);
   grid.setRoles(roles);
