@@ -188,6 +188,22 @@ def test_cancel_keeps_finished_batches_and_a_second_cancel_is_409(
     assert heads["partial"] is True and heads["n_texts"] == job["progress"]["done"]
 
 
+def test_resume_right_after_cancel_runs_to_the_end(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cancelled run is closed at its next slice, after the resume: its exit must not touch the new run."""
+    calls: list[int] = []
+    slow_measure(monkeypatch, 0.3, calls)
+    job_id = client.post("/api/jobs", json={"dataset": dataset(client)}).json()["id"]
+    wait_state(client, job_id, {"running"})
+    while not calls:
+        time.sleep(0.01)
+    assert client.delete(f"/api/jobs/{job_id}").json()["state"] == "cancelled"
+    resumed = client.post(f"/api/jobs/{job_id}/resume")
+    assert resumed.status_code == 202 and resumed.json()["state"] == "queued"
+    job = wait_state(client, job_id, {"done", "interrupted", "failed"})
+    assert job["state"] == "done" and job["progress"]["done"] == len(TEXTS), job
+    assert client.get(f"/api/jobs/{job_id}/heads").json()["n_texts"] == len(TEXTS)  # each text once
+
+
 def test_restart_interrupts_and_resume_skips_finished_batches(
     tiny_loaded: dict[str, Loaded], data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

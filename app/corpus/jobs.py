@@ -98,6 +98,7 @@ class Jobs:
         self.max_batch_texts = max_batch_texts
         self.results = Results(store)
         self._tasks: dict[str, Sliced[None]] = {}
+        self._runs: dict[str, object] = {}  # job id → token of its current run: a cancelled run's exit is ignored
         self._listeners: dict[str, list[Callable[[JobRecord], None]]] = {}
         self._lock = threading.Lock()
         self.forwards = 0  # batches measured (pieces after an out-of-memory split count once each)
@@ -215,8 +216,11 @@ class Jobs:
     # -- running (model thread) ------------------------------------------------------------------
 
     def _submit(self, job_id: str) -> None:
+        token = object()
+        with self._lock:
+            self._runs[job_id] = token
         try:
-            task = self.service.submit(f"job {job_id}", self._run(job_id))
+            task = self.service.submit(f"job {job_id}", self._run(job_id, token))
         except NotReady:
             self.store.update(job_id, state="interrupted")
             raise
@@ -229,8 +233,17 @@ class Jobs:
             if self._tasks.get(job_id) is task:
                 del self._tasks[job_id]
 
-    def _run(self, job_id: str) -> Generator[None, None, None]:
-        """The job as slices: plan the batches, then one batch per slice, each committed when it ends."""
+    def _current(self, job_id: str, token: object) -> bool:
+        """Whether `token` is still the job's current run (a resume after a cancel starts a new one)."""
+        with self._lock:
+            return self._runs.get(job_id) is token
+
+    def _run(self, job_id: str, token: object) -> Generator[None, None, None]:
+        """The job as slices: plan the batches, then one batch per slice, each committed when it ends.
+
+        A cancelled run is closed at its next slice; by then the job may have been resumed as a new run,
+        whose state the old run's exit must not touch (`token`).
+        """
         try:
             job = self.store.get(job_id)
             loaded = self.service.model
@@ -273,13 +286,15 @@ class Jobs:
             if self.store.update(job_id, expect=frozenset({"running"}), state="done", finished=now_iso()):
                 self._publish(job_id)
         except GeneratorExit:  # cancelled (state already set) or the server stopping
-            if self.store.update(job_id, expect=ACTIVE, state="interrupted"):
+            if self._current(job_id, token) and self.store.update(job_id, expect=ACTIVE, state="interrupted"):
                 self._publish(job_id)
             raise
         except Exception as exc:
             message = str(exc) if isinstance(exc, OutOfMemoryInBatch) else f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", job_id)
-            if self.store.update(job_id, expect=ACTIVE, state="failed", error=message, finished=now_iso()):
+            if self._current(job_id, token) and self.store.update(
+                job_id, expect=ACTIVE, state="failed", error=message, finished=now_iso()
+            ):
                 self._publish(job_id)
 
     def _measure(
