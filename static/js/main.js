@@ -29,7 +29,7 @@ let runCtl = null;
 
 const grid = new Grid($("grid"), { legend: $("legend"), info: $("grid-info") }, { select, toggle, compare });
 const headView = new HeadView({ plot: $("heatmap"), info: $("head-info"), note: $("head-note") });
-const similarityView = new SimilarityView({ plot: $("simplot"), collapse: $("collapse") }, pickPair);
+const similarityView = new SimilarityView({ plot: $("simplot"), collapse: $("collapse"), collapseBox: $("collapse-box") }, pickPair);
 const counter = new TokenCounter($("token-count"));
 const overlays = new Overlays();
 const progress = new Progress({

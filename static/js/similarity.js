@@ -104,8 +104,8 @@ export function drawCollapse(div, data) {
 /** Fetches (and caches, per text and settings) the matrix the state asks for and draws it. */
 export class SimilarityView {
   /** onPick(rowHead, columnHead) when a cell is clicked. */
-  constructor({ plot, collapse }, onPick) {
-    Object.assign(this, { plot, collapse, onPick });
+  constructor({ plot, collapse, collapseBox }, onPick) {
+    Object.assign(this, { plot, collapse, collapseBox, onPick });
     this.cache = new Map();
     this.ctl = null;
     this.seq = 0;
@@ -128,7 +128,7 @@ export class SimilarityView {
       this.shown = null;
       window.Plotly.purge(this.plot);
       window.Plotly.purge(this.collapse);
-      this.collapse.hidden = true;
+      this.collapseBox.hidden = true;
       fill(this.plot, el("p", { class: "empty" }, "With one token every head attends only to it: there is nothing to compare. Run a longer text."));
       return true;
     }
@@ -145,7 +145,7 @@ export class SimilarityView {
     this.shown = { ...data, layer: scope === "all" ? null : Number(scope), kv_head: kvHead };
     if (this.plot.querySelector(".empty")) fill(this.plot);
     await drawSimilarity(this.plot, data, this.onPick, { maxHeight });
-    this.collapse.hidden = scope !== "all";
+    this.collapseBox.hidden = scope !== "all"; // within-layer means need every layer
     if (scope === "all") await drawCollapse(this.collapse, data);
     return true;
   }
