@@ -30,3 +30,9 @@ def test_every_role_is_a_field_of_the_heads_response_and_back(client: TestClient
     assert heads[0]["text_induction"] is not None  # "a" and "b" repeat
     stats = client.post("/api/overview", json={"text": "a b a b a"}).json()["stats"]
     assert set(stats) <= set(names)
+
+
+def test_the_openapi_docs_describe_each_score_as_the_list_does(client: TestClient) -> None:
+    fields = client.get("/openapi.json").json()["components"]["schemas"]["HeadRoles"]["properties"]
+    for role in ROLES:
+        assert fields[role.name]["description"] == role.description

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.inspect.roles import ROLES
+
 
 class Strict(BaseModel):
     """Requests: unknown fields are an error, types are exact (no "1" or true for 1), numbers finite."""
@@ -202,27 +204,24 @@ class ImportanceOut(BaseModel):
     kl_last: list[list[float]] | None = Field(None, description="ablation: KL(baseline ‖ ablated) after the last token")
 
 
+def _role(name: str) -> str:
+    """A role score's description, from the one list (roles.ROLES) that GET /api/roles serves too."""
+    return next(r.description for r in ROLES if r.name == name)
+
+
 class HeadRoles(BaseModel):
     layer: int
     head: int
     kv_group: int = Field(description="the KV head this query head reads")
-    entropy: float = Field(description="mean attention entropy over query positions, nats")
-    entropy_ratio: float = Field(description="mean entropy / ln(number of visible keys); 1 = uniform")
-    confidence: float = Field(description="mean of each row's largest weight (Voita et al. 2019)")
-    previous_token: float = Field(description="mean weight on the previous token")
-    self: float = Field(description="mean weight on the query's own position")
-    first_token: float = Field(description="mean weight on the first token (attention sink)")
-    duplicate_token: float | None = Field(
-        description="mean weight on earlier copies of the query's token (None if none repeat)"
-    )
-    induction: float = Field(
-        description="Olsson et al. prefix-matching score on the model's repeated-random-token probe"
-    )
-    text_induction: float | None = Field(
-        None,
-        description="prefix matching on this text: mean weight on the token right after earlier copies of "
-        "the query's token (None if no token repeats)",
-    )
+    entropy: float = Field(description=_role("entropy"))
+    entropy_ratio: float = Field(description=_role("entropy_ratio"))
+    confidence: float = Field(description=_role("confidence"))
+    previous_token: float = Field(description=_role("previous_token"))
+    self: float = Field(description=_role("self"))
+    first_token: float = Field(description=_role("first_token"))
+    duplicate_token: float | None = Field(description=_role("duplicate_token"))
+    induction: float = Field(description=_role("induction"))
+    text_induction: float | None = Field(None, description=_role("text_induction"))
 
 
 class HeadsOut(Tokens):
