@@ -1,8 +1,6 @@
 // The JSON API, one function per endpoint. Each takes an optional {signal} to cancel a stale request.
 import { apiKey, askForKey, authHeaders } from "./auth.js";
 
-export { authHeaders }; // for requests made outside request() (uploads): they need the key too
-
 export class ApiError extends Error {
   constructor(status, code, detail) {
     super(describe(detail) || code);
