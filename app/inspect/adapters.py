@@ -56,6 +56,14 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 
+# attributes of the attention module holding the query, key and value projections: three, or one fused
+# (its output features are q, then k, then v by size: GPT-2's c_attn columns, GPT-NeoX's per-head rows)
+QKV: dict[str, tuple[str, ...]] = {
+    "llama": ("q_proj", "k_proj", "v_proj"),
+    "gpt2": ("c_attn",),
+    "gpt_neox": ("query_key_value",),
+}
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -126,6 +134,11 @@ class Adapter:
         """The attention output projection of block `layer`; its input is the heads side by side."""
         module: nn.Module = getattr(self.attention(layer), self.family.out_proj)
         return module
+
+    def qkv_projections(self, layer: int) -> list[nn.Module]:
+        """Block `layer`'s query, key and value projections: [q, k, v], or [qkv] where the family fuses them."""
+        attention = self.attention(layer)
+        return [getattr(attention, name) for name in QKV[self.family.name]]
 
     def out_proj_bias(self, layer: int) -> torch.Tensor | None:
         """The output projection's bias (GPT-2 has one), or None."""
