@@ -14,7 +14,21 @@ from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__, docs, web
-from app.api import ablate, attention, datasets, errors, heads, importance, jobs, meta, overview, similarity, tracing
+from app.api import (
+    ablate,
+    attention,
+    datasets,
+    errors,
+    generate,
+    heads,
+    importance,
+    jobs,
+    lecture,
+    meta,
+    overview,
+    similarity,
+    tracing,
+)
 from app.api.encode import FiniteJSONResponse
 from app.config import Settings
 from app.corpus.datasets import DatasetStore
@@ -76,7 +90,20 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     app.state.datasets = store
     app.state.jobs = corpus_jobs
     errors.install(app, settings.retry_after_s)
-    for module in (meta, attention, overview, ablate, similarity, importance, heads, tracing, datasets, jobs):
+    for module in (
+        meta,
+        attention,
+        overview,
+        ablate,
+        similarity,
+        importance,
+        heads,
+        tracing,
+        datasets,
+        jobs,
+        lecture,
+        generate,
+    ):
         app.include_router(module.router)
     app.include_router(web.router)
     app.include_router(docs.router)

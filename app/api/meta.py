@@ -5,9 +5,21 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServiceDep, checked_ids
-from app.api.schemas import ERRORS, Error, Health, KVCacheCost, ModelInfo, RoleInfo, RolesOut, TextIn, TokenizeOut
+from app.api.schemas import (
+    ERRORS,
+    AttentionParams,
+    Error,
+    Health,
+    KVCacheCost,
+    ModelInfo,
+    RoleInfo,
+    RolesOut,
+    TextIn,
+    TokenizeOut,
+)
 from app.inspect.roles import ROLES
 from app.inspect.runs import token_strings
+from app.inspect.tradeoff import attention_params
 from app.service import LoadFailed, NotReady
 
 router = APIRouter(prefix="/api", tags=["model"])
@@ -68,6 +80,7 @@ def model_info(svc: ServiceDep) -> ModelInfo:
             mqa=layout.kv_cache_bytes_per_token(width, 1),
             saving_vs_mha=1 - this / mha,
         ),
+        attention_params=[AttentionParams(q=p.q, k=p.k, v=p.v, o=p.o) for p in attention_params(loaded.adapter)],
     )
 
 

@@ -46,7 +46,11 @@ ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": Error, "description": "missing or wrong API key (only when HEADSCOPE_API_KEY is set)"},
     413: {"model": Error, "description": "request body too large"},
     422: {"model": Error, "description": "invalid or too long input"},
-    503: {"model": Error, "description": "busy, out of memory, or not ready: retry after Retry-After seconds"},
+    503: {
+        "model": Error,
+        "description": "busy, out of memory, or not ready: retry after Retry-After seconds; "
+        "load_failed: the model failed to load, so no retry will help",
+    },
 }
 
 
@@ -66,6 +70,15 @@ class KVCacheCost(BaseModel):
     saving_vs_mha: float = Field(description="1 − this_model / mha")
 
 
+class AttentionParams(BaseModel):
+    """One layer's attention projections: parameters (weights and biases) counted from the state dict."""
+
+    q: int
+    k: int
+    v: int
+    o: int
+
+
 class ModelInfo(BaseModel):
     name: str
     architecture: str
@@ -83,6 +96,9 @@ class ModelInfo(BaseModel):
     kv_groups: list[list[int]] = Field(description="per KV head, the query heads that share it")
     kv_cache_bytes_per_token: int
     kv_cache: KVCacheCost
+    attention_params: list[AttentionParams] = Field(
+        description="per layer, the q/k/v/o projections' parameters from the weights (a fused q/k/v split by output)"
+    )
 
 
 class Tokens(BaseModel):
