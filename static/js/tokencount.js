@@ -8,7 +8,7 @@ const NEAR = 0.9; // warn from 90% of the server's limit
 export const plural = (n, word) => `${n.toLocaleString("en-US")} ${word}${n === 1 ? "" : "s"}`;
 
 export class TokenCounter {
-  /** node: where the count goes; onChange(): after each count (the page may mark its results stale). */
+  /** node: where the count goes. */
   constructor(node) {
     this.node = node;
     this.limit = null; // the server's max_tokens, from /api/model
@@ -32,6 +32,7 @@ export class TokenCounter {
   /** The prompt changed: count it after a pause in typing. */
   update(text) {
     this.text = text;
+    this.count = null; // unknown until this text is counted
     clearTimeout(this.timer);
     this.ctl?.abort();
     if (!text.trim()) {

@@ -137,7 +137,7 @@ def test_keep_top_k_refuses_what_it_cannot_do(page: Any, tiny_server: Server, ba
     assert page.get_attribute("#keep-k", "aria-invalid") == "false"
 
 
-def test_long_run_shows_progress_and_old_results_are_stale(page: Any, tiny_server: Server) -> None:
+def test_long_run_shows_progress_and_old_results_are_stale(page: Any, tiny_server: Server, artifacts: Path) -> None:
     delay_requests(page, "/api/overview", 1500)
     open_app(page, tiny_server.url)
     page.fill("#prompt", PROMPT)
@@ -147,6 +147,7 @@ def test_long_run_shows_progress_and_old_results_are_stale(page: Any, tiny_serve
     assert page.is_disabled("#run")
     for panel in ("#grid-scroll", "#prediction", "#view-panel"):
         assert page.eval_on_selector(panel, "e => e.inert && e.classList.contains('stale')"), panel
+    page.screenshot(path=str(artifacts / "tiny-running.png"))
     page.click("#progress-cancel")  # cancel: back to the last good run, usable
     assert page.is_hidden("#progress") and page.is_enabled("#run")
     assert page.eval_on_selector("#grid-scroll", "e => e.inert") is False

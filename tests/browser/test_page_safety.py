@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,7 +48,9 @@ def answer_key(page: Any, key: str) -> None:
     page.press("#api-key-input", "Enter")
 
 
-def test_the_page_asks_for_the_api_key_once_and_again_after_a_401(page: Any, keyed_server: Server) -> None:
+def test_the_page_asks_for_the_api_key_once_and_again_after_a_401(
+    page: Any, keyed_server: Server, artifacts: Path
+) -> None:
     page.watch.allow("status of 401")
     shell_with_key(page)
     refused: list[str] = []
@@ -55,6 +58,7 @@ def test_the_page_asks_for_the_api_key_once_and_again_after_a_401(page: Any, key
     page.goto(keyed_server.url + "/")
     answer_key(page, "not-the-key")
     page.wait_for_selector("#api-key-dialog[open] .key-error")  # refused: asked again, saying why
+    page.screenshot(path=str(artifacts / "tiny-api-key.png"))
     answer_key(page, KEY)
     page.wait_for_selector("body[data-ready]")
     assert page.locator("#grid .cell").count() == 8  # the page works: model card, first run
