@@ -156,6 +156,15 @@ def test_prefix_matching_against_its_definition() -> None:
             assert tuple(cells["induction"][layer, head]) == (-best[1], -best[2])
             prev = [float(maps[head, q, q - 1]) for q in range(1, len(ids))]
             assert tuple(cells["previous_token"][layer, head]) == (1 + int(np.argmax(prev)), int(np.argmax(prev)))
+            own = int(np.argmax([float(maps[head, q, q]) for q in range(1, len(ids))])) + 1  # query 0 skipped
+            assert tuple(cells["self"][layer, head]) == (own, own)
+            sink = int(np.argmax([float(maps[head, q, 0]) for q in range(1, len(ids))])) + 1
+            assert tuple(cells["first_token"][layer, head]) == (sink, 0)
+            sure = int(np.argmax([float(maps[head, q].max()) for q in range(1, len(ids))])) + 1
+            assert tuple(cells["confidence"][layer, head]) == (sure, int(maps[head, sure].argmax()))
+            copies = [(float(maps[head, q, j]), q, j) for q in range(len(ids)) for j in range(q) if ids[j] == ids[q]]
+            top = max(copies, key=lambda c: c[0])
+            assert tuple(cells["duplicate_token"][layer, head]) == top[1:]
 
 
 def test_heads_endpoint_reports_text_induction(client) -> None:  # type: ignore[no-untyped-def]
@@ -204,3 +213,24 @@ def test_memory_is_bounded_by_the_batch() -> None:
             assert all(w.shape == (layout.n_layers, layout.n_heads, 2) for w in text.where.values())
         del result, text
     assert live_tensor_bytes() - before <= 0  # captures, hidden states and gates are all freed
+
+
+def test_a_text_without_tokens_counts_nowhere() -> None:
+    loaded = tiny_loaded("gpt2")
+    layout = loaded.adapter.layout
+    batch = [(0, []), *items(loaded)[:2]]
+    analyses = frozenset({"roles", "importance", "similarity"})
+    result = measure.measure_batch(loaded, batch, analyses, "gradient")
+    without = measure.measure_batch(loaded, batch[1:], analyses, "gradient")
+    assert [t.index for t in result.texts] == [0, 10, 11] and result.texts[0].n_tokens == 0
+    assert set(result.texts[0].values) == {*measure.ROLE_METRICS, "importance"}
+    assert all(np.isnan(v).all() for v in result.texts[0].values.values())
+    assert all((w == -1).all() for w in result.texts[0].where.values())
+    for got, ref in zip(result.texts[1:], without.texts, strict=True):
+        for metric, value in ref.values.items():
+            np.testing.assert_array_equal(got.values[metric], value)
+    for metric, total in without.similarity_sum.items():
+        np.testing.assert_allclose(result.similarity_sum[metric], total, atol=1e-12)
+    empty = measure.measure_batch(loaded, [(5, [])], analyses, "gradient")
+    n = layout.n_layers * layout.n_heads
+    assert all(m.shape == (n, n) and not m.any() for m in empty.similarity_sum.values())

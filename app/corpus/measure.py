@@ -42,6 +42,7 @@ _STAT_FIELDS = {
     "induction": "text_induction",
 }
 ROLE_METRICS: tuple[str, ...] = tuple(_STAT_FIELDS)
+CELL_METRICS = ("confidence", "previous_token", "self", "first_token", "duplicate_token", "induction")  # have a cell
 assert {m for m in ROLE_METRICS if m != "induction"} <= {r.name for r in roles.ROLES}
 
 
@@ -153,6 +154,37 @@ def measure_batch(
         padding: "right" or "left"; the numbers are the same either way.
     """
     layout = loaded.adapter.layout
+    if all(ids for _, ids in texts):
+        return _measure(loaded, texts, analyses, importance, padding)
+    # a text with no tokens has no scores: it stays out of the forward and counts nowhere
+    n = layout.n_layers * layout.n_heads
+    sums: dict[str, np.ndarray] = {m: np.zeros((n, n)) for m in SIMILARITY_METRICS} if "similarity" in analyses else {}
+    present = [(i, ids) for i, ids in texts if ids]
+    measured = _measure(loaded, present, analyses, importance, padding) if present else BatchResult([], sums)
+    by_index = {t.index: t for t in measured.texts}
+    metrics_ = [*(ROLE_METRICS if "roles" in analyses else ()), *(("importance",) if "importance" in analyses else ())]
+    out = [
+        by_index.get(i)
+        or TextResult(
+            index=i,
+            n_tokens=0,
+            values={m: _nan_grid(layout) for m in metrics_},
+            where={m: np.full((layout.n_layers, layout.n_heads, 2), -1, dtype=np.int64) for m in metrics_},
+        )
+        for i, _ in texts
+    ]
+    return BatchResult(texts=out, similarity_sum=measured.similarity_sum)
+
+
+def _measure(
+    loaded: Loaded,
+    texts: list[tuple[int, list[int]]],
+    analyses: frozenset[str],
+    importance: str,
+    padding: Padding,
+) -> BatchResult:
+    """measure_batch on texts that all have tokens."""
+    layout = loaded.adapter.layout
     batch = pad([ids for _, ids in texts], padding, loaded.device)
     gradient = "importance" in analyses and importance == "gradient"
     ablation = "importance" in analyses and importance == "ablation"
@@ -161,7 +193,7 @@ def measure_batch(
     with (
         torch.inference_mode(not gradient),
         torch.enable_grad() if gradient else torch.no_grad(),
-        capture.recording() as rec,
+        capture.recording(None if analyses & {"roles", "similarity"} else frozenset()) as rec,
         head_gates(loaded.adapter, gates, "zero"),  # all ones: the plain model (and Michel et al.'s ξ)
         recording_inputs(loaded.adapter, inputs) if ablation else nullcontext(),
     ):
@@ -176,11 +208,12 @@ def measure_batch(
         where: dict[str, np.ndarray] = {}
         if "roles" in analyses:
             run = text_run(loaded, rec.captured, hidden.detach(), row, batch.windows[row], ids)
-            stats = roles.head_stats(run, layout)
+            cells = RoleCells(ids, layout, loaded.device)
+            stats = roles.head_stats(run, layout, visit=cells)  # the /api/heads scores, and where, in one pass
             for metric, field in _STAT_FIELDS.items():
                 score = getattr(stats, field)
                 values[metric] = _nan_grid(layout) if score is None else score.double().numpy()
-            where.update(role_cells(run, layout))
+            where.update(cells.result())
         if "importance" in analyses:
             values["importance"] = _nan_grid(layout)
             where["importance"] = np.full((layout.n_layers, layout.n_heads, 2), -1, dtype=np.int64)
@@ -245,47 +278,71 @@ def _ablation_deltas(
     return list(delta.numpy())
 
 
-def role_cells(run: Run, layout: Layout) -> dict[str, np.ndarray]:
-    """Where each head does each role most in the run's text: metric -> (n_layers, n_heads, 2) (query, key).
+class RoleCells:
+    """Where each head does each role most in one text: a roles.head_stats visitor, so in the same pass.
 
-    confidence: the row with the largest top weight and its key; previous_token, self, first_token: the
+    confidence: the row with the largest top weight, and its key; previous_token, self, first_token: the
     query with the most weight on q−1, q, 0; duplicate_token, induction: the matching cell with the most
-    weight. Query 0 (all its weight on itself) is skipped when the text has more tokens. −1 = no such cell.
+    weight. Query 0 (all its weight on itself) is skipped when the text has more tokens. Ties: the first.
     """
-    t = run.n_tokens
-    cells = {m: np.full((layout.n_layers, layout.n_heads, 2), -1, dtype=np.int64) for m in ROLE_METRICS}
-    ids = torch.tensor(run.token_ids, device=run.hidden.device)
-    repeats = len(set(run.token_ids)) < t
-    match = metrics.duplicate_match(ids, 0, t, t) if repeats else None  # (T, T)
-    prefix = roles.prefix_match(ids, 0, t, t) if repeats else None  # (T, T)
-    q = torch.arange(t, device=ids.device)
-    first = 1 if t > 1 else 0  # skip query 0 when there are others
-    heads = list(range(layout.n_heads))
-    for layer in range(layout.n_layers):
-        maps = run.maps(layer, heads, layout.group_size)  # (H, T, T)
-        top, top_key = maps[:, first:].max(-1)  # (H, T − first)
-        best = top.argmax(-1) + first  # (H,)
-        picks = {
-            "confidence": (best, top_key.gather(1, (best - first)[:, None])[:, 0]),
-            "self": _best_query(maps[:, q[first:], q[first:]], first, 0),
-            "first_token": _best_query(maps[:, first:, 0], first, None),
-        }
-        if t > 1:
-            picks["previous_token"] = _best_query(maps[:, q[1:], q[:-1]], 1, 1)
-        for metric, mask in (("duplicate_token", match), ("induction", prefix)):
-            if mask is not None:
-                flat = (maps * mask).flatten(1).argmax(-1)  # (H,): the matching cell with the most weight
-                picks[metric] = (flat // t, flat % t)
-        for metric, (query, key) in picks.items():
-            cells[metric][layer, :, 0] = query.cpu().numpy()
-            cells[metric][layer, :, 1] = key.cpu().numpy()
-    return cells
+
+    def __init__(self, token_ids: list[int], layout: Layout, device: torch.device) -> None:
+        self.t = len(token_ids)
+        self.ids = torch.tensor(token_ids, device=device)
+        self.repeats = len(set(token_ids)) < self.t
+        shape = (layout.n_layers, layout.n_heads)
+        self.best = {m: torch.full(shape, -torch.inf, device=device) for m in CELL_METRICS}
+        self.cells = {m: torch.full((*shape, 2), -1, dtype=torch.long, device=device) for m in CELL_METRICS}
+        self.matches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # first row → (duplicate, prefix) masks
+
+    def __call__(self, layer: int, start: int, maps: torch.Tensor) -> None:
+        """Update with query rows start.. of one layer: maps (H, c, stop)."""
+        _, c, stop = maps.shape
+        rows = torch.arange(c, device=maps.device)
+        q = rows + start  # (c,) query positions
+        skip = q < (1 if self.t > 1 else 0)  # query 0 only in a one-token text
+        top, top_key = maps.max(-1)  # (H, c)
+        self._update(layer, "confidence", top.masked_fill(skip, -torch.inf), q, top_key)
+        self._update(layer, "self", maps[:, rows, q].masked_fill(skip, -torch.inf), q, q)
+        self._update(layer, "first_token", maps[:, :, 0].masked_fill(skip, -torch.inf), q, torch.zeros_like(q))
+        if bool((q >= 1).any()):
+            after = rows[q >= 1]
+            self._update(layer, "previous_token", maps[:, after, q[after] - 1], q[after], q[after] - 1)
+        if self.repeats:
+            if start not in self.matches:
+                self.matches = {
+                    start: (
+                        metrics.duplicate_match(self.ids, start, stop, stop),
+                        roles.prefix_match(self.ids, start, stop, stop),
+                    )
+                }
+            for metric, match in zip(("duplicate_token", "induction"), self.matches[start], strict=True):
+                cells = maps.masked_fill(match == 0, -torch.inf).flatten(1)  # (H, c·stop): matching cells only
+                keys = torch.arange(stop, device=maps.device).repeat(c)
+                self._update(layer, metric, cells, q.repeat_interleave(stop), keys)
+
+    def _update(self, layer: int, metric: str, values: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> None:
+        """values (H, n) at cells (queries (n,), keys (n,) or (H, n)): keep each head's largest so far."""
+        value, i = values.max(-1)  # (H,): the first largest
+        key = keys.gather(-1, i[:, None])[:, 0] if keys.dim() == 2 else keys[i]
+        better = value > self.best[metric][layer]
+        self.best[metric][layer] = torch.where(better, value, self.best[metric][layer])
+        cell = torch.stack([queries[i], key], -1)  # (H, 2)
+        self.cells[metric][layer] = torch.where(better[:, None], cell, self.cells[metric][layer])
+
+    def result(self) -> dict[str, np.ndarray]:
+        """metric -> (n_layers, n_heads, 2) int64 (query_pos, key_pos); −1 where the metric has no cell."""
+        shape = next(iter(self.cells.values())).shape
+        out = {m: np.full(shape, -1, dtype=np.int64) for m in ROLE_METRICS}
+        out.update({m: c.cpu().numpy() for m, c in self.cells.items()})
+        return out
 
 
-def _best_query(weights: torch.Tensor, offset: int, back: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(query, key) of the largest of (H, n) weights at queries offset.., key = query − back (or 0 if None)."""
-    query = weights.argmax(-1) + offset  # (H,)
-    return query, query - back if back is not None else torch.zeros_like(query)
+def role_cells(run: Run, layout: Layout) -> dict[str, np.ndarray]:
+    """Where each head does each role most in the run's text (see RoleCells), by one roles.head_stats pass."""
+    cells = RoleCells(run.token_ids, layout, run.hidden.device)
+    roles.head_stats(run, layout, visit=cells)
+    return cells.result()
 
 
 def _similarity_sums(

@@ -15,6 +15,7 @@ Scores (each an average over query positions of the user's text):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -134,21 +135,25 @@ def _chunk(
     return metrics.softmax_stats(scores.view(-1, stop - start, stop))  # (H, c, stop): head = kv·g + j
 
 
+ChunkVisitor = Callable[[int, int, torch.Tensor], None]  # (layer, first row, maps (H, c, stop)) of each chunk
+
+
 def rows_per_chunk(n_heads: int, t: int) -> int:
     """Query rows per step: about BLOCK scores at once, so a chunk's passes stay in cache."""
     return max(16, min(ROW_CHUNK, BLOCK // max(n_heads * t, 1)))
 
 
 @torch.inference_mode()
-def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
+def head_stats(run: Run, layout: Layout, thumb: int | None = None, visit: ChunkVisitor | None = None) -> HeadStats:
     """Role scores of every head of a run, and (if `thumb`) thumb×thumb block-mean thumbnails of every map.
 
     One pass over every layer in query-row chunks of about BLOCK scores; nothing larger than
-    n_heads × ROW_CHUNK × T is held at once. Cached on the run per thumbnail size.
+    n_heads × ROW_CHUNK × T is held at once. Cached on the run per thumbnail size. `visit`, if given,
+    sees every chunk's maps in the same pass (corpus mode finds where each head does each role there).
     """
     key = f"head_stats:{thumb}"
     cached = run.extras.get(key)
-    if isinstance(cached, HeadStats):
+    if isinstance(cached, HeadStats) and visit is None:
         return cached
     shape = (layout.n_layers, layout.n_heads)
     sums = {name: torch.zeros(shape) for name in ("ent", "ratio", "conf", "prev", "self", "first", "dup", "ind")}
@@ -174,6 +179,8 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None) -> HeadStats:
         row_bins = key_bins[start:stop].argmax(-1) if key_bins is not None else None  # each row's bin
         for layer in range(layout.n_layers):
             maps, ent, conf = _chunk(run.qk[layer], layout.group_size, start, stop, bias)  # (H, c, stop), (H, c)
+            if visit is not None:
+                visit(layer, start, maps)
             sums["ent"][layer] += ent.sum(-1).cpu()
             sums["ratio"][layer] += (ent * inv_uniform).sum(-1).cpu()
             sums["conf"][layer] += conf.sum(-1).cpu()
