@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,18 @@ from app.config import Settings
 from app.inspect.loading import Loaded, load
 from app.main import create_app
 from tests.tiny import save_tiny
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes into the repo's data/: an app built without a data_dir (or a server subprocess) uses this."""
+    before = os.environ.get("HEADSCOPE_DATA_DIR")
+    os.environ["HEADSCOPE_DATA_DIR"] = str(tmp_path_factory.mktemp("data"))
+    yield
+    if before is None:
+        os.environ.pop("HEADSCOPE_DATA_DIR", None)
+    else:
+        os.environ["HEADSCOPE_DATA_DIR"] = before
 
 
 @pytest.fixture(scope="session")
