@@ -33,6 +33,12 @@ def corpus(request: Request) -> HTMLResponse:
     return templates.TemplateResponse(request, "corpus.html", {"page": "corpus"})
 
 
+@router.get("/lecture", response_class=HTMLResponse)
+def lecture(request: Request) -> HTMLResponse:
+    """The lecture's experiments: the pruning curve and the head-count trade-off."""
+    return templates.TemplateResponse(request, "lecture.html", {"page": "lecture"})
+
+
 @router.get("/vendor/plotly.min.js")
 def plotly_js() -> FileResponse:
     """plotly.js from the installed Python package: no CDN, works offline."""

@@ -144,3 +144,15 @@ export const jobSimilarity = (id, metric = "js", opts) =>
 /** Not fetched by the page: the address of the progress stream (EventSource) and of the export files (links). */
 export const jobEventsURL = (id) => jobPath(id, "/events");
 export const jobExportURL = (id, format) => jobPath(id, `/export?${new URLSearchParams({ format })}`);
+
+// -- the lecture's experiments (the Lecture page) --
+
+/** Loss as heads are switched off in one order ("importance" or "random"), on {text} or {dataset, max_texts, …}. */
+export const pruneCurve = (body, opts) => request("POST", "/api/prune_curve", body, opts);
+
+/** Projection parameters and KV-cache bytes per token for other numbers of query and KV heads at this width. */
+export const headTradeoff = (opts) => request("GET", "/api/head_tradeoff", null, opts);
+
+/** A page of a dataset's texts: {total, texts: [{index, text}]}. */
+export const datasetTexts = (id, offset = 0, limit = 1, opts) =>
+  request("GET", `/api/datasets/${encodeURIComponent(id)}/texts?${new URLSearchParams({ offset, limit })}`, null, opts);
