@@ -307,6 +307,7 @@ async function drawSimilarityView() {
 const maskKey = (s) => `${s.abl}:${s.mask.map(headLabel).sort().join()}`;
 
 function restore() {
+  if (!$("progress").hidden) cancelRun(); // Back during a run: the run is not wanted either
   const before = { color: S.color, mask: maskKey(S) };
   Object.assign(S, store.fromURL());
   if (model) validHeads();
