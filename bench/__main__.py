@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from app.inspect.loading import Loaded
-from bench import analysis, corpus, importance, inputs, models, report, server, timing
+from bench import analysis, corpus, importance, inputs, models, report, server, timing, tracing
 from bench.report import Row, nbytes
 
 log = logging.getLogger("bench")
@@ -175,6 +175,9 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
         steps.add(lambda: corpus.throughput_rows(loaded, n_texts))
         steps.add(lambda: corpus.server_rows(loaded, n_texts, 15))
         steps.add(lambda: corpus.rss_row(n_texts, large))
+    log.info("causal tracing: patching at 64 and 512 tokens, DLA, logit lens")
+    for step in tracing.rows(loaded, plan.ablate[-1][1]):
+        steps.add(step)
     return steps.rows
 
 

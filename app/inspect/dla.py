@@ -2,8 +2,9 @@
 
 With the final norm's scale (and LayerNorm's mean) frozen at the run's value at the position, the logit
 is linear in the residual stream, which is the embeddings plus every attention and MLP output. Each
-part is recomputed at that one position from the run's cached block inputs and queries/keys (values
-are projected again, attention rows come from the captured q·kᵀ), so no forward runs.
+part is recomputed at that one position from the run's cached block inputs and queries/keys (the
+attention row from the captured q·kᵀ mixes the normed block inputs, which are then projected to values),
+so no forward runs.
 """
 
 from __future__ import annotations
@@ -90,10 +91,13 @@ def components(loaded: Loaded, run: Run, position: int) -> Components:
     embed = resid
     for layer in range(layout.n_layers):
         x = run.layer_inputs[layer][0, : p + 1]  # (p+1, d): the block input up to the position
-        v = value_states(adapter, layer, adapter.block_part(layer, fam.attn_norm)(x)).float()  # (p+1, kv, hd)
+        normed = adapter.block_part(layer, fam.attn_norm)(x).float()  # (p+1, d)
         rows = run.maps(layer, list(range(layout.n_heads)), layout.group_size, slice(p, p + 1))[:, 0, : p + 1]
+        # Σ_k a_k (W_V n_k + b_V) = W_V (Σ_k a_k n_k) + b_V, rows summing to 1: mix first, project n_heads rows
+        mixed = rows.to(normed.device) @ normed  # (n_heads, d)
+        v = value_states(adapter, layer, mixed.to(dtype)).float()  # (n_heads, n_kv, head_dim)
         kv = torch.arange(layout.n_heads, device=v.device) // layout.group_size
-        z = torch.einsum("hk,khd->hd", rows.to(v.device), v[:, kv])  # (n_heads, head_dim)
+        z = v[torch.arange(layout.n_heads, device=v.device), kv]  # (n_heads, head_dim)
         out_proj = adapter.out_proj(layer)
         head_out = per_head(out_proj, z.to(dtype)).float()  # (n_heads, d)
         attn_bias = adapter.out_proj_bias(layer)
