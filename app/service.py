@@ -317,6 +317,7 @@ class Service:
                     raise ClientGone(f"{name}: the client disconnected; stopped")
         finally:
             task.cancel()  # a no-op once finished
+            result.add_done_callback(lambda f: f.cancelled() or f.exception())  # left early: read its end, unlogged
 
     # -- the model thread ------------------------------------------------------------------------
 
