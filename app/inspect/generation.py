@@ -98,6 +98,7 @@ def steps(
     mode: Mode = "zero",
     head_means: dict[int, torch.Tensor] | None = None,
     sampling: Sampling = Sampling(),
+    stop_ids: frozenset[int] | None = None,
 ) -> Generator[Step, None, list[Continuation]]:
     """Generate up to `max_new_tokens` per row, one Step per position; returns each row's Continuation.
 
@@ -109,13 +110,15 @@ def steps(
         mode: "zero" or "mean" ablation.
         head_means: per layer (n_heads * head_dim,), the prompt's mean head outputs (for mode="mean").
         sampling: greedy, or temperature / top-p with a seed.
+        stop_ids: the end-of-text ids (default: the model's, as `generate` uses; empty: never stop early).
     """
     layout = loaded.adapter.layout
     rows = 2 if heads else 1
     gates = gate_tensor(rows, layout.n_layers, layout.n_heads, [[], list(heads)][:rows], device=loaded.device)
     if not heads:
         mode = "zero"  # one row, all gates 1: no means needed
-    stop_ids = eos_ids(loaded)
+    if stop_ids is None:
+        stop_ids = eos_ids(loaded)
     rng = torch.Generator().manual_seed(sampling.seed)
     inputs = torch.tensor([prompt_ids] * rows, device=loaded.device)  # (B, T) on the first step, then (B, 1)
     cache: Any = None
