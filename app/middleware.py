@@ -13,6 +13,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.errors import error_response
 
 OPEN_PATHS = frozenset({"/api/health", "/api/ready"})  # exact paths that need no API key
+# The page shells, their scripts and the API schema hold no data; a browser cannot send a header when it
+# navigates, so these load without the key (GET and HEAD only) and the page then asks for it.
+OPEN_PAGES = frozenset({"/", "/trace", "/corpus", "/lecture", "/docs", "/redoc", "/openapi.json"})
+OPEN_ASSET_DIRS = ("/static/", "/vendor/")
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -39,6 +43,14 @@ async def _read_body(receive: Receive, limit: int) -> Message | None:
             return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
 
 
+def _open(path: str, method: str) -> bool:
+    """Whether a request needs no API key: health and readiness, or reading a page shell or asset."""
+    if path in OPEN_PATHS:
+        return True
+    reading = method in ("GET", "HEAD")
+    return reading and (path in OPEN_PAGES or (path.startswith(OPEN_ASSET_DIRS) and ".." not in path))
+
+
 class Guard:
     """Rejects oversized bodies (413) and requests without the API key (401); adds security headers."""
 
@@ -62,7 +74,7 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
-        if self.api_key and path not in OPEN_PATHS and not self._authorized(headers):
+        if self.api_key and not _open(path, scope["method"]) and not self._authorized(headers):
             detail = "send the API key as 'Authorization: Bearer KEY' or 'X-API-Key'"
             await error_response(401, "unauthorized", detail)(scope, receive, send)
             return

@@ -163,13 +163,18 @@ def test_metrics_count_requests_by_route_and_status(client: TestClient) -> None:
         assert name in text
 
 
-def test_api_key_guards_everything_but_health_and_ready(tiny_loaded: dict[str, Loaded]) -> None:
+def test_api_key_guards_all_data_but_lets_the_page_load(tiny_loaded: dict[str, Loaded]) -> None:
     for c in make_client(tiny_loaded["llama"], api_key="s3cret"):
         assert c.get("/api/health").status_code == 200
         assert c.get("/api/ready").status_code == 200
-        for path in ("/api/model", "/metrics", "/", "/openapi.json"):
+        # the page shells and their assets hold no data: a browser navigating to them cannot send the key
+        for path in ("/", "/trace", "/corpus", "/static/js/main.js", "/vendor/plotly.min.js", "/docs"):
+            assert c.get(path).status_code == 200, path
+        for path in ("/api/model", "/metrics", "/api/roles", "/api/datasets", "/static", "/staticx/a.js"):
             r = c.get(path)
-            assert r.status_code == 401 and r.json()["error"] == "unauthorized"
+            assert r.status_code == 401 and r.json()["error"] == "unauthorized", path
+        for method, path in (("POST", "/"), ("POST", "/api/attention"), ("DELETE", "/static/js/main.js")):
+            assert c.request(method, path).status_code == 401, (method, path)
         assert c.get("/api/model", headers={"X-API-Key": "wrong"}).status_code == 401
         assert c.get("/api/model", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert c.get("/api/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200

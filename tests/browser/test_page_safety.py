@@ -25,23 +25,6 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
 
 
-def shell_with_key(page: Any) -> None:
-    """Send the key with the page shell only (HTML, scripts, styles), never with /api/ requests.
-
-    The server answers 401 to every path but /api/health and /api/ready, the page shell included; a browser
-    cannot send a header when it navigates. What is tested here is the page's part: /api/ calls carry only
-    the key the page asked for.
-    """
-
-    def add_key(route: Any) -> None:
-        if "/api/" in route.request.url:
-            route.continue_()
-        else:
-            route.continue_(headers={**route.request.headers, "x-api-key": KEY})
-
-    page.route("**/*", add_key)
-
-
 def answer_key(page: Any, key: str) -> None:
     page.wait_for_selector("#api-key-dialog[open]")
     page.fill("#api-key-input", key)
@@ -52,7 +35,6 @@ def test_the_page_asks_for_the_api_key_once_and_again_after_a_401(
     page: Any, keyed_server: Server, artifacts: Path
 ) -> None:
     page.watch.allow("status of 401")
-    shell_with_key(page)
     refused: list[str] = []
     page.on("response", lambda r: "/api/" in r.url and r.status == 401 and refused.append(r.url))
     page.goto(keyed_server.url + "/")
