@@ -12,7 +12,7 @@ import torch
 from app.corpus import measure
 from app.inspect import importance, metrics, roles, runs, similarity
 from app.inspect.loading import Loaded
-from tests.helpers import tiny_loaded
+from tests.helpers import hook_count, tiny_loaded
 
 TEXTS = [
     "The cat sat on the mat. The cat sat on the mat again.",
@@ -104,6 +104,28 @@ def test_ablation_matches_the_single_head_sweep(padding: measure.Padding, monkey
     for (_, ids), text in zip(batch, result.texts, strict=True):
         sweep = importance.ablation_sweep(loaded, alone(loaded, ids))
         np.testing.assert_allclose(text.values["importance"], sweep.delta_loss.double().numpy(), atol=TOL, rtol=0)
+
+
+def test_ablation_steps_yield_between_forwards_with_no_hook_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's slice ends at each ablation forward: the model worker is never held for a whole sweep."""
+    loaded = tiny_loaded("llama")
+    batch = items(loaded)[:2]
+    monkeypatch.setattr(measure, "ABLATION_TOKENS", 1)  # one head per forward
+    steps = measure.measure_batch_steps(loaded, batch, frozenset({"importance"}), "ablation")
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result = done.value
+            break
+        pauses += 1
+        assert hook_count(loaded.model) == 0  # paused with the model as it was
+    layout = loaded.adapter.layout
+    assert pauses == layout.n_layers * layout.n_heads
+    whole = measure.measure_batch(loaded, batch, frozenset({"importance"}), "ablation")
+    for a, b in zip(result.texts, whole.texts, strict=True):
+        np.testing.assert_array_equal(a.values["importance"], b.values["importance"])
 
 
 def test_left_padding_needs_position_ids() -> None:

@@ -157,14 +157,14 @@ def pa_buffer(data: bytes) -> Any:
 
 
 def slow_measure(monkeypatch: pytest.MonkeyPatch, seconds: float, calls: list[int]) -> None:
-    real = measure.measure_batch
+    real = measure.measure_batch_steps
 
-    def slow(loaded: Loaded, texts: list[tuple[int, list[int]]], *args: Any, **kwargs: Any) -> measure.BatchResult:
+    def slow(loaded: Loaded, texts: list[tuple[int, list[int]]], *args: Any, **kwargs: Any) -> measure.Steps:
         calls.append(len(texts))
         time.sleep(seconds)
-        return real(loaded, texts, *args, **kwargs)
+        return (yield from real(loaded, texts, *args, **kwargs))
 
-    monkeypatch.setattr(jobs_module, "measure_batch", slow)
+    monkeypatch.setattr(jobs_module, "measure_batch_steps", slow)
 
 
 def test_cancel_keeps_finished_batches_and_a_second_cancel_is_409(
@@ -258,21 +258,21 @@ def lens(loaded: Loaded, texts: list[str]) -> list[int]:
 
 
 def test_out_of_memory_in_a_batch_retries_it_smaller(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = measure.measure_batch
+    real = measure.measure_batch_steps
     sizes: list[int] = []
 
-    def oom_unless_alone(loaded: Loaded, texts: list[tuple[int, list[int]]], *args: Any) -> measure.BatchResult:
+    def oom_unless_alone(loaded: Loaded, texts: list[tuple[int, list[int]]], *args: Any) -> measure.Steps:
         sizes.append(len(texts))
         if len(texts) > 1:
             raise torch.OutOfMemoryError("injected")
-        return real(loaded, texts, *args)
+        return (yield from real(loaded, texts, *args))
 
-    monkeypatch.setattr(jobs_module, "measure_batch", oom_unless_alone)
+    monkeypatch.setattr(jobs_module, "measure_batch_steps", oom_unless_alone)
     ds = dataset(client)
     job = wait_state(client, client.post("/api/jobs", json={"dataset": ds, "seed": 1}).json()["id"], {"done", "failed"})
     assert job["state"] == "done" and job["progress"]["done"] == len(TEXTS)
     assert sizes.count(1) == len(TEXTS) and max(sizes) > 1
-    monkeypatch.setattr(jobs_module, "measure_batch", real)
+    monkeypatch.setattr(jobs_module, "measure_batch_steps", real)
     plain = wait_state(client, client.post("/api/jobs", json={"dataset": ds, "seed": 1}).json()["id"], {"done"})
     assert_same_heads(
         client.get(f"/api/jobs/{job['id']}/heads").json(), client.get(f"/api/jobs/{plain['id']}/heads").json()
@@ -285,7 +285,7 @@ def test_a_text_that_does_not_fit_alone_fails_the_job_clearly(
     def always_oom(*args: Any) -> measure.BatchResult:
         raise torch.OutOfMemoryError("injected")
 
-    monkeypatch.setattr(jobs_module, "measure_batch", always_oom)
+    monkeypatch.setattr(jobs_module, "measure_batch_steps", always_oom)
     job = wait_state(
         client, client.post("/api/jobs", json={"dataset": dataset(client)}).json()["id"], {"done", "failed"}
     )

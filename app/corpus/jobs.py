@@ -26,7 +26,7 @@ import torch
 
 from app.corpus.datasets import DatasetStore
 from app.corpus.jobstore import JobRecord, JobStore, now_iso
-from app.corpus.measure import length_batches, measure_batch
+from app.corpus.measure import length_batches, measure_batch_steps
 from app.corpus.results import Results
 from app.inspect.loading import Loaded
 from app.inspect.runs import encode
@@ -277,7 +277,7 @@ class Jobs:
                 while pieces:
                     yield
                     piece = pieces.pop(0)
-                    split = self._measure(loaded, job, texts, piece, number if not pieces else None)
+                    split = yield from self._measure(loaded, job, texts, piece, number if not pieces else None)
                     if split:
                         pieces[:0] = split
                     else:
@@ -299,15 +299,19 @@ class Jobs:
 
     def _measure(
         self, loaded: Loaded, job: JobRecord, texts: list[str], piece: list[int], batch: int | None
-    ) -> list[list[int]]:
-        """Measure and commit one piece of a batch; on out-of-memory, its two halves to run instead."""
+    ) -> Generator[None, None, list[list[int]]]:
+        """Measure and commit one piece of a batch; on out-of-memory, its two halves to run instead.
+
+        Yields between the forwards of an ablation-importance sweep, so one batch does not hold the
+        model worker for a whole sweep.
+        """
         if not piece:
             return []
         began = time.monotonic()
         items = [(i, self._ids(loaded, texts[i], job.max_tokens)) for i in piece]
         try:
             self.forwards += 1
-            result = measure_batch(loaded, items, frozenset(job.analyses), job.importance)
+            result = yield from measure_batch_steps(loaded, items, frozenset(job.analyses), job.importance)
         except Exception as exc:
             if not _is_oom(exc):
                 raise

@@ -9,6 +9,7 @@ the batch it ran in. Nothing here is sized by the dataset: only by the batch.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
@@ -136,6 +137,9 @@ def text_run(
     )
 
 
+Steps = Generator[None, None, BatchResult]  # yields between forwards (no hook on the model), returns the result
+
+
 def measure_batch(
     loaded: Loaded,
     texts: list[tuple[int, list[int]]],
@@ -143,7 +147,27 @@ def measure_batch(
     importance: str,
     padding: Padding = PADDING,
 ) -> BatchResult:
+    """measure_batch_steps run to the end in one go."""
+    steps = measure_batch_steps(loaded, texts, analyses, importance, padding)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: BatchResult = done.value
+            return result
+
+
+def measure_batch_steps(
+    loaded: Loaded,
+    texts: list[tuple[int, list[int]]],
+    analyses: frozenset[str],
+    importance: str,
+    padding: Padding = PADDING,
+) -> Steps:
     """Every requested metric of every head on each text of one batch, from one padded forward.
+
+    A generator: it yields between the forwards of the single-head ablation sweep (hooks off), so a
+    scheduler can serve other work there, and returns the BatchResult.
 
     Args:
         loaded: the model.
@@ -155,12 +179,14 @@ def measure_batch(
     """
     layout = loaded.adapter.layout
     if all(ids for _, ids in texts):
-        return _measure(loaded, texts, analyses, importance, padding)
+        return (yield from _measure(loaded, texts, analyses, importance, padding))
     # a text with no tokens has no scores: it stays out of the forward and counts nowhere
     n = layout.n_layers * layout.n_heads
     sums: dict[str, np.ndarray] = {m: np.zeros((n, n)) for m in SIMILARITY_METRICS} if "similarity" in analyses else {}
     present = [(i, ids) for i, ids in texts if ids]
-    measured = _measure(loaded, present, analyses, importance, padding) if present else BatchResult([], sums)
+    measured = (
+        (yield from _measure(loaded, present, analyses, importance, padding)) if present else BatchResult([], sums)
+    )
     by_index = {t.index: t for t in measured.texts}
     metrics_ = [*(ROLE_METRICS if "roles" in analyses else ()), *(("importance",) if "importance" in analyses else ())]
     out = [
@@ -182,8 +208,8 @@ def _measure(
     analyses: frozenset[str],
     importance: str,
     padding: Padding,
-) -> BatchResult:
-    """measure_batch on texts that all have tokens."""
+) -> Steps:
+    """measure_batch_steps on texts that all have tokens."""
     layout = loaded.adapter.layout
     batch = pad([ids for _, ids in texts], padding, loaded.device)
     gradient = "importance" in analyses and importance == "gradient"
@@ -221,7 +247,7 @@ def _measure(
                 values["importance"] = grad[row].abs().double().cpu().numpy()
         results.append(TextResult(index=index, n_tokens=len(ids), values=values, where=where))
     if ablation:
-        deltas = _ablation_deltas(loaded, batch, [ids for _, ids in texts], inputs, losses.detach())
+        deltas = yield from _ablation_deltas(loaded, batch, [ids for _, ids in texts], inputs, losses.detach())
         for result, delta in zip(results, deltas, strict=True):
             if result.n_tokens > 1:
                 result.values["importance"] = delta
@@ -252,11 +278,12 @@ def _ablation_deltas(
     token_ids: list[list[int]],
     inputs: dict[int, torch.Tensor],
     base: torch.Tensor,
-) -> list[np.ndarray]:
+) -> Generator[None, None, list[np.ndarray]]:
     """Loss increase when each head alone is zeroed, per text: (n_layers, n_heads) each.
 
     As importance.ablation_sweep, but over the batch: rows are (head, text) pairs of one layer,
-    each forward starting at that layer from the batch's own residual stream.
+    each forward starting at that layer from the batch's own residual stream. Yields after each
+    forward, once its hooks are off.
     """
     layout = loaded.adapter.layout
     n, t = batch.input_ids.shape
@@ -268,13 +295,15 @@ def _ablation_deltas(
             off = [[(layer, h)] for h in heads for _ in range(n)]  # row = i·n + text
             gates = gate_tensor(len(off), layout.n_layers, layout.n_heads, off, loaded.device)
             with (
+                torch.inference_mode(),
                 head_gates(loaded.adapter, gates, "zero"),
                 starting_at(loaded.adapter, layer, inputs[layer].repeat(len(heads), 1, 1)),
             ):
                 hidden = loaded.adapter.backbone()(**batch.inputs(len(heads))).last_hidden_state
-            for i, head in enumerate(heads):
-                rows = hidden[i * n : (i + 1) * n]  # (n, T, d): every text with this head off
-                delta[:, layer, head] = (_losses(loaded, rows, batch, token_ids) - base).double().cpu()
+                for i, head in enumerate(heads):
+                    rows = hidden[i * n : (i + 1) * n]  # (n, T, d): every text with this head off
+                    delta[:, layer, head] = (_losses(loaded, rows, batch, token_ids) - base).double().cpu()
+            yield
     return list(delta.numpy())
 
 
