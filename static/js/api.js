@@ -156,3 +156,49 @@ export const headTradeoff = (opts) => request("GET", "/api/head_tradeoff", null,
 /** A page of a dataset's texts: {total, texts: [{index, text}]}. */
 export const datasetTexts = (id, offset = 0, limit = 1, opts) =>
   request("GET", `/api/datasets/${encodeURIComponent(id)}/texts?${new URLSearchParams({ offset, limit })}`, null, opts);
+
+// -- generation with heads switched off --------------------------------------------------------------
+
+/**
+ * POST /api/generate as a Server-Sent Events stream: `onToken({index, baseline, ablated})` per generated
+ * position, resolves to the full answer (the `end` event). Aborting `signal` closes the stream, which stops
+ * the generation on the server. Errors in the same shape as request(); a 401 asks for the key and retries.
+ */
+export async function generate(body, onToken, { signal } = {}) {
+  let res;
+  for (;;) {
+    res = await fetch("/api/generate", {
+      method: "POST",
+      signal,
+      headers: { ...authHeaders(), "content-type": "application/json", accept: "text/event-stream" },
+      body: JSON.stringify(body),
+    });
+    if (res.status !== 401) break;
+    await askForKey(!!apiKey());
+  }
+  if (!res.ok) {
+    const data = await res.json().catch(() => null);
+    throw new ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);
+  }
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new ApiError(res.status, "stream_ended", "the generation stream ended without an answer");
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const event = /^event: (.*)$/m.exec(block)?.[1];
+      const data = /^data: (.*)$/m.exec(block)?.[1];
+      if (!event || data === undefined) continue; // a comment (keep-alive)
+      const parsed = JSON.parse(data);
+      if (event === "token") onToken(parsed);
+      else if (event === "end") {
+        reader.cancel().catch(() => {});
+        return parsed;
+      } else if (event === "error") throw new ApiError(res.status, parsed.error, parsed.detail);
+    }
+  }
+}
