@@ -22,7 +22,7 @@ function showError(err) {
 
 /** One panel's work: stale look and a seconds counter until drawn; aborts are silent, errors go to the bar. */
 async function task(panel, label, work) {
-  const progress = panel.querySelector(".progress");
+  const progress = panel.querySelector(".lprogress");
   const t0 = performance.now();
   const tick = () => (progress.textContent = `${label} ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   panel.classList.add("outdated");

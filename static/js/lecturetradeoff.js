@@ -3,7 +3,7 @@ import { bytes, el, fill } from "./util.js";
 
 const CONFIG = { displaylogo: false, responsive: true, displayModeBar: false };
 const num = (n) => n.toLocaleString("en-US");
-const COLUMNS = ["query heads", "KV heads", "kind", "head dim", "q", "k", "v", "o", "params / layer", "KV cache / token"];
+const COLUMNS = ["heads", "KV heads", "kind", "head dim", "q", "k", "v", "o", "per layer", "KV / token"];
 
 function row(c, cls, title) {
   const p = c.params;
@@ -91,15 +91,15 @@ export function drawTradeoff(node, t) {
       hovertemplate: "this model: %{y:.1f} KiB / token<extra></extra>",
     },
   ];
-  const axis = { type: "category", categoryorder: "array", categoryarray: x, title: { text: "query heads" } };
+  const axis = { type: "category", categoryorder: "array", categoryarray: x, title: { text: "query heads", standoff: 4 } };
   const layout = {
-    height: 260,
-    margin: { l: 44, r: 12, t: 26, b: 40 },
+    height: 300,
+    margin: { l: 44, r: 12, t: 26, b: 96 },
     font: { family: "Inter, system-ui, 'DejaVu Sans', sans-serif", size: 10.5, color: "#1f2937" },
     paper_bgcolor: "rgba(0,0,0,0)",
     plot_bgcolor: "#fff",
     showlegend: true,
-    legend: { orientation: "h", x: 0, y: -0.28, font: { size: 10 } },
+    legend: { orientation: "h", x: 0, y: -0.32, yanchor: "top", font: { size: 10 } },
     xaxis: { ...axis, domain: [0, 0.44] },
     yaxis: { title: { text: "head dim" }, rangemode: "tozero" },
     yaxis3: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, tickformat: ".2s" },

@@ -1,0 +1,139 @@
+"""The Lecture page (/lecture) against a real server: both views drawn (a text and a dataset), the trade-off
+table against the API, and a click on a curve point opening the Heads view with exactly those heads off."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from tests.browser.pages import query
+from tests.server import Server
+
+pytestmark = pytest.mark.browser
+
+TEXT = "In the beginning the heads attended to nothing, and then to everything at once."
+OTHER = "A second text, so a dataset curve averages over two different texts."
+
+
+def call(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url + path, data=data, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.load(r)
+
+
+def open_lecture(page: Any, base: str, params: dict[str, str]) -> None:
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.goto(base + "/lecture?" + urlencode(params))
+    page.wait_for_selector("body[data-ready]")
+    page.wait_for_selector("#curve-panel[data-painted]")
+    page.wait_for_selector("#tradeoff-panel[data-painted]")
+
+
+POINT_XY = """([trace, index]) => {
+  const gd = document.getElementById("curve-plot");
+  const fl = gd._fullLayout;
+  const tr = gd._fullData[trace];
+  const box = gd.querySelector(".main-svg").getBoundingClientRect();
+  return [box.x + fl._size.l + fl.xaxis.l2p(tr.x[index]), box.y + fl._size.t + fl.yaxis.l2p(tr.y[index])];
+}"""
+
+
+def click_point(page: Any, name_prefix: str, n_pruned: int) -> None:
+    """Click the point of the trace named `name_prefix…` at x = n_pruned (hovering first, as a person would)."""
+    trace = page.evaluate(
+        "(p) => document.getElementById('curve-plot')._fullData.findIndex((t) => (t.name || '').startsWith(p))",
+        name_prefix,
+    )
+    assert trace >= 0, name_prefix
+    index = page.evaluate(
+        "([t, n]) => document.getElementById('curve-plot')._fullData[t].x.indexOf(n)", [trace, n_pruned]
+    )
+    x, y = page.evaluate(POINT_XY, [trace, index])
+    page.mouse.move(x, y)
+    # Plotly reports a click on the point it is hovering: wait until the hover has been computed
+    page.wait_for_selector("#curve-plot .hoverlayer .hovertext")
+    page.mouse.click(x, y)
+
+
+def masked(url_query: dict[str, str]) -> set[str]:
+    return set(url_query.get("mask", "").split(",")) - {""}
+
+
+def labels(heads: list[dict[str, int]]) -> set[str]:
+    return {f"L{h['layer']}H{h['head']}" for h in heads}
+
+
+def separated_point(imp: dict[str, Any], rnd: dict[str, Any]) -> int:
+    """A middle point where the importance curve lies farthest from every random curve (an unambiguous click)."""
+    middle = range(1, len(imp["points"]) - 1)
+    gap = {i: min(abs(imp["points"][i]["loss"] - x) for x in rnd["points"][i]["losses"]) for i in middle}
+    return max(gap, key=lambda i: gap[i])
+
+
+def test_text_view_and_click(tiny_server: Server, page: Any, artifacts: Path) -> None:
+    base = tiny_server.url
+    open_lecture(page, base, {"text": TEXT, "steps": "5", "seeds": "3"})
+    assert query(page) == {"text": TEXT, "steps": "5", "seeds": "3"}
+    body = {"text": TEXT, "steps": 5, "seeds": 3, "refine": True}
+    imp = call(base, "/api/prune_curve", {**body, "order": "importance"})
+    rnd = call(base, "/api/prune_curve", {**body, "order": "random"})
+    summary = page.inner_text("#curve-summary")
+    assert f"Importance order: {imp['thresholds'][0]['n_pruned']} of 8 heads" in summary
+    assert "Random order:" in summary and "3 seeds" in summary
+    drawn = page.evaluate("document.getElementById('curve-plot')._fullData.map((t) => t.name)")
+    assert any(n.startswith("importance order") for n in drawn) and any(n.startswith("random order") for n in drawn)
+    ys = page.evaluate(
+        "document.getElementById('curve-plot')._fullData.find((t) => t.name.startsWith('importance order')).y"
+    )
+    assert ys == pytest.approx([p["loss"] for p in imp["points"]], abs=1e-9)
+
+    t = call(base, "/api/head_tradeoff")
+    rows = page.locator("#tradeoff-table tbody tr:not(.section)")
+    same = [c for c in t["configs"] if c["n_heads"] == t["real"]["n_heads"]]
+    mha = [c for c in t["configs"] if c["kind"] == "MHA"]
+    assert rows.count() == 1 + len(same) + len(mha)
+    real = page.locator("#tradeoff-table tr.real")  # tiny llama: 4 query heads, 2 KV heads (GQA)
+    assert real.count() == 1 and real.locator("td").all_inner_texts()[:3] == ["4", "2", "GQA"]
+    counted = page.locator("#tradeoff-table tr.counted td").all_inner_texts()
+    p = t["real"]["params"]
+    assert counted[4:8] == [f"{p[k]:,}" for k in "qkvo"]
+    page.screenshot(path=str(artifacts / "lecture-text.png"))
+
+    i = separated_point(imp, rnd)
+    n = imp["points"][i]["n_pruned"]
+    click_point(page, "importance order", n)
+    page.wait_for_url("**/?*mask=*")
+    page.wait_for_selector("body[data-ready]")
+    q = query(page)
+    assert q["text"] == TEXT
+    assert masked(q) == labels(imp["pruned_order"][0][:n])
+    page.go_back()
+    page.wait_for_selector("#curve-panel[data-painted]")
+    assert query(page)["text"] == TEXT
+
+
+def test_dataset_view_and_click(tiny_server: Server, page: Any, artifacts: Path) -> None:
+    base = tiny_server.url
+    made = call(base, "/api/datasets", {"name": "lecture pair", "texts": [TEXT, OTHER]})
+    params = {"src": "dataset", "dataset": made["id"], "texts": "2", "tokens": "12", "steps": "3", "seeds": "2"}
+    open_lecture(page, base, params)
+    assert query(page) == params
+    assert page.is_hidden("#text-fields") and page.is_visible("#dataset-fields")
+    summary = page.inner_text("#curve-summary")
+    assert f"the first 2 texts of {made['id']}" in summary
+    page.screenshot(path=str(artifacts / "lecture-dataset.png"))
+
+    body = {"dataset": made["id"], "max_texts": 2, "max_tokens": 12, "steps": 3, "seeds": 2}
+    rnd = call(base, "/api/prune_curve", {**body, "order": "random"})
+    seed_line = f"seed {rnd['seeds'][1]}"
+    click_point(page, seed_line, 4)
+    page.wait_for_url("**/?*mask=*")
+    q = query(page)
+    assert q["text"] == TEXT  # a dataset point opens its first text
+    assert masked(q) == labels(rnd["pruned_order"][1][:4])
