@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from app.inspect.loading import Loaded
-from bench import analysis, corpus, generation, importance, inputs, models, report, server, timing, tracing
+from bench import analysis, corpus, generation, importance, inputs, lecture, models, report, server, timing, tracing
 from bench.report import Row, nbytes
 
 log = logging.getLogger("bench")
@@ -178,6 +178,9 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
     log.info("causal tracing: patching at 64 and 512 tokens, DLA, logit lens")
     for step in tracing.rows(loaded, plan.ablate[-1][1]):
         steps.add(step)
+    n = plan.ablate[-1][0]
+    log.info("pruning curve: 10 points × (importance + 5 random orders) at %d tokens", n)
+    steps.add(lambda: lecture.curve_row(loaded, n))
     log.info("generation: 64 greedy tokens, alone and with an ablated row")
     for make in generation.rows(loaded, plan.ablate[-1][1]):
         steps.add(make)
