@@ -169,6 +169,7 @@ def test_the_sampler_is_the_inverse_cdf_of_the_nucleus() -> None:
     assert shares(0.75) == pytest.approx([0, 0.5 / 0.8, 0, 0.3 / 0.8, 0], abs=1e-3)  # nucleus {1, 3}
     assert shares(0.3) == pytest.approx([0, 1, 0, 0, 0])  # the top token alone already reaches 0.3
     assert int(choose(logits, Sampling(), None)[0]) == 1  # greedy
+    assert {int(choose(logits, Sampling(1e-30, 1.0, 0), u)[0]) for u in grid} == {1}  # a tiny temperature: greedy
 
 
 def test_seeded_sampling_is_reproducible_and_the_rows_share_their_random_numbers(

@@ -76,7 +76,8 @@ def choose(logits: torch.Tensor, sampling: Sampling, u: float | None) -> torch.T
     if sampling.greedy:
         return logits.argmax(dim=-1)
     assert u is not None
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)  # (B, V)
+    # the top logit moved to 0 first, so a tiny temperature gives 0 and −inf (greedy), never inf − inf
+    probs = torch.softmax((logits - logits.amax(dim=-1, keepdim=True)) / sampling.temperature, dim=-1)  # (B, V)
     if sampling.top_p < 1.0:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of the more probable tokens
