@@ -63,6 +63,7 @@ QKV: dict[str, tuple[str, ...]] = {
     "gpt2": ("c_attn",),
     "gpt_neox": ("query_key_value",),
 }
+QKV_FOUND = (QKV["llama"], ("qkv_proj",), ("Wqkv",), QKV["gpt2"], QKV["gpt_neox"])  # for discovered families
 
 
 @dataclass(frozen=True)
@@ -103,14 +104,15 @@ class Adapter:
 
     def __init__(self, model: PreTrainedModel) -> None:
         model_type = getattr(model.config, "model_type", "?")
-        family = FAMILIES.get(model_type)
-        if family is None:
-            raise UnsupportedArchitecture(
-                f"architecture {model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}"
-            )
         self.model = model
-        self.family = family
         self.layout = _layout(model, model_type)
+        family = FAMILIES.get(model_type)
+        if family is None:  # found from the modules; capture.check_served then checks the maps can be reproduced
+            from app.inspect.discovery import discover  # discovery builds Family objects: import here, not at top
+
+            lay = self.layout
+            family = discover(model, lay.n_heads, lay.head_dim, lay.d_model, lay.n_layers)
+        self.family = family
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -138,7 +140,10 @@ class Adapter:
     def qkv_projections(self, layer: int) -> list[nn.Module]:
         """Block `layer`'s query, key and value projections: [q, k, v], or [qkv] where the family fuses them."""
         attention = self.attention(layer)
-        return [getattr(attention, name) for name in QKV[self.family.name]]
+        names = QKV.get(self.family.name) or next(
+            (n for n in QKV_FOUND if all(hasattr(attention, a) for a in n)), QKV["llama"]
+        )
+        return [getattr(attention, name) for name in names]
 
     def out_proj_bias(self, layer: int) -> torch.Tensor | None:
         """The output projection's bias (GPT-2 has one), or None."""

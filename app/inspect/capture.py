@@ -1,13 +1,17 @@
 """Attention capture through a registered attention function.
 
-The function computes the real attention output with transformers' SDPA path
-(so logits stay bit-identical to `attn_implementation="sdpa"`) and, while a
-`Recorder` is active, keeps each layer's post-RoPE queries and keys. Any head's
-map is then softmax(q·kᵀ·scaling + mask), computed on demand from those.
+The function computes the real attention output with the function the model itself
+would call — transformers' SDPA path, or the family's own eager function where the
+family has no SDPA path (Gemma 2's soft-cap, GPT-OSS's sinks) — so logits stay
+bit-identical, and, while a `Recorder` is active, keeps each layer's post-RoPE
+queries and keys, its own mask (local layers get their window's), scaling,
+soft-cap and sinks. Any head's map is then softmax(softcap(q·kᵀ·scaling) + mask
+[, sink]), computed on demand from those.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -18,9 +22,23 @@ import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-ATTN_NAME = "headscope"
+ATTN_NAME = "headscope"  # delegates to SDPA
+ATTN_NAME_EAGER = "headscope_eager"  # delegates to the family's own eager_attention_forward
+# attention kwargs that do not change the map (or that LayerQK records); any other one with a value is reported
+KNOWN_KWARGS = frozenset(
+    {
+        "sliding_window",
+        "softcap",
+        "s_aux",
+        "position_ids",
+        "cache_position",
+        "is_causal",
+        "output_attentions",
+        "use_cache",
+    }
+)
 
 
 @dataclass
@@ -31,6 +49,14 @@ class LayerQK:
     k: torch.Tensor  # (B, n_kv_heads, T, head_dim), post-RoPE
     mask: torch.Tensor | None  # bool (B|1, 1, T, T) True = attend, float additive, or None = causal
     scaling: float
+    softcap: float | None = None  # Gemma 2: scores ← tanh(scores / softcap) · softcap before the mask
+    sinks: torch.Tensor | None = None  # GPT-OSS (n_heads,): an extra logit per head, dropped after the softmax
+    sliding_window: int | None = None  # the window the layer's mask carries (for display; the mask is the truth)
+
+    @property
+    def rows_sum_to_one(self) -> bool:
+        """False with sinks: a row gives part of its mass to the sink, so it sums to less than 1 over the keys."""
+        return self.sinks is None
 
     @property
     def nbytes(self) -> int:
@@ -46,6 +72,7 @@ class Recorder:
 
     layers: frozenset[int] | None = None
     captured: dict[int, LayerQK] = field(default_factory=dict)
+    unknown_kwargs: set[str] = field(default_factory=set)  # attention kwargs with a value the maps ignore
 
     def wants(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
@@ -71,24 +98,83 @@ def headscope_attention(
     out, _ = sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )
-    recorder = _recorder.get()
-    layer = getattr(module, "layer_idx", None)
-    if recorder is not None and layer is not None and recorder.wants(int(layer)):
-        scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-        recorder.record(int(layer), LayerQK(q=query.detach(), k=key.detach(), mask=attention_mask, scaling=scale))
+    _record(module, query, key, attention_mask, scaling, kwargs)
     return out, None
 
 
+def headscope_attention_eager(
+    module: nn.Module,
+    query: torch.Tensor,  # (B, n_heads, T, head_dim)
+    key: torch.Tensor,  # (B, n_kv_heads, S, head_dim)
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The family's own eager attention (soft-cap, sinks and all), handing queries and keys to the Recorder."""
+    eager = family_eager_function(module)
+    if eager is None:
+        raise RuntimeError(f"{type(module).__module__} has no eager_attention_forward")
+    out, _ = eager(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    _record(module, query, key, attention_mask, scaling, kwargs)
+    return out, None
+
+
+def family_eager_function(module: nn.Module) -> Any:
+    """The eager_attention_forward of the module's own modeling file (what "eager" calls), or None."""
+    return getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+
+
+def _record(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    kwargs: dict[str, Any],
+) -> None:
+    recorder = _recorder.get()
+    layer = getattr(module, "layer_idx", None)
+    if recorder is None or layer is None or not recorder.wants(int(layer)):
+        return
+    recorder.unknown_kwargs.update(k for k, v in kwargs.items() if v is not None and k not in KNOWN_KWARGS)
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
+    softcap = kwargs.get("softcap")
+    sinks = kwargs.get("s_aux", getattr(module, "sinks", None))  # GPT-OSS passes its sinks as s_aux too
+    window = kwargs.get("sliding_window")
+    recorder.record(
+        int(layer),
+        LayerQK(
+            q=query.detach(),
+            k=key.detach(),
+            mask=attention_mask,
+            scaling=scale,
+            softcap=float(softcap) if softcap is not None else None,
+            sinks=sinks.detach() if isinstance(sinks, torch.Tensor) else None,
+            sliding_window=int(window) if window is not None else None,
+        ),
+    )
+
+
 def register() -> None:
-    """Register the attention and mask functions under ATTN_NAME (idempotent)."""
+    """Register the attention and mask functions under ATTN_NAME and ATTN_NAME_EAGER (idempotent)."""
     AttentionInterface.register(ATTN_NAME, headscope_attention)
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+    AttentionInterface.register(ATTN_NAME_EAGER, headscope_attention_eager)
+    AttentionMaskInterface.register(ATTN_NAME_EAGER, eager_mask)
 
 
 def install(model: PreTrainedModel) -> None:
-    """Switch a loaded model to the capturing attention function."""
+    """Switch a loaded model to the capturing attention function that computes what its own one did.
+
+    A model running eager attention (a family without an SDPA path: soft-capping, sinks) keeps its
+    family's eager function and float masks; every other one computes with SDPA.
+    """
     register()
-    model.set_attn_implementation(ATTN_NAME)
+    current = getattr(model.config, "_attn_implementation", None)
+    eager = current in ("eager", ATTN_NAME_EAGER) or not getattr(model, "_supports_sdpa", True)
+    model.set_attn_implementation(ATTN_NAME_EAGER if eager else ATTN_NAME)
 
 
 @contextmanager
@@ -124,6 +210,8 @@ def attention_maps(
     q = qk.q[:, idx, rows].float()  # (B, h, Tq, D)
     k = qk.k[:, idx // group_size].float()  # (B, h, S, D)
     scores = torch.matmul(q, k.transpose(-1, -2)) * qk.scaling  # (B, h, Tq, S)
+    if qk.softcap is not None:
+        scores = torch.tanh(scores / qk.softcap) * qk.softcap
     t_q, s = qk.q.shape[2], k.shape[2]
     row_ids = torch.arange(t_q, device=q.device)[rows]
     if qk.mask is None:  # SDPA ran with is_causal: query i sees keys ≤ i (+ any cached prefix)
@@ -135,5 +223,9 @@ def attention_maps(
             scores = scores.masked_fill(~mask, float("-inf"))
         else:
             scores = scores + mask.float()
-    probs = torch.softmax(scores, dim=-1)
+    if qk.sinks is not None:  # the sink is one more logit per head in the denominator; its column is dropped
+        sink = qk.sinks[idx].float().view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # (B, h, Tq, 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    else:
+        probs = torch.softmax(scores, dim=-1)
     return torch.nan_to_num(probs, nan=0.0)

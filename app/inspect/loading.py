@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from app.inspect import capture
+from app.inspect import capture, variants
 from app.inspect.adapters import Adapter
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,7 @@ def load(
     model.eval()  # type: ignore[no-untyped-call]
     model.requires_grad_(False)
     capture.install(model)
+    variants.check_served(model, adapter)  # refuses, naming what is missing, a model whose maps would be wrong
     log.info("loaded %s in %.1f s (%s)", display, time.perf_counter() - start, adapter.layout)
     return Loaded(name=display, model=model, tokenizer=tokenizer, adapter=adapter, device=dev, dtype=dt)
 
@@ -203,8 +204,15 @@ def check(name: str, cache: Path = CACHE) -> str:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except OSError as exc:
         raise ModelNotFound(f"cannot load {name!r}: {exc}") from exc
-    if config.model_type not in FAMILIES:
-        raise UnsupportedArchitecture(
-            f"architecture {config.model_type!r} is not supported; supported: {', '.join(sorted(FAMILIES))}"
-        )
+    if config.model_type not in FAMILIES:  # discover the layout on an empty (meta) copy: no weights read
+        try:
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)  # type: ignore[no-untyped-call]
+            Adapter(skeleton)
+        except (ValueError, UnsupportedArchitecture) as exc:
+            raise UnsupportedArchitecture(
+                f"architecture {config.model_type!r} is not supported ({exc}); "
+                f"supported: {', '.join(sorted(FAMILIES))} "
+                "and decoders whose layout HeadScope finds (see the README's family table)"
+            ) from exc
     return source

@@ -2,9 +2,11 @@
 
 Switching off a head in layer l cannot change anything before block l, so an ablated
 forward (or the single-head sweep) only needs blocks l..L−1, fed with the hidden state
-that entered block l in the baseline run. Blocks before l are taken out of the model's
-block list for the duration; block l's input is swapped by a pre-hook. Both are undone
-on exit, whatever happens.
+that entered block l in the baseline run. Blocks before l are replaced by stand-ins that
+pass their input through (the list keeps its length, so models that pick each block's mask
+and rotary tables by its index — Gemma 2/3, GPT-OSS, Qwen2 with windows — still pick the
+block's own); block l's input is swapped by a pre-hook. Both are undone on exit, whatever
+happens.
 """
 
 from __future__ import annotations
@@ -40,6 +42,13 @@ def recording_inputs(adapter: Adapter, into: dict[int, torch.Tensor]) -> Iterato
             handle.remove()
 
 
+class Skipped(nn.Module):
+    """A stand-in for a block before the resume point: returns its input unchanged, computes nothing."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
 @contextmanager
 def starting_at(adapter: Adapter, layer: int, hidden: torch.Tensor) -> Iterator[None]:
     """Forwards inside run blocks layer..L−1 only, block `layer` receiving `hidden` (1 or B, T, d_model)."""
@@ -57,7 +66,7 @@ def starting_at(adapter: Adapter, layer: int, hidden: torch.Tensor) -> Iterator[
         return args, {**kwargs, "hidden_states": replaced}
 
     handle = first.register_forward_pre_hook(swap_input, with_kwargs=True)
-    adapter.set_layers(nn.ModuleList(list(blocks)[layer:]))
+    adapter.set_layers(nn.ModuleList([Skipped() for _ in range(layer)] + list(blocks)[layer:]))
     try:
         yield
     finally:

@@ -1,0 +1,166 @@
+"""Tiny random-init models of every decoder family HeadScope knows, served or refused: one list drives the tests.
+
+Each model has 2–3 layers, 4 query heads (2 KV heads where the family has GQA), d_model 64, a 128-token
+vocabulary and a sliding window of 4 where the family has one, so a 12-token text crosses the window.
+initializer_range 0.2 (10× the usual) makes the attention logits large enough that soft-capping, sinks and
+windows visibly change the maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+VOCAB = 128
+WINDOW = 4  # sliding window of the tiny local layers
+COMMON: dict[str, Any] = {
+    "vocab_size": VOCAB,
+    "hidden_size": 64,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "initializer_range": 0.2,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+LOCAL_GLOBAL = ["sliding_attention", "full_attention", "sliding_attention"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One family: how to build its tiny model, what it varies, and whether HeadScope serves it."""
+
+    model_type: str
+    label: str  # display name for the README table
+    variant: str  # what changes "the attention map" (or the block) in this family
+    config: dict[str, Any] = field(default_factory=dict)  # overrides of COMMON (None drops a key)
+    out_proj: str = "self_attn.o_proj"  # the block's output projection, as the test expects discovery to find it
+    refused: str = ""  # non-empty: HeadScope must refuse it at start with a message containing this
+
+
+SPECS: list[Spec] = [
+    Spec("llama", "Llama", "GQA, RoPE"),
+    Spec("mistral", "Mistral", "sliding window", {"sliding_window": WINDOW}),
+    Spec(
+        "qwen2",
+        "Qwen2",
+        "sliding window on later layers",
+        {"use_sliding_window": True, "sliding_window": WINDOW, "max_window_layers": 1, "num_hidden_layers": 3},
+    ),
+    Spec("qwen3", "Qwen3", "QK-norm", {"head_dim": 16}),
+    Spec("gemma", "Gemma", "GQA, (1+w) RMSNorm, scaled embeddings", {"head_dim": 16}),
+    Spec(
+        "gemma2",
+        "Gemma 2",
+        "logit soft-cap, local/global layers",
+        {
+            "head_dim": 16,
+            "sliding_window": WINDOW,
+            "attn_logit_softcapping": 2.0,
+            "final_logit_softcapping": 5.0,
+            "query_pre_attn_scalar": 16,
+            "num_hidden_layers": 3,
+            "layer_types": LOCAL_GLOBAL,
+        },
+    ),
+    Spec(
+        "gemma3_text",
+        "Gemma 3 (text)",
+        "local/global layers with their own RoPE, QK-norm",
+        {
+            "head_dim": 16,
+            "sliding_window": WINDOW,
+            "query_pre_attn_scalar": 16,
+            "num_hidden_layers": 3,
+            "layer_types": LOCAL_GLOBAL,
+        },
+    ),
+    Spec("phi", "Phi", "partial rotary, parallel attention/MLP", {"num_key_value_heads": 4}, "self_attn.dense"),
+    Spec("phi3", "Phi-3", "fused QKV", {"sliding_window": None}),
+    Spec("olmo", "OLMo", "non-parametric LayerNorm"),
+    Spec("olmo2", "OLMo 2", "QK-norm, norms after attention/MLP"),
+    Spec("stablelm", "StableLM", "partial rotary (25%)", {"num_key_value_heads": 4}),
+    Spec("starcoder2", "StarCoder2", "sliding window, biases", {"sliding_window": WINDOW}),
+    Spec("cohere", "Cohere", "parallel attention/MLP, logit scale", {"logit_scale": 0.5}),
+    Spec("granite", "Granite", "attention/residual/logit multipliers", {"attention_multiplier": 0.3}),
+    Spec("mixtral", "Mixtral", "mixture of experts", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    Spec(
+        "qwen3_moe",
+        "Qwen3-MoE",
+        "mixture of experts, QK-norm",
+        {"head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    ),
+    Spec(
+        "gpt_oss",
+        "GPT-OSS",
+        "learned sinks, local/global layers, mixture of experts",
+        {
+            "head_dim": 16,
+            "sliding_window": WINDOW,
+            "num_hidden_layers": 3,
+            "layer_types": LOCAL_GLOBAL,
+            "num_local_experts": 4,
+            "num_experts_per_tok": 2,
+        },
+    ),
+    Spec("gpt2", "GPT-2", "learned positions, fused QKV", {}, "attn.c_proj"),
+    Spec("gpt_neox", "GPT-NeoX / Pythia", "partial rotary, parallel attention/MLP", {}, "attention.dense"),
+    Spec("gptj", "GPT-J", "interleaved partial rotary, parallel attention/MLP", {"rotary_dim": 8}, "attn.out_proj"),
+    Spec(
+        "bloom",
+        "BLOOM",
+        "ALiBi",
+        {},
+        "self_attention.dense",
+        refused="AttentionInterface",
+    ),
+    Spec("mpt", "MPT", "ALiBi", {}, "attn.out_proj", refused="AttentionInterface"),
+    Spec("falcon", "Falcon", "own attention code", {}, "self_attention.dense", refused="AttentionInterface"),
+]
+
+# config names each family spells differently (GPT-2 style n_embd, …), mapped from COMMON's
+_RENAMES: dict[str, dict[str, str]] = {
+    "gpt2": {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head"},
+    "gptj": {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head"},
+    "bloom": {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head"},
+    "mpt": {"hidden_size": "d_model", "num_hidden_layers": "n_layers", "num_attention_heads": "n_heads"},
+}
+_DROP = {  # COMMON keys a family's config does not take (or takes with another meaning)
+    "gpt2": {"intermediate_size", "num_key_value_heads", "max_position_embeddings"},
+    "gptj": {"intermediate_size", "num_key_value_heads", "max_position_embeddings"},
+    "bloom": {"intermediate_size", "num_key_value_heads", "max_position_embeddings"},
+    "mpt": {"intermediate_size", "num_key_value_heads", "max_position_embeddings"},
+    "gpt_neox": {"num_key_value_heads"},
+    "falcon": {"intermediate_size", "num_key_value_heads"},
+}
+
+
+def config_kwargs(spec: Spec) -> dict[str, Any]:
+    """COMMON with the family's renames, drops and overrides applied."""
+    kwargs = {k: v for k, v in COMMON.items() if k not in _DROP.get(spec.model_type, set())}
+    renames = _RENAMES.get(spec.model_type, {})
+    kwargs = {renames.get(k, k): v for k, v in kwargs.items()}
+    kwargs.update(spec.config)
+    return kwargs
+
+
+def build(spec: Spec, attn: str = "sdpa", seed: int = 0) -> PreTrainedModel:
+    """The family's tiny model in eval mode; `attn` falls back to eager where the family has no SDPA path."""
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(spec.model_type, **config_kwargs(spec))
+    model = AutoModelForCausalLM.from_config(config)
+    if attn == "sdpa" and not model._supports_sdpa:
+        attn = "eager"
+    model.set_attn_implementation(attn)
+    return model.eval()
+
+
+def by_type(model_type: str) -> Spec:
+    """The spec of one family."""
+    return next(spec for spec in SPECS if spec.model_type == model_type)
