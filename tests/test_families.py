@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from app.inspect import capture, variants
 from app.inspect.adapters import Adapter, UnsupportedArchitecture
 from app.inspect.gates import gate_tensor, head_gates
 from app.inspect.resume import recording_inputs, starting_at
-from tests.families import SPECS, VOCAB, WINDOW, Spec, build, by_type
+from tests.families import SPECS, TABLE_END, TABLE_START, VOCAB, WINDOW, Spec, build, by_type, readme_table
 
 SERVED = [spec.model_type for spec in SPECS if not spec.refused]
 REFUSED = [spec.model_type for spec in SPECS if spec.refused]
@@ -188,3 +189,9 @@ def test_sinks_rows_sum_to_less_than_one() -> None:
 def test_specs_are_valid() -> None:
     for spec in SPECS:
         assert isinstance(spec, Spec) and spec.label and spec.variant
+
+
+def test_readme_table_is_generated_from_the_list() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start, end = readme.index(TABLE_START), readme.index(TABLE_END) + len(TABLE_END)
+    assert readme[start:end] == readme_table(), "run: python -m tests.families, and paste its table into README.md"
