@@ -204,6 +204,7 @@ def attention_maps(
 
     Returns:
         float32 tensor (B, len(heads), Tq, S); rows whose keys are all masked (padding) are 0.
+        With sinks (qk.rows_sum_to_one False) each row sums to less than 1: the rest went to the sink.
     """
     rows = rows or slice(None)
     idx = torch.tensor(heads, device=qk.q.device)
