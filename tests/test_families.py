@@ -195,3 +195,35 @@ def test_readme_table_is_generated_from_the_list() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     start, end = readme.index(TABLE_START), readme.index(TABLE_END) + len(TABLE_END)
     assert readme[start:end] == readme_table(), "run: python -m tests.families, and paste its table into README.md"
+
+
+@pytest.mark.parametrize(
+    ("model_type", "dla_gap", "lens_gap"),
+    [
+        ("llama", None, None),
+        ("qwen3", None, None),  # Llama blocks with QK-norm: DLA's decomposition holds
+        ("gpt2", None, None),
+        ("gemma2", "final_logit_softcapping", "final_logit_softcapping"),
+        ("cohere", "logit_scale", "logit_scale"),
+        ("phi", "not one of them", None),  # discovered: no DLA block layout yet, plain logits
+    ],
+)
+def test_tracing_refuses_what_it_cannot_reproduce(model_type: str, dla_gap: str | None, lens_gap: str | None) -> None:
+    adapter = _models(model_type)[3]
+    for gap, expected in ((adapter.tracing_gaps(dla=True), dla_gap), (adapter.tracing_gaps(), lens_gap)):
+        assert (gap is None) == (expected is None), gap
+        if expected is not None:
+            assert gap is not None and expected in gap
+
+
+def test_tracing_endpoints_answer_422_naming_the_gap(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    adapter = client.app.state.service.model.adapter
+    monkeypatch.setattr(adapter, "tracing_gaps", lambda dla=False: "this model rescales its logits")
+    bodies = {
+        "/api/dla": {"text": "The cat sat"},
+        "/api/logit_lens": {"text": "The cat sat"},
+        "/api/patch": {"clean": "The cat sat", "corrupted": "The dog sat", "answer": " on", "wrong": " in"},
+    }
+    for path, body in bodies.items():
+        r = client.post(path, json=body)
+        assert r.status_code == 422 and "rescales its logits" in r.json()["detail"], (path, r.text)

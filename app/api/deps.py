@@ -80,6 +80,13 @@ def checked_token(svc: Service, text: str | None, token_id: int | None, field: s
     return ids[0]
 
 
+def check_traceable(svc: Service, dla: bool = False) -> None:
+    """422 when patching, the logit lens (or, with `dla`, DLA) would not be exact on the served model."""
+    gap = svc.model.adapter.tracing_gaps(dla)
+    if gap is not None:
+        raise InvalidInput(gap)
+
+
 def checked_position(position: int, n_tokens: int, field: str = "position") -> int:
     """A query position (negative counts from the end) as 0..n_tokens−1; 422 when out of range."""
     if not -n_tokens <= position < n_tokens:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import ServiceDep, checked_heads, checked_ids, checked_position, checked_token
+from app.api.deps import ServiceDep, check_traceable, checked_heads, checked_ids, checked_position, checked_token
 from app.api.schemas import ERRORS, TopToken
 from app.api.tracing_schemas import (
     AttentionFromIn,
@@ -41,6 +41,7 @@ def required_token(svc: Service, text: str | None, token_id: int | None, field: 
 @router.post("/patch", response_model=PatchOut, responses=ERRORS)
 async def patch(body: PatchIn, svc: ServiceDep) -> PatchOut:
     """Activation patching: how much each head's output (and optionally each position) carries the answer."""
+    check_traceable(svc)
     layout = svc.model.adapter.layout
     answer = required_token(svc, body.answer, body.answer_id, "answer")
     wrong = required_token(svc, body.wrong, body.wrong_id, "wrong")
@@ -95,6 +96,7 @@ async def patch(body: PatchIn, svc: ServiceDep) -> PatchOut:
 @router.post("/dla", response_model=DlaOut, responses=ERRORS)
 async def direct_logit_attribution(body: DlaIn, svc: ServiceDep) -> DlaOut:
     """Direct logit attribution: each head's, MLP's and the embeddings' share of a logit at a position."""
+    check_traceable(svc, dla=True)
     target = checked_token(svc, body.target, body.target_id, "target")
     contrast = checked_token(svc, body.contrast, body.contrast_id, "contrast")
     ids = checked_ids(svc, body.text)
@@ -124,6 +126,7 @@ async def direct_logit_attribution(body: DlaIn, svc: ServiceDep) -> DlaOut:
 @router.post("/logit_lens", response_model=LensOut, responses=ERRORS)
 async def logit_lens(body: LensIn, svc: ServiceDep) -> LensOut:
     """Logit lens: each block's residual stream at a position through the final norm and the LM head."""
+    check_traceable(svc)
     target = checked_token(svc, body.target, body.target_id, "target")
     ids = checked_ids(svc, body.text)
     position = checked_position(body.position, len(ids))

@@ -38,6 +38,7 @@ _LLAMA = Family(
     "post_attention_layernorm",
     "mlp.down_proj",
 )
+TRACED_BLOCKS = frozenset({"llama", "gpt2", "gpt_neox"})  # block layouts DLA decomposes exactly
 FAMILIES: dict[str, Family] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
@@ -159,6 +160,27 @@ class Adapter:
         """A submodule of block `layer` by dotted path (e.g. family.attn_norm, family.mlp_out, "mlp")."""
         found: nn.Module = reduce(getattr, path.split("."), self.layers[layer])
         return found
+
+    def tracing_gaps(self, dla: bool = False) -> str | None:
+        """Why causal tracing would not be exact on this model (None: it is).
+
+        Patching and the logit lens read logits as lm_head(final_norm(h)); a logit scale or a final
+        soft-cap changes that. DLA's decomposition is also written per block layout, for the families
+        whose blocks it knows.
+        """
+        cfg = self.model.config
+        for name, neutral in (("final_logit_softcapping", None), ("logit_scale", 1.0), ("logits_scaling", 1.0)):
+            value = getattr(cfg, name, neutral)
+            if value not in (neutral, None):
+                return (
+                    f"{self.layout.architecture} rescales its logits ({name}={value}), which tracing does not model yet"
+                )
+        if dla and self.family.name not in TRACED_BLOCKS:
+            return (
+                f"direct logit attribution is exact only for {', '.join(sorted(TRACED_BLOCKS))} blocks; "
+                f"{self.layout.architecture} is not one of them yet"
+            )
+        return None
 
     def parallel_residual(self, layer: int) -> bool:
         """Whether the block adds attention and MLP to the same input (GPT-NeoX's default)."""
