@@ -178,7 +178,10 @@ def test_hostile_prompt_shows_literally_and_runs_nothing(page: Any, tiny_server:
     assert page.locator("img[src='x']").count() == 0
     assert page.locator("b", has_text="bold").count() == 0
     assert page.locator("#token-text *:not(span):not(br)").count() == 0
-    assert page.locator("script").count() == 2  # plotly.js and main.js
+    scripts = page.eval_on_selector_all("script", "els => els.map(e => [e.getAttribute('src'), e.textContent])")
+    # only the page's own external scripts: none inline, none from the text
+    assert scripts
+    assert all(src and src.startswith(("/static/", "/vendor/")) and not text.strip() for src, text in scripts)
     # the same text arriving through the URL
     page.goto(f"{tiny_server.url}/?text={quote(HOSTILE)}&head=L0H1")
     page.wait_for_selector("#heatmap[data-painted]")
