@@ -22,14 +22,13 @@ from app.api.corpus_schemas import (
     upload_body,
 )
 from app.api.deps import ServiceDep
-from app.api.schemas import ERRORS, Error
+from app.api.schemas import ERRORS, NOT_FOUND, Error
 from app.corpus import upload
 from app.corpus.datasets import DatasetInfo, DatasetStore, checked
 from app.service import InvalidInput, NotReady, Service
 
 router = APIRouter(prefix="/api", tags=["datasets"])
 SAMPLE = 5
-NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": Error, "description": "no dataset with that id"}}
 counter = upload.TokenCounter()
 
 

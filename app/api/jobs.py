@@ -29,7 +29,7 @@ from app.api.corpus_schemas import (
 )
 from app.api.deps import ServiceDep
 from app.api.encode import dumps
-from app.api.schemas import ERRORS, Error
+from app.api.schemas import CONFLICT, ERRORS, NOT_FOUND
 from app.corpus.jobs import Jobs, JobSpec, progress
 from app.corpus.jobstore import JobRecord
 from app.corpus.results import export_rows
@@ -37,10 +37,6 @@ from app.inspect.runs import encode, token_strings
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 KEEPALIVE_S = 15.0
-NOT_FOUND: dict[int | str, dict[str, object]] = {
-    404: {"model": Error, "description": "no job (or dataset) with that id"}
-}
-CONFLICT: dict[int | str, dict[str, object]] = {409: {"model": Error, "description": "not in a state that allows it"}}
 JobId = Annotated[str, Path(min_length=1, max_length=100)]
 
 

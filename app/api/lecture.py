@@ -17,7 +17,7 @@ from app.api.lecture_schemas import (
     RealConfigOut,
     ThresholdOut,
 )
-from app.api.schemas import ERRORS, AttentionParams, Head
+from app.api.schemas import ERRORS, NOT_FOUND, AttentionParams, Head
 from app.corpus.datasets import DatasetStore
 from app.inspect import tradeoff
 from app.inspect.pruning import Curve, PruneProgress, dataset_curve, text_curve
@@ -58,7 +58,7 @@ def curve_out(curve: Curve, rise: float, n_tokens: int, dataset: str | None) -> 
     )
 
 
-@router.post("/prune_curve", response_model=PruneCurveOut, responses=ERRORS)
+@router.post("/prune_curve", response_model=PruneCurveOut, responses={**ERRORS, **NOT_FOUND})
 async def prune_curve(body: PruneCurveIn, svc: ServiceDep, request: Request) -> PruneCurveOut:
     """Loss as heads are zero-ablated in one order (importance or random), on a text or a dataset.
 

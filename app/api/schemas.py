@@ -52,6 +52,8 @@ ERRORS: dict[int | str, dict[str, object]] = {
         "load_failed: the model failed to load, so no retry will help",
     },
 }
+NOT_FOUND: dict[int | str, dict[str, object]] = {404: {"model": Error, "description": "no dataset or job with that id"}}
+CONFLICT: dict[int | str, dict[str, object]] = {409: {"model": Error, "description": "not in a state that allows it"}}
 
 
 # -- model ---------------------------------------------------------------------------------------
