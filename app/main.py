@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import Response
 from fastapi.staticfiles import StaticFiles
 
@@ -41,6 +42,7 @@ from app.telemetry import RequestMetrics, Telemetry
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
+GZIP_LEVEL = 5  # ≈ level 9's size on attention maps at a fraction of its time
 
 
 def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -> FastAPI:
@@ -114,6 +116,9 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         return Response(telemetry.render(), media_type=telemetry.content_type)
 
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
+    # Inside the Guard (which reads request bodies and adds headers to whatever comes out of here): large
+    # JSON (an attention map, an export) goes out gzipped to clients that accept it; SSE streams never are.
+    app.add_middleware(GZipMiddleware, minimum_size=1024, compresslevel=GZIP_LEVEL)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"])
     api_key = settings.api_key.get_secret_value() if settings.api_key else None

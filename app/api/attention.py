@@ -33,7 +33,7 @@ async def attention(body: AttentionIn, svc: ServiceDep) -> Response:
             in_layer = [h for ly, h in heads if ly == layer]
             weights = run.maps(layer, in_layer, layout.group_size)  # (h, T, T)
             found.update({(layer, h): w for h, w in zip(in_layer, weights, strict=True)})
-        maps = maps_json([(layer, head, found[(layer, head)]) for layer, head in heads])
+        maps = maps_json([(layer, head, found[(layer, head)]) for layer, head in heads], body.encoding)
         return json_response({"tokens": run.tokens, "token_ids": run.token_ids}, {"maps": maps})
 
     return await svc.on_run(body.text, ids, work, n_tokens=len(ids))  # cached run: no wait behind a job

@@ -1,10 +1,15 @@
-"""JSON encoding for large float payloads: finite numbers only, built row by row off the event loop."""
+"""JSON encoding for large float payloads: finite numbers only, built row by row off the event loop.
+
+Attention maps go out as nested lists (the default) or, compactly, as base64 of little-endian float16
+(`encoding: "f16"`): 2 bytes a weight before base64 instead of about 10 characters of JSON.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -40,10 +45,38 @@ def rows_json(matrix: torch.Tensor) -> bytes:
     return b"[" + b",".join(dumps(row.tolist()) for row in rows) + b"]"
 
 
-def maps_json(head_maps: list[tuple[int, int, torch.Tensor]]) -> bytes:
-    """[{layer, head, weights}, …] with weights as rows."""
-    parts = [b'{"layer":%d,"head":%d,"weights":' % (layer, head) + rows_json(w) + b"}" for layer, head, w in head_maps]
-    return b"[" + b",".join(parts) + b"]"
+def f16_base64(matrix: torch.Tensor) -> bytes:
+    """A 2-D tensor as the base64 of its little-endian float16 values, row-major (no quotes)."""
+    if not bool(torch.isfinite(matrix).all()):
+        raise NonFinite("an attention map holds a non-finite number")
+    half = matrix.detach().to("cpu", torch.float16).contiguous().numpy()  # (T, K); weights ≤ 1 stay finite
+    return base64.b64encode(half.astype("<f2", copy=False).tobytes())
+
+
+Encoding = Literal["json", "f16"]
+
+
+def head_map(layer: int, head: int, weights: torch.Tensor, encoding: Encoding) -> bytes:
+    """One map: {layer, head, weights} or {layer, head, shape, weights_f16}."""
+    if encoding == "json":
+        return b'{"layer":%d,"head":%d,"weights":' % (layer, head) + rows_json(weights) + b"}"
+    n_queries, n_keys = weights.shape
+    return (
+        b'{"layer":%d,"head":%d,"shape":[%d,%d],"weights_f16":"'
+        % (
+            layer,
+            head,
+            n_queries,
+            n_keys,
+        )
+        + f16_base64(weights)
+        + b'"}'
+    )
+
+
+def maps_json(head_maps: list[tuple[int, int, torch.Tensor]], encoding: Encoding = "json") -> bytes:
+    """[{layer, head, weights}, …] with weights as rows, or the compact form of `head_map`."""
+    return b"[" + b",".join(head_map(layer, head, w, encoding) for layer, head, w in head_maps) + b"]"
 
 
 STREAM_CHUNK = 1 << 20  # bytes per write: big bodies go out in pieces, so the event loop keeps answering

@@ -125,12 +125,23 @@ class AttentionIn(TextIn):
     layers: list[int] | None = Field(
         None, max_length=10_000, description=f"return every head of these layers; 0 ≤ layer < n_layers, {BOUNDS}"
     )
+    encoding: Literal["json", "f16"] = Field(
+        "json",
+        description='"json": each map\'s `weights` as nested lists; "f16": `weights_f16` and `shape` instead '
+        "(about a fifth of the bytes; the page uses it)",
+    )
 
 
 class HeadMap(BaseModel):
     layer: int
     head: int
-    weights: list[list[float]] = Field(description="rows = query positions, columns = key positions")
+    weights: list[list[float]] | None = Field(
+        None, description='rows = query positions, columns = key positions (encoding "json", the default)'
+    )
+    weights_f16: str | None = Field(
+        None, description='encoding "f16": base64 of the little-endian float16 weights, row-major, of `shape`'
+    )
+    shape: list[int] | None = Field(None, description='encoding "f16": [n_queries, n_keys]')
 
 
 class AttentionOut(Tokens):
