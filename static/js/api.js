@@ -1,5 +1,6 @@
 // The JSON API, one function per endpoint. Each takes an optional {signal} to cancel a stale request.
 import { apiKey, askForKey, authHeaders } from "./auth.js";
+import { mapRows } from "./f16.js";
 
 export class ApiError extends Error {
   constructor(status, code, detail) {
@@ -79,8 +80,11 @@ export const tokenize = (text, opts) => request("POST", "/api/tokenize", { text 
 export const overview = (text, { thumb = 32, topK = 10 } = {}, opts) =>
   request("POST", "/api/overview", { text, thumb, top_k: topK }, opts);
 
-/** Full attention maps of some heads. */
-export const attention = (text, heads, opts) => request("POST", "/api/attention", { text, heads }, opts);
+/** Full attention maps of some heads, fetched as float16 (a fifth of the JSON) and handed back as `weights` rows. */
+export async function attention(text, heads, opts) {
+  const res = await request("POST", "/api/attention", { text, heads, encoding: "f16" }, opts);
+  return { ...res, maps: res.maps.map((m) => ({ layer: m.layer, head: m.head, weights: mapRows(m) })) };
+}
 
 /** Prediction with heads switched off, and maps under that ablation. */
 export const ablate = (text, heads, { mode = "zero", topK = 10, maps = [] } = {}, opts) =>

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 
 from tests.browser.pages import (
@@ -60,7 +62,10 @@ def test_enter_paints_one_cell_per_head_grouped_by_kv_head(page: Any, tiny_serve
 def test_click_head_shows_its_map_with_token_labels_and_hover(page: Any, tiny_server: Server, artifacts: Path) -> None:
     open_app(page, tiny_server.url)
     run_prompt(page, PROMPT)
+    asked: list[Any] = []
+    page.on("request", lambda r: asked.append(r.post_data_json) if r.url.endswith("/api/attention") else None)
     show_head(page, "L1H2")
+    assert asked and all(body["encoding"] == "f16" for body in asked)  # the page fetches the compact form
     assert page.get_attribute("#heatmap", "data-heads") == "L1H2"
     assert tick_labels(page, "x") == PROMPT_TOKENS
     assert tick_labels(page, "y") == PROMPT_TOKENS
@@ -72,13 +77,26 @@ def test_click_head_shows_its_map_with_token_labels_and_hover(page: Any, tiny_se
     page.mouse.move(box["x"] + box["width"] * 1.5 / n, box["y"] + box["height"] * 5.5 / n)
     hover = page.locator("#heatmap .hoverlayer .hovertext").first
     hover.wait_for()
-    assert re.search(r"·mat \[5\] → ·cat \[1\]: 0\.\d{4}", hover.text_content() or "")
+    shown = re.search(r"·mat \[5\] → ·cat \[1\]: (0\.\d{4})", hover.text_content() or "")
+    assert shown
+    plain = page.request.post(
+        f"{tiny_server.url}/api/attention", data={"text": PROMPT, "heads": [{"layer": 1, "head": 2}]}
+    )
+    assert abs(float(shown[1]) - plain.json()["maps"][0]["weights"][5][1]) <= 1e-3  # decoded float16 ≈ the JSON
     page.screenshot(path=str(artifacts / "tiny-heatmap.png"))
     # log scale keeps the raw weight in the hover
     before = painted(page, "#heatmap")
     page.click('#scale button[data-scale="log"]')
     wait_repaint(page, "#heatmap", before)
     assert query(page)["scale"] == "log"
+
+
+def test_float16_decoder_matches_numpy(page: Any, tiny_server: Server) -> None:
+    open_app(page, tiny_server.url)
+    values = np.array([0, 1, 0.5, 1 / 3, 6.1e-5, 6e-8, 3e-6, 65504, -2.5, -0.0, 1e-9], dtype="<f2")
+    b64 = base64.b64encode(values.tobytes()).decode()
+    got = page.evaluate("async (b) => Array.from((await import('/static/js/f16.js')).decodeF16(b))", b64)
+    assert got == [float(v) for v in values.astype(np.float32)]  # subnormals, the largest half and signs exact
 
 
 def test_switching_a_head_off_changes_the_prediction_and_the_url(page: Any, tiny_server: Server) -> None:
