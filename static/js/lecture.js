@@ -1,10 +1,11 @@
 // Entry point of the Lecture page: the pruning curve (importance vs random orders, on a text or a dataset) and the
 // head-count trade-off, driven by one state that lives in the URL.
 import * as api from "./api.js";
+import { panelTask, showError } from "./paneltask.js";
 import { drawCurve, headsAt, maskURL, renderSummary } from "./lecturecurve.js";
 import * as store from "./lecturestate.js";
 import { drawTradeoff, renderTable, renderTradeoffSummary } from "./lecturetradeoff.js";
-import { el, fill, isAbort } from "./util.js";
+import { el, fill } from "./util.js";
 
 const $ = (id) => document.getElementById(id);
 let S = store.fromURL();
@@ -13,42 +14,7 @@ let curves = null; // {importance, random, state}: what is drawn
 
 // -- status, errors, stale panels ----------------------------------------------------------------
 
-let pending = 0;
-function showError(err) {
-  console.warn(err);
-  $("error-text").textContent = err instanceof api.ApiError ? `${err.code}: ${err.message}` : String(err.message || err);
-  $("error").hidden = false;
-}
-
-/** One panel's work: stale look and a seconds counter until drawn; aborts are silent, errors go to the bar. */
-async function task(panel, label, work) {
-  const progress = panel.querySelector(".lprogress");
-  const t0 = performance.now();
-  const tick = () => (progress.textContent = `${label} ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  panel.classList.add("outdated");
-  tick();
-  const timer = setInterval(tick, 250);
-  pending++;
-  $("status").classList.add("busy");
-  $("status-text").textContent = label;
-  try {
-    await work();
-    panel.classList.remove("outdated");
-    progress.textContent = "";
-    requestAnimationFrame(() => (panel.dataset.painted = String(Number(panel.dataset.painted || 0) + 1)));
-  } catch (err) {
-    if (!isAbort(err)) {
-      showError(err);
-      progress.textContent = "failed";
-    }
-  } finally {
-    clearInterval(timer);
-    if (!--pending) {
-      $("status").classList.remove("busy");
-      $("status-text").textContent = "idle";
-    }
-  }
-}
+const task = (panel, label, work) => panelTask(panel, label, work, ".lprogress");
 
 // -- state ↔ controls ----------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 // Entry point of the Trace page: two prompts, activation patching, direct logit attribution, the logit lens
 // and the token view, all driven by one state that lives in the URL.
 import * as api from "./api.js";
+import { panelTask, showError } from "./paneltask.js";
 import { clearDLA, drawHeads, drawLayers, renderSummary } from "./dlaview.js";
 import { drawLens, drawLensGrid, renderLensTable } from "./lensview.js";
 import { drawPatch, drawResidual, drawRows, rank, renderTopHeads } from "./patchview.js";
@@ -48,45 +49,7 @@ async function cached(name, body, fn, signal) {
 
 // -- status, errors, stale panels ----------------------------------------------------------------
 
-let pending = 0;
-function showError(err) {
-  console.warn(err);
-  $("error-text").textContent = err instanceof api.ApiError ? `${err.code}: ${err.message}` : String(err.message || err);
-  $("error").hidden = false;
-}
-
-/**
- * Run one panel's work: the panel looks stale and shows `label` with the elapsed time until it is drawn;
- * an aborted request is silent, any other error goes to the error bar.
- */
-async function task(panel, label, work) {
-  const progress = panel.querySelector(".trace-progress");
-  const t0 = performance.now();
-  const tick = () => (progress.textContent = `${label} ${((performance.now() - t0) / 1000).toFixed(1)} s`);
-  panel.classList.add("outdated");
-  tick();
-  const timer = setInterval(tick, 250);
-  pending++;
-  $("status").classList.add("busy");
-  $("status-text").textContent = label;
-  try {
-    await work();
-    panel.classList.remove("outdated");
-    progress.textContent = "";
-    requestAnimationFrame(() => (panel.dataset.painted = String(Number(panel.dataset.painted || 0) + 1)));
-  } catch (err) {
-    if (!isAbort(err)) {
-      showError(err);
-      progress.textContent = "failed";
-    }
-  } finally {
-    clearInterval(timer);
-    if (!--pending) {
-      $("status").classList.remove("busy");
-      $("status-text").textContent = "idle";
-    }
-  }
-}
+const task = (panel, label, work) => panelTask(panel, label, work, ".trace-progress");
 
 // -- state ↔ controls ----------------------------------------------------------------------------
 
