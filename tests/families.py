@@ -9,10 +9,15 @@ windows visibly change the maps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from app.inspect import variants
+from app.inspect.loading import Loaded
+from tests.helpers import as_loaded
 
 VOCAB = 128
 WINDOW = 4  # sliding window of the tiny local layers
@@ -88,7 +93,12 @@ SPECS: list[Spec] = [
     Spec("stablelm", "StableLM", "partial rotary (25%)", {"num_key_value_heads": 4}),
     Spec("starcoder2", "StarCoder2", "sliding window, biases", {"sliding_window": WINDOW}),
     Spec("cohere", "Cohere", "parallel attention/MLP, logit scale", {"logit_scale": 0.5}),
-    Spec("granite", "Granite", "attention/residual/logit multipliers", {"attention_multiplier": 0.3}),
+    Spec(
+        "granite",
+        "Granite",
+        "attention/residual/logit multipliers",
+        {"attention_multiplier": 0.3, "residual_multiplier": 0.5, "logits_scaling": 2.0},
+    ),
     Spec("mixtral", "Mixtral", "mixture of experts", {"num_local_experts": 4, "num_experts_per_tok": 2}),
     Spec(
         "qwen3_moe",
@@ -159,6 +169,26 @@ def build(spec: Spec, attn: str = "sdpa", seed: int = 0) -> PreTrainedModel:
         attn = "eager"
     model.set_attn_implementation(attn)
     return model.eval()
+
+
+SERVED = [spec.model_type for spec in SPECS if not spec.refused]
+
+
+@cache
+def served(model_type: str) -> Loaded:
+    """The family's tiny model as the server holds it (capture installed, checked), built once per session.
+
+    Its tokenizer is GPT-2's, whose ids exceed VOCAB: tests pass token ids (`ids`), not text.
+    """
+    model = build(by_type(model_type))
+    loaded = as_loaded(model, f"tiny-{model_type}")
+    variants.check_served(model, loaded.adapter)
+    return loaded
+
+
+def ids(n: int = 3 * WINDOW, seed: int = 1) -> list[int]:
+    """n token ids in 3..VOCAB−1 (past the sliding window for the default n)."""
+    return torch.randint(3, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def by_type(model_type: str) -> Spec:

@@ -196,7 +196,7 @@ def test_dla_head_outputs_are_the_model_s(model: Loaded) -> None:
     for layer in range(layout.n_layers):
         z = ref[layer][pos].view(layout.n_heads, layout.head_dim)
         expected = dla.per_head(model.adapter.out_proj(layer), z)
-        assert torch.allclose(parts.heads[layer], expected.float(), atol=1e-5)
+        assert torch.allclose(parts.heads[layer], expected.to(parts.heads.dtype), atol=1e-5)
     final = model.model(torch.tensor([run.token_ids]), output_hidden_states=True).hidden_states
     # hidden_states[-1] is after the final norm; the block inputs and our stream before it agree
     assert torch.allclose(model.adapter.final_norm()(parts.final.double()), final[-1][0, pos], atol=1e-5)

@@ -118,6 +118,8 @@ async def direct_logit_attribution(body: DlaIn, svc: ServiceDep) -> DlaOut:
             mlp=res.mlp.tolist(),
             embed=res.embed,
             other=res.other,
+            model_logit=res.model_logit,
+            final_softcap=res.final_softcap,
         )
 
     return await svc.call(work, n_tokens=len(ids))

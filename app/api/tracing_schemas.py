@@ -84,11 +84,18 @@ class DlaOut(Tokens):
     position: int
     target: TokenRef
     contrast: TokenRef | None
-    logit: float = Field(description="logit[target], or logit[target] − logit[contrast]")
+    logit: float = Field(
+        description="logit[target], or logit[target] − logit[contrast], before any final soft-cap: the parts sum to it"
+    )
     heads: list[list[float]] = Field(description="n_layers × n_heads: each head's direct contribution")
     mlp: list[float] = Field(description="per layer, the MLP's direct contribution (bias excluded)")
     embed: float = Field(description="token (and learned position) embeddings")
-    other: float = Field(description="every bias: output projections, MLP outputs, final norm, LM head")
+    other: float = Field(description="every bias: output projections, MLP outputs, norms, LM head")
+    model_logit: float = Field(description="the model's own logit (difference): `logit` after the final soft-cap")
+    final_softcap: float | None = Field(
+        description="the final logit soft-cap (Gemma 2: cap·tanh(z/cap)), which is not linear, so the parts "
+        "explain the pre-cap `logit`; null when the model has none"
+    )
 
 
 # -- logit lens ----------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ _LLAMA = Family(
     "post_attention_layernorm",
     "mlp.down_proj",
 )
-TRACED_BLOCKS = frozenset({"llama", "gpt2", "gpt_neox"})  # block layouts DLA decomposes exactly
 FAMILIES: dict[str, Family] = {
     "llama": _LLAMA,
     "mistral": _LLAMA,
@@ -114,6 +113,7 @@ class Adapter:
             lay = self.layout
             family = discover(model, lay.n_heads, lay.head_dim, lay.d_model, lay.n_layers)
         self.family = family
+        self._gaps: dict[bool, str | None] = {}  # tracing_gaps, by `dla`, found once
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -161,26 +161,53 @@ class Adapter:
         found: nn.Module = reduce(getattr, path.split("."), self.layers[layer])
         return found
 
-    def tracing_gaps(self, dla: bool = False) -> str | None:
-        """Why causal tracing would not be exact on this model (None: it is).
-
-        Patching and the logit lens read logits as lm_head(final_norm(h)); a logit scale or a final
-        soft-cap changes that. DLA's decomposition is also written per block layout, for the families
-        whose blocks it knows.
-        """
+    def logit_scale(self) -> float:
+        """What the CausalLM multiplies lm_head's logits by (Cohere's logit_scale, 1 / Granite's logits_scaling)."""
         cfg = self.model.config
-        for name, neutral in (("final_logit_softcapping", None), ("logit_scale", 1.0), ("logits_scaling", 1.0)):
-            value = getattr(cfg, name, neutral)
-            if value not in (neutral, None):
-                return (
-                    f"{self.layout.architecture} rescales its logits ({name}={value}), which tracing does not model yet"
-                )
-        if dla and self.family.name not in TRACED_BLOCKS:
-            return (
-                f"direct logit attribution is exact only for {', '.join(sorted(TRACED_BLOCKS))} blocks; "
-                f"{self.layout.architecture} is not one of them yet"
-            )
-        return None
+        scale = float(getattr(self.model, "logit_scale", None) or getattr(cfg, "logit_scale", None) or 1.0)
+        return scale / float(getattr(cfg, "logits_scaling", None) or 1.0)
+
+    def final_softcap(self) -> float | None:
+        """Gemma 2's final logit soft-cap: logits ← cap · tanh(logits / cap) after the scale; None without one."""
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        return float(cap) if cap else None
+
+    def readout(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's logits from lm_head's (…, vocab) output: the logit scale, then the final soft-cap."""
+        scale, cap = self.logit_scale(), self.final_softcap()
+        out = logits * scale if scale != 1.0 else logits
+        return torch.tanh(out / cap) * cap if cap is not None else out
+
+    def tracing_gaps(self, dla: bool = False) -> str | None:
+        """Why causal tracing would not be exact on this model (None: it is); checked once on a probe.
+
+        Patching and the logit lens read logits as readout(lm_head(final_norm(h))): the probe checks
+        that equals the model's own logits. DLA also checks its decomposition (app.inspect.dla.check).
+        """
+        if False not in self._gaps:
+            self._gaps[False] = self._readout_gap()
+        if self._gaps[False] is not None or not dla:
+            return self._gaps[False]
+        if True not in self._gaps:
+            from app.inspect import dla as attribution  # dla imports this module: import here, not at top
+
+            self._gaps[True] = attribution.check(self)
+        return self._gaps[True]
+
+    def _readout_gap(self) -> str | None:
+        """None when readout(lm_head(backbone(ids))) reproduces the CausalLM's logits on a probe."""
+        device = next(self.model.parameters()).device
+        ids = torch.arange(3, 9, device=device)[None] % self.layout.vocab_size  # (1, 6)
+        with torch.inference_mode():
+            expected = self.model(input_ids=ids, use_cache=False).logits.float()
+            hidden = self.backbone()(input_ids=ids, use_cache=False).last_hidden_state
+            got = self.readout(self.lm_head()(hidden)).float()
+        if torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * (1 + float(expected.abs().max()))):
+            return None
+        return (
+            f"{self.layout.architecture} computes its logits in a way tracing does not reproduce "
+            "(not lm_head(final norm) with a logit scale and final soft-cap)"
+        )
 
     def parallel_residual(self, layer: int) -> bool:
         """Whether the block adds attention and MLP to the same input (GPT-NeoX's default)."""

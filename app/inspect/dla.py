@@ -1,145 +1,158 @@
 """Direct logit attribution: each head's, MLP's and the embeddings' linear share of one logit at one position.
 
-With the final norm's scale (and LayerNorm's mean) frozen at the run's value at the position, the logit
-is linear in the residual stream, which is the embeddings plus every attention and MLP output. Each
-part is recomputed at that one position from the run's cached block inputs and queries/keys (the
-attention row from the captured q·kᵀ mixes the normed block inputs, which are then projected to values),
-so no forward runs.
+With every norm's scale (and LayerNorm's mean) frozen at the run's value at the position, the logit is
+linear in the residual stream, which is the embeddings plus every attention and MLP write. Each part is
+recomputed at that one position from the run's cached block inputs and queries/keys (the attention row
+from the captured q·kᵀ mixes the normed block inputs, which are then projected to values), so no
+forward runs. Block wiring (parallel blocks, norms on the attention and MLP outputs, Granite's residual
+multiplier) comes from app.inspect.blocks: a norm on the attention output (Gemma 2/3, OLMo 2) is frozen
+at the layer's whole attention output, so each head's write is that frozen linear map of its own output
+and the heads' writes still sum to the norm's output. MoE MLPs are one term per layer.
+A logit scale (Cohere, Granite) is linear and folded in. A final soft-cap (Gemma 2: cap·tanh(z/cap)) is
+not linear: the parts explain the pre-cap logit z, and the model's own (capped) logit is reported beside it.
+`check` runs the whole decomposition on a probe before DLA is served and names what does not hold.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from app.inspect import capture
 from app.inspect.adapters import Adapter
+from app.inspect.blocks import UnknownNorm, block_plan, freeze, part
 from app.inspect.loading import Loaded
+from app.inspect.resume import recording_inputs
 from app.inspect.runs import Run
+
+PROBE_TOKENS = 8
 
 
 @dataclass
 class Attribution:
-    """The parts of logit[target] (− logit[contrast]) at one position; they sum to `logit`."""
+    """The parts of logit[target] (− logit[contrast]) at one position, before any final soft-cap.
 
-    logit: float  # the model's own logit (difference)
+    They sum to `logit`."""
+
+    logit: float  # the model's logit (difference) before the final soft-cap: what the parts explain
     heads: torch.Tensor  # (n_layers, n_heads)
     mlp: torch.Tensor  # (n_layers,)
     embed: float  # token (and learned position) embeddings
-    other: float  # every bias: output projections, MLP outputs, final norm, LM head
+    other: float  # every bias: output projections, MLP outputs, norms, LM head
+    model_logit: float  # the model's own logit (difference), after the soft-cap; = logit without one
+    final_softcap: float | None = None  # Gemma 2's cap, when the model has one
 
 
-def value_states(adapter: Adapter, layer: int, normed: torch.Tensor) -> torch.Tensor:
-    """The attention values of block `layer` for (T, d_model) normed inputs: (T, n_kv_heads, head_dim)."""
-    layout, attn = adapter.layout, adapter.attention(layer)
-    proj: Any = getattr(attn, {"llama": "v_proj", "gpt2": "c_attn", "gpt_neox": "query_key_value"}[adapter.family.name])
+def weight_of(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(W (out, in), bias) of a Linear or GPT-2's Conv1D (whose weight is (in, out))."""
+    weight, bias = getattr(module, "weight"), getattr(module, "bias", None)  # noqa: B009
+    assert isinstance(weight, torch.Tensor)
+    if not isinstance(module, nn.Linear) and isinstance(getattr(module, "nf", None), int):
+        weight = weight.T
+    return weight, bias if isinstance(bias, torch.Tensor) else None
+
+
+def value_weight(adapter: Adapter, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The value projection of block `layer`: W (n_kv_heads * head_dim, d_model) and its bias, or None.
+
+    Separate projections ([q, k, v]), fused ones with q, k, v side by side (GPT-2's c_attn, Phi-3's
+    qkv_proj), or GPT-NeoX's query_key_value whose rows are [q, k, v] per head.
+    """
+    layout = adapter.layout
     width = layout.n_kv_heads * layout.head_dim
-    family = adapter.family.name
-    if family == "llama":
-        v = proj(normed)  # (T, n_kv * head_dim)
-    elif family == "gpt2":  # c_attn is a Conv1D (d, 3d): q, k, v side by side
-        v = torch.addmm(proj.bias[2 * width :], normed, proj.weight[:, 2 * width :])
-    elif family == "gpt_neox":  # query_key_value rows are per head: [q, k, v] of head_dim each
+    projs = adapter.qkv_projections(layer)
+    w, b = weight_of(projs[-1])
+    if len(projs) == 3:
+        return w, b
+    if hasattr(adapter.attention(layer), "query_key_value"):  # per head: [q, k, v] of head_dim rows each
         hd = layout.head_dim
-        w = proj.weight.view(layout.n_heads, 3 * hd, -1)[:, 2 * hd :].reshape(width, -1)
-        b = None if proj.bias is None else proj.bias.view(layout.n_heads, 3 * hd)[:, 2 * hd :].reshape(width)
-        v = F.linear(normed, w, b)
-    else:
-        raise NotImplementedError(f"no value projection for family {family!r}")
-    values: torch.Tensor = v.view(normed.shape[0], layout.n_kv_heads, layout.head_dim)
-    return values
+        w = w.view(layout.n_heads, 3 * hd, -1)[:, 2 * hd :].reshape(width, -1)
+        return w, None if b is None else b.view(layout.n_heads, 3 * hd)[:, 2 * hd :].reshape(width)
+    return w[-width:], None if b is None else b[-width:]
 
 
 def per_head(out_proj: nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Each head's output through its columns of the output projection, bias excluded: (n_heads, d_model).
 
-    z: (n_heads, head_dim), one position. Runs the projection on a block-diagonal input, so
-    Linear (o_proj, dense) and GPT-2's Conv1D (c_proj) are handled alike.
+    z: (n_heads, head_dim), one position.
     """
     n_heads, head_dim = z.shape
-    eye = torch.eye(n_heads, dtype=z.dtype, device=z.device)
-    blocks = (eye[:, :, None] * z[None]).reshape(n_heads, n_heads * head_dim)  # row h: z_h in its slice
-    out: torch.Tensor = out_proj(blocks)
-    bias = getattr(out_proj, "bias", None)
-    return out - bias if isinstance(bias, torch.Tensor) else out
+    w, _ = weight_of(out_proj)  # (d, n_heads * head_dim)
+    return torch.einsum("he,dhe->hd", z, w.to(z.dtype).view(-1, n_heads, head_dim))
 
 
 @dataclass
 class Components:
-    """The residual stream at one position, split into its parts (float32, each (…, d_model))."""
+    """The residual stream at one position, split into its parts (float32 or wider, each (…, d_model))."""
 
     embed: torch.Tensor  # (d,)
-    heads: torch.Tensor  # (n_layers, n_heads, d)
+    z: torch.Tensor  # (n_layers, n_heads, head_dim): each head's output-projection input
+    heads: torch.Tensor  # (n_layers, n_heads, d): each head's write into the stream
     mlp: torch.Tensor  # (n_layers, d), MLP output bias excluded
-    biases: torch.Tensor  # (d,): every output-projection and MLP-output bias, summed
+    biases: torch.Tensor  # (d,): every output-projection, MLP-output and norm bias, summed
     final: torch.Tensor  # (d,): the residual stream entering the final norm
+    block_error: float  # largest |rebuilt block output − the next block's cached input|, relative
 
 
 @torch.inference_mode()
-def components(loaded: Loaded, run: Run, position: int) -> Components:
-    """Recompute every block's attention and MLP output at `position` from the run's cached block inputs."""
-    adapter, layout = loaded.adapter, loaded.adapter.layout
-    fam = adapter.family
+def components(loaded: Loaded | Adapter, run: Run, position: int) -> Components:
+    """Recompute every block's attention and MLP write at `position` from the run's cached block inputs."""
+    adapter = loaded if isinstance(loaded, Adapter) else loaded.adapter
+    layout, p = adapter.layout, position
     dtype = next(adapter.model.parameters()).dtype
-    p = position
-    heads, mlps = [], []
-    biases = torch.zeros(layout.d_model, device=loaded.device)
-    resid = run.layer_inputs[0][0, p].float()
-    embed = resid
+    wide = torch.promote_types(dtype, torch.float32)
+    hd, n_heads = layout.head_dim, layout.n_heads
+    kv = torch.arange(n_heads) // layout.group_size
+    x0 = run.layer_inputs[0][0, p].to(wide)
+    device = x0.device
+    zs, heads, mlps, biases, error = [], [], [], torch.zeros_like(x0), 0.0
+    resid = x0
     for layer in range(layout.n_layers):
+        plan = block_plan(adapter, layer)
+        rm = plan.residual_multiplier
         x = run.layer_inputs[layer][0, : p + 1]  # (p+1, d): the block input up to the position
-        normed = adapter.block_part(layer, fam.attn_norm)(x).float()  # (p+1, d)
-        rows = run.maps(layer, list(range(layout.n_heads)), layout.group_size, slice(p, p + 1))[:, 0, : p + 1]
-        # Σ_k a_k (W_V n_k + b_V) = W_V (Σ_k a_k n_k) + b_V, rows summing to 1: mix first, project n_heads rows
-        mixed = rows.to(normed.device) @ normed  # (n_heads, d)
-        v = value_states(adapter, layer, mixed.to(dtype)).float()  # (n_heads, n_kv, head_dim)
-        kv = torch.arange(layout.n_heads, device=v.device) // layout.group_size
-        z = v[torch.arange(layout.n_heads, device=v.device), kv]  # (n_heads, head_dim)
-        out_proj = adapter.out_proj(layer)
-        head_out = per_head(out_proj, z.to(dtype)).float()  # (n_heads, d)
-        attn_bias = adapter.out_proj_bias(layer)
-        attn_out = head_out.sum(0) + (0 if attn_bias is None else attn_bias.float())
-        x_p = x[p].float()
-        mlp_in = x_p if adapter.parallel_residual(layer) else x_p + attn_out
-        mlp_norm = adapter.block_part(layer, fam.mlp_norm)
-        mlp_out = adapter.block_part(layer, "mlp")(mlp_norm(mlp_in.to(dtype))).float()  # (d,)
-        mlp_bias = getattr(adapter.block_part(layer, fam.mlp_out), "bias", None)
-        if isinstance(mlp_bias, torch.Tensor):
-            mlp_out = mlp_out - mlp_bias.float()
-            biases = biases + mlp_bias.float()
-        if attn_bias is not None:
-            biases = biases + attn_bias.float()
-        heads.append(head_out)
-        mlps.append(mlp_out)
-        resid = x_p + attn_out + mlp_out + (mlp_bias.float() if isinstance(mlp_bias, torch.Tensor) else 0)
-    return Components(embed=embed, heads=torch.stack(heads), mlp=torch.stack(mlps), biases=biases, final=resid)
-
-
-def frozen_direction(norm: nn.Module, resid: torch.Tensor, unembed: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """The final norm frozen at `resid`, folded into an unembedding direction.
-
-    Returns g (d,) and a constant c with  unembed · norm(x) = g · x + c  for x = resid exactly
-    (RMSNorm: g = unembed ⊙ w / rms(resid); LayerNorm also centres g and c = unembed · bias).
-    """
-    weight = getattr(norm, "weight", None)
-    w = weight.float() if isinstance(weight, torch.Tensor) else torch.ones_like(resid)
-    if isinstance(norm, nn.LayerNorm):
-        scale = torch.rsqrt(resid.var(unbiased=False) + norm.eps)
-        g = unembed * w * scale
-        bias = norm.bias
-        const = float(unembed @ bias.float()) if isinstance(bias, torch.Tensor) else 0.0
-        return g - g.mean(), const
-    eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-    scale = torch.rsqrt(resid.pow(2).mean() + eps)
-    return unembed * w * scale, 0.0
+        normed = part(adapter, layer, plan.attn_norm)(x).to(wide)  # (p+1, d)
+        rows = run.maps(layer, list(range(n_heads)), layout.group_size, slice(p, p + 1))[:, 0, : p + 1]
+        rows = rows.to(device, wide)  # (n_heads, p+1); sums to < 1 with sinks
+        # Σ_k a_k (W_V n_k + b_V) = W_V (Σ_k a_k n_k) + b_V Σ_k a_k: mix first, project n_heads rows
+        mixed = rows @ normed  # (n_heads, d)
+        w_v, b_v = value_weight(adapter, layer)
+        z = torch.einsum("hd,hed->he", mixed, w_v.to(wide).view(layout.n_kv_heads, hd, -1)[kv])  # (n_heads, hd)
+        if b_v is not None:
+            z = z + rows.sum(-1, keepdim=True) * b_v.to(wide).view(layout.n_kv_heads, hd)[kv]
+        head_out = per_head(adapter.out_proj(layer), z)  # (n_heads, d)
+        o_bias = adapter.out_proj_bias(layer)
+        o_bias_w = torch.zeros_like(x0) if o_bias is None else o_bias.to(wide)
+        f_attn = freeze(part(adapter, layer, plan.attn_out_norm), head_out.sum(0) + o_bias_w)
+        head_writes = rm * f_attn.linear(head_out)  # (n_heads, d)
+        attn_bias = rm * (f_attn.linear(o_bias_w) + f_attn.const(x0))
+        attn_write = head_writes.sum(0) + attn_bias
+        x_p = x[p].to(wide)
+        mlp_in = x_p if plan.parallel else x_p + attn_write
+        mlp_normed = part(adapter, layer, plan.mlp_norm)(mlp_in.to(dtype).view(1, 1, -1))
+        out = adapter.block_part(layer, "mlp")(mlp_normed)
+        m = (out[0] if isinstance(out, tuple) else out).reshape(-1).to(wide)  # (d,); GPT-OSS adds router scores
+        mlp_out = adapter.family.mlp_out
+        m_bias = getattr(adapter.block_part(layer, mlp_out), "bias", None) if mlp_out else None
+        m_bias_w = m_bias.to(wide) if isinstance(m_bias, torch.Tensor) else torch.zeros_like(x0)
+        f_mlp = freeze(part(adapter, layer, plan.mlp_out_norm), m)
+        mlp_write = rm * f_mlp.linear(m - m_bias_w)
+        biases = biases + attn_bias + rm * (f_mlp.linear(m_bias_w) + f_mlp.const(x0))
+        resid = x_p + attn_write + rm * (f_mlp.linear(m) + f_mlp.const(x0))
+        if layer + 1 < layout.n_layers:
+            cached = run.layer_inputs[layer + 1][0, p].to(wide)
+            error = max(error, float((resid - cached).abs().max() / (1 + cached.abs().max())))
+        zs.append(z)
+        heads.append(head_writes)
+        mlps.append(mlp_write)
+    return Components(x0, torch.stack(zs), torch.stack(heads), torch.stack(mlps), biases, resid, error)
 
 
 @torch.inference_mode()
 def attribute(loaded: Loaded, run: Run, position: int, target: int, contrast: int | None = None) -> Attribution:
-    """Direct logit attribution of logit[target] (− logit[contrast]) at `position` (≥ 0).
+    """Direct logit attribution of logit[target] (− logit[contrast]) at `position` (≥ 0), before a final soft-cap.
 
     Args:
         loaded: the model.
@@ -148,20 +161,84 @@ def attribute(loaded: Loaded, run: Run, position: int, target: int, contrast: in
         target: token id whose logit is explained.
         contrast: optional token id; then the parts explain logit[target] − logit[contrast].
     """
-    lm_head = loaded.adapter.lm_head()
-    parts = components(loaded, run, position)
-    weight: torch.Tensor = getattr(lm_head, "weight").float()  # noqa: B009 (typed as Tensor | Module)
-    unembed = weight[target] - (weight[contrast] if contrast is not None else 0)
-    g, const = frozen_direction(loaded.adapter.final_norm(), parts.final, unembed)
-    bias = getattr(lm_head, "bias", None)
-    if isinstance(bias, torch.Tensor):
-        const += float(bias[target]) - (float(bias[contrast]) if contrast is not None else 0.0)
-    logits = lm_head(run.hidden[position : position + 1]).float()[0]  # (vocab,)
-    logit = float(logits[target]) - (float(logits[contrast]) if contrast is not None else 0.0)
+    return _attribute(loaded.adapter, run, position, target, contrast)
+
+
+def _attribute(adapter: Adapter, run: Run, position: int, target: int, contrast: int | None) -> Attribution:
+    lm_head = adapter.lm_head()
+    parts = components(adapter, run, position)
+    wide = parts.final.dtype
+    weight, bias = weight_of(lm_head)  # (vocab, d)
+    unembed = weight[target].to(wide) - (weight[contrast].to(wide) if contrast is not None else 0)
+    frozen = freeze(adapter.final_norm(), parts.final)
+    scale = adapter.logit_scale()
+    g = frozen.adjoint(unembed) * scale  # (d,)
+    const = float(unembed @ frozen.const(unembed)) * scale
+    if bias is not None:
+        const += (float(bias[target]) - (float(bias[contrast]) if contrast is not None else 0.0)) * scale
+    raw = lm_head(run.hidden[position : position + 1]).to(wide)[0] * scale  # (vocab,): before the soft-cap
+    capped = adapter.readout(lm_head(run.hidden[position : position + 1]))[0].to(wide)
+
+    def pick(logits: torch.Tensor) -> float:
+        return float(logits[target]) - (float(logits[contrast]) if contrast is not None else 0.0)
+
     return Attribution(
-        logit=logit,
+        logit=pick(raw),
         heads=(parts.heads @ g).cpu(),
         mlp=(parts.mlp @ g).cpu(),
         embed=float(parts.embed @ g),
         other=float(parts.biases @ g) + const,
+        model_logit=pick(capped),
+        final_softcap=adapter.final_softcap(),
     )
+
+
+@torch.inference_mode()
+def check(adapter: Adapter) -> str | None:
+    """Why DLA would not be exact on this model (None: it is), from one probe forward.
+
+    Rebuilds every head's output-projection input and every block's output at two positions and
+    compares them with the forward's own, then checks the parts sum to the logit.
+    """
+    layout = adapter.layout
+    device = next(adapter.model.parameters()).device
+    dtype = next(adapter.model.parameters()).dtype
+    tol = 1e-3 if dtype.itemsize >= 4 else 5e-2
+    ids = [(7 * i + 3) % layout.vocab_size for i in range(PROBE_TOKENS)]
+    inputs: dict[int, torch.Tensor] = {}
+    hooked: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int):  # type: ignore[no-untyped-def]
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            hooked[layer] = args[0][0].detach()  # (T, n_heads * head_dim)
+
+        return hook
+
+    handles = [adapter.out_proj(layer).register_forward_pre_hook(keep(layer)) for layer in range(layout.n_layers)]
+    try:
+        with capture.recording() as rec, recording_inputs(adapter, inputs):
+            out = adapter.backbone()(input_ids=torch.tensor([ids], device=device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(rec.captured) != layout.n_layers:
+        return "direct logit attribution needs every layer's attention captured"
+    run = Run("probe", "", ids, [""] * len(ids), rec.captured, out.last_hidden_state[0], {}, inputs)
+    name = layout.architecture
+    for p in (PROBE_TOKENS // 2, PROBE_TOKENS - 1):
+        try:
+            parts = components(adapter, run, p)
+        except UnknownNorm as err:
+            return f"direct logit attribution cannot freeze a norm of {name}: {err}"
+        for layer in range(layout.n_layers):
+            want = hooked[layer][p].to(parts.z.dtype).view(layout.n_heads, layout.head_dim)
+            if (parts.z[layer] - want).abs().max() > tol * (1 + want.abs().max()):
+                return f"direct logit attribution cannot rebuild the head outputs of {name} (layer {layer})"
+        if parts.block_error > tol:
+            return f"direct logit attribution does not know how {name}'s blocks combine attention and MLP"
+        target = int(adapter.lm_head()(run.hidden[p : p + 1])[0].argmax())
+        a = _attribute(adapter, run, p, target, None)
+        total = float(a.heads.sum() + a.mlp.sum()) + a.embed + a.other
+        if abs(total - a.logit) > tol * (1 + abs(a.logit)):
+            return f"direct logit attribution's parts do not sum to {name}'s logit ({total:.4g} vs {a.logit:.4g})"
+    return None

@@ -79,19 +79,28 @@ def head_outputs(loaded: Loaded, run: Run) -> dict[int, torch.Tensor]:
 def logit_diff(loaded: Loaded, hidden: torch.Tensor, answer: int, wrong: int) -> torch.Tensor:
     """logit[answer] − logit[wrong] of final-normed hidden states (B, d_model): (B,), float32 or wider.
 
-    One dot product per row with the difference of the two unembedding rows: each row's value does
-    not depend on the batch it sits in (a GEMM over the batch may pick another kernel per batch size),
-    so a patch that changes nothing gives the target's own difference, bit for bit.
+    One dot product per row with the unembedding rows: each row's value does not depend on the batch
+    it sits in (a GEMM over the batch may pick another kernel per batch size), so a patch that changes
+    nothing gives the target's own difference, bit for bit. The model's readout (logit scale, final
+    soft-cap) is applied to each logit, as the model does: a soft-cap does not commute with the difference.
     """
-    lm_head = loaded.adapter.lm_head()
+    adapter = loaded.adapter
+    lm_head = adapter.lm_head()
     weight: torch.Tensor = getattr(lm_head, "weight")  # noqa: B009 (typed as Tensor | Module)
     wide = torch.promote_types(hidden.dtype, torch.float32)
-    direction = (weight[answer].to(wide) - weight[wrong].to(wide)).to(hidden.device)  # (d,)
-    diff = (hidden.to(wide) * direction).sum(-1)
     bias = getattr(lm_head, "bias", None)
+    if adapter.final_softcap() is None:
+        direction = (weight[answer].to(wide) - weight[wrong].to(wide)).to(hidden.device)  # (d,)
+        diff = (hidden.to(wide) * direction).sum(-1)
+        if isinstance(bias, torch.Tensor):
+            diff = diff + (bias[answer].to(wide) - bias[wrong].to(wide))
+        return adapter.readout(diff)  # the scale alone is linear
+    pair = weight[[answer, wrong]].to(wide).to(hidden.device)  # (2, d)
+    logits = (hidden.to(wide)[:, None, :] * pair).sum(-1)  # (B, 2)
     if isinstance(bias, torch.Tensor):
-        diff = diff + (bias[answer].to(wide) - bias[wrong].to(wide))
-    return diff
+        logits = logits + bias[[answer, wrong]].to(wide)
+    capped = adapter.readout(logits)
+    return capped[:, 0] - capped[:, 1]
 
 
 @contextmanager
