@@ -1,6 +1,7 @@
 // The JSON API, one function per endpoint. Each takes an optional {signal} to cancel a stale request.
 import { apiKey, askForKey, authHeaders } from "./auth.js";
 import { mapRows } from "./f16.js";
+import { readEvents } from "./sse.js";
 
 export class ApiError extends Error {
   constructor(status, code, detail) {
@@ -35,16 +36,18 @@ function sleep(ms, signal) {
 const MAX_RETRIES = 3;
 
 /**
- * One request; a 503 (busy or not ready yet) is retried after its Retry-After, a few times, and a 401
- * (the server has an API key) asks for the key and sends the request again.
+ * One request, with the API key; a 503 (busy or not ready yet) is retried after its Retry-After, a few times,
+ * and a 401 (the server has an API key) asks for the key and sends the request again. `body` is JSON, or
+ * FormData sent as it is. Resolves to the response once it is OK; otherwise throws an ApiError.
  */
-async function request(method, path, body, { signal } = {}) {
+async function send(method, path, body, { signal, accept } = {}) {
+  const form = body instanceof FormData;
   for (let attempt = 0; ; attempt++) {
     const res = await fetch(path, {
       method,
       signal,
-      headers: { ...authHeaders(), ...(body ? { "content-type": "application/json" } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
+      headers: { ...authHeaders(), ...(body && !form ? { "content-type": "application/json" } : {}), ...(accept ? { accept } : {}) },
+      body: body ? (form ? body : JSON.stringify(body)) : undefined,
     });
     if (res.status === 401) {
       await askForKey(!!apiKey());
@@ -56,16 +59,26 @@ async function request(method, path, body, { signal } = {}) {
       await sleep(wait * 1000, signal);
       continue;
     }
-    let data = null;
-    try {
-      data = await res.json();
-    } catch (err) {
-      if (signal?.aborted) throw err; // cancelled while the body was arriving: not an empty answer
-      // not JSON: fall through to the status check
-    }
-    if (!res.ok) throw new ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);
-    return data;
+    if (res.ok) return res;
+    const data = await res.json().catch(() => null);
+    throw new ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);
   }
+}
+
+/** A JSON request (see send()); resolves to the parsed answer. */
+async function request(method, path, body, { signal } = {}) {
+  const res = await send(method, path, body, { signal });
+  try {
+    return await res.json();
+  } catch (err) {
+    if (signal?.aborted) throw err; // cancelled while the body was arriving: not an empty answer
+    return null; // an OK answer without a JSON body (204)
+  }
+}
+
+/** A Server-Sent Events request (see send()): an async iterator of {event, data}, read with the key sent. */
+async function* stream(method, path, body, { signal } = {}) {
+  yield* readEvents(await send(method, path, body, { signal, accept: "text/event-stream" }));
 }
 
 export const model = (opts) => request("GET", "/api/model", null, opts);
@@ -123,15 +136,12 @@ export const datasets = (opts) => request("GET", "/api/datasets", null, opts);
 export const dataset = (id, opts) => request("GET", `/api/datasets/${encodeURIComponent(id)}`, null, opts);
 export const createDataset = (name, texts, opts) => request("POST", "/api/datasets", { name, texts }, opts);
 
-/** Upload a .jsonl or .txt file as a dataset (multipart); errors in the same shape as request(). */
-export async function uploadDataset(file, name, { signal } = {}) {
+/** Upload a .jsonl or .txt file as a dataset (multipart). */
+export function uploadDataset(file, name, opts) {
   const form = new FormData();
   form.append("file", file);
   if (name) form.append("name", name);
-  const res = await fetch("/api/datasets", { method: "POST", body: form, signal, headers: authHeaders() });
-  const data = await res.json().catch(() => null);
-  if (!res.ok) throw new ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);
-  return data;
+  return request("POST", "/api/datasets", form, opts);
 }
 
 const jobPath = (id, rest = "") => `/api/jobs/${encodeURIComponent(id)}${rest}`;
@@ -145,9 +155,16 @@ export const jobExamples = (id, { layer, head }, metric, k = 5, opts) =>
   request("GET", jobPath(id, `/heads/${layer}/${head}/examples?${new URLSearchParams({ metric, k })}`), null, opts);
 export const jobSimilarity = (id, metric = "js", opts) =>
   request("GET", jobPath(id, `/similarity?${new URLSearchParams({ metric })}`), null, opts);
-/** Not fetched by the page: the address of the progress stream (EventSource) and of the export files (links). */
-export const jobEventsURL = (id) => jobPath(id, "/events");
-export const jobExportURL = (id, format) => jobPath(id, `/export?${new URLSearchParams({ format })}`);
+
+/** A job's progress as it happens: an async iterator of `progress` events (the job), then one `end` event. */
+export const jobEvents = (id, opts) => stream("GET", jobPath(id, "/events"), null, opts);
+
+/** Every head's statistics as a file ("csv", "json" or "parquet"): {blob, filename}. */
+export async function jobExport(id, format, opts) {
+  const res = await send("GET", jobPath(id, `/export?${new URLSearchParams({ format })}`), null, opts);
+  const named = /filename="([^"]+)"/.exec(res.headers.get("content-disposition") || "")?.[1];
+  return { blob: await res.blob(), filename: named || `${id}-heads.${format}` };
+}
 
 // -- the lecture's experiments (the Lecture page) --
 
@@ -169,40 +186,11 @@ export const datasetTexts = (id, offset = 0, limit = 1, opts) =>
  * the generation on the server. Errors in the same shape as request(); a 401 asks for the key and retries.
  */
 export async function generate(body, onToken, { signal } = {}) {
-  let res;
-  for (;;) {
-    res = await fetch("/api/generate", {
-      method: "POST",
-      signal,
-      headers: { ...authHeaders(), "content-type": "application/json", accept: "text/event-stream" },
-      body: JSON.stringify(body),
-    });
-    if (res.status !== 401) break;
-    await askForKey(!!apiKey());
+  for await (const { event, data } of stream("POST", "/api/generate", body, { signal })) {
+    const parsed = JSON.parse(data);
+    if (event === "token") onToken(parsed);
+    else if (event === "end") return parsed;
+    else if (event === "error") throw new ApiError(200, parsed.error, parsed.detail);
   }
-  if (!res.ok) {
-    const data = await res.json().catch(() => null);
-    throw new ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);
-  }
-  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) throw new ApiError(res.status, "stream_ended", "the generation stream ended without an answer");
-    buffer += value;
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      const event = /^event: (.*)$/m.exec(block)?.[1];
-      const data = /^data: (.*)$/m.exec(block)?.[1];
-      if (!event || data === undefined) continue; // a comment (keep-alive)
-      const parsed = JSON.parse(data);
-      if (event === "token") onToken(parsed);
-      else if (event === "end") {
-        reader.cancel().catch(() => {});
-        return parsed;
-      } else if (event === "error") throw new ApiError(res.status, parsed.error, parsed.detail);
-    }
-  }
+  throw new ApiError(200, "stream_ended", "the generation stream ended without an answer");
 }

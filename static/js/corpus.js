@@ -8,7 +8,7 @@ import { RESUMABLE, RUNNING, renderJobList, renderProgress, watchJob } from "./c
 import { drawScatter } from "./corpusscatter.js";
 import * as store from "./corpusstate.js";
 import { drawSimilarity } from "./similarity.js";
-import { el, fill, headLabel, isAbort, sameHead } from "./util.js";
+import { download, el, fill, headLabel, isAbort, sameHead } from "./util.js";
 
 const $ = (id) => document.getElementById(id);
 const HEADS_EVERY_MS = 1500; // while a job runs, partial statistics are re-read at most this often
@@ -174,6 +174,13 @@ async function cancel() {
   await Promise.all([loadResults(), refreshJobs()]);
 }
 
+/** Download the open job's statistics as a file: fetched with the API key, saved from a Blob. */
+async function exportAs(format) {
+  if (!S.job) return;
+  const { blob, filename } = await api.jobExport(S.job, format);
+  download(filename, blob);
+}
+
 async function resume(id) {
   await api.resumeJob(id);
   await openJob(id, id !== S.job);
@@ -214,12 +221,7 @@ function showResults() {
       ? "Statistics appear here after the first batch of texts."
       : "Pick a dataset, choose the analyses and start a job, or reopen one from Recent jobs.";
   $("partial").hidden = !heads?.partial;
-  for (const format of ["csv", "json", "parquet"]) {
-    const a = $(`export-${format}`);
-    if (heads) a.href = api.jobExportURL(S.job, format);
-    else a.removeAttribute("href");
-    a.setAttribute("aria-disabled", String(!heads));
-  }
+  for (const format of ["csv", "json", "parquet"]) $(`export-${format}`).disabled = !heads;
   if (!heads) return;
   const metrics = heads.metrics;
   S.metric = pick(S.metric, metrics, metrics[0]);
@@ -336,6 +338,9 @@ function wire() {
   $("cancel").addEventListener("click", () => track(cancel(), "cancelling…"));
   $("resume").addEventListener("click", () => job && track(resume(job.id), "resuming…"));
   $("jobs-refresh").addEventListener("click", () => track(refreshJobs(), "reading jobs…"));
+  for (const b of document.querySelectorAll("button[data-format]")) {
+    b.addEventListener("click", () => track(exportAs(b.dataset.format), `exporting ${b.dataset.format}…`));
+  }
   $("imp-method").addEventListener("click", (e) => {
     const b = e.target.closest("button[data-method]");
     if (b) toggleGroup($("imp-method"), "method", b.dataset.method);

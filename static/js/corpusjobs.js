@@ -1,5 +1,5 @@
-// Job progress: follow a job through its Server-Sent Events (polling GET /api/jobs/{id} if the stream drops),
-// draw its progress bar, and list recent jobs to reopen or resume.
+// Job progress: follow a job through its Server-Sent Events, read with fetch() so they carry the API key
+// (polling GET /api/jobs/{id} if the stream drops); draw its progress bar; list recent jobs to reopen or resume.
 import * as api from "./api.js";
 import { el, fill } from "./util.js";
 
@@ -10,23 +10,21 @@ const POLL_MS = 1000;
 
 /**
  * Follow job `id` until it ends: onProgress(job) at each finished batch, onEnd(job) once, onError(err) for a
- * failed poll. Returns a function that stops following.
+ * failed poll. The events come through fetch() (api.jobEvents), so they carry the API key. Returns a
+ * function that stops following.
  */
 export function watchJob(id, { onProgress, onEnd, onError }) {
-  let stopped = false;
+  const ctl = new AbortController();
   let timer = 0;
-  let source = null;
   const stop = () => {
-    stopped = true;
-    source?.close();
+    ctl.abort();
     clearTimeout(timer);
   };
   const settle = async () => {
     // the end (or a dropped stream): ask for the job itself, then stop or keep polling
-    if (stopped) return;
+    if (ctl.signal.aborted) return;
     try {
-      const job = await api.job(id);
-      if (stopped) return;
+      const job = await api.job(id, { signal: ctl.signal });
       if (ENDED.has(job.state)) {
         stop();
         onEnd(job);
@@ -34,29 +32,35 @@ export function watchJob(id, { onProgress, onEnd, onError }) {
       }
       onProgress(job);
     } catch (err) {
-      if (stopped) return;
+      if (ctl.signal.aborted) return;
       onError(err);
       if (err.status === 404) return stop();
     }
     timer = setTimeout(settle, POLL_MS);
   };
-  source = new EventSource(api.jobEventsURL(id));
-  source.addEventListener("progress", (e) => {
-    if (stopped) return;
+  const follow = async () => {
     try {
-      onProgress(JSON.parse(e.data));
+      for await (const { event, data } of api.jobEvents(id, { signal: ctl.signal })) {
+        if (ctl.signal.aborted) return;
+        let job;
+        try {
+          job = JSON.parse(data);
+        } catch {
+          continue; // not the job JSON: the next event or the end will tell
+        }
+        if (event === "progress") onProgress(job);
+        else if (event === "end" && ENDED.has(job.state)) {
+          stop();
+          onEnd(job);
+          return;
+        }
+      }
     } catch {
-      // not the job JSON: the next event or the end will tell
+      // a dropped stream (or stop()): settle() asks for the job itself
     }
-  });
-  const fallBack = () => {
-    if (!source) return;
-    source.close();
-    source = null;
     settle();
   };
-  source.addEventListener("end", fallBack);
-  source.addEventListener("error", fallBack); // also fires when the server closes the stream
+  follow();
   return stop;
 }
 

@@ -164,11 +164,12 @@ def test_upload_job_grid_examples_and_click_through(
     assert page.inner_text("#head-body .cx >> nth=0 >> .ctok.k") == first["tokens"][k].replace("\n", "↵")
     assert f"score {fmt(first['score'])}" in page.inner_text("#head-body .cx >> nth=0 >> .cx-head")
 
-    # export: plain links to the API's files
-    assert page.get_attribute("#export-csv", "href") == f"/api/jobs/{job_id}/export?format=csv"
-    csv = page.request.get(base + page.get_attribute("#export-csv", "href"))
-    assert csv.ok and csv.text().splitlines()[0] == "layer,head,kv_group,metric,mean,std,n,ci_low,ci_high"
-    assert page.get_attribute("#export-parquet", "href") == f"/api/jobs/{job_id}/export?format=parquet"
+    # export: the API's file, fetched and saved under the server's file name (with a key too: test_api_key_pages)
+    with page.expect_download() as dl:
+        page.click("#export-csv")
+    assert dl.value.suggested_filename == f"{job_id}-heads.csv"
+    csv = Path(dl.value.path()).read_text()
+    assert csv.splitlines()[0] == "layer,head,kv_group,metric,mean,std,n,ci_low,ci_high"
 
     # the scatter: one point per head (both metrics measured on every text), a click selects that head
     before = painted(page, "#scatter")
