@@ -53,6 +53,7 @@ async def overview(body: OverviewIn, svc: ServiceDep) -> OverviewOut:
                 first_token=_grid(s.first_token),
                 duplicate_token=None if s.duplicate_token is None else _grid(s.duplicate_token),
                 induction=_grid(induction),
+                text_induction=None if s.text_induction is None else _grid(s.text_induction),
             ),
             prediction=prediction_out(pred, loaded.tokenizer),
         )

@@ -258,7 +258,7 @@ class HeadsOut(Tokens):
 
 
 class RoleInfo(BaseModel):
-    name: str = Field(description="the score's field in /api/heads (and in /api/overview `stats` where it is there)")
+    name: str = Field(description="the score's field in /api/heads and in /api/overview `stats`")
     label: str = Field(description="how the page names it")
     description: str
 
@@ -286,6 +286,7 @@ class RoleGrid(BaseModel):
     first_token: list[list[float]]
     duplicate_token: list[list[float]] | None
     induction: list[list[float]]
+    text_induction: list[list[float]] | None = Field(description=_role("text_induction"))
 
 
 class OverviewOut(Tokens):

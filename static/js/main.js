@@ -216,10 +216,6 @@ async function applyOverlay() {
     const g = await overlays.scores(o);
     if (seq !== runSeq || S.color !== o.name) return;
     grid.setOverlay(o.label, g, o.description);
-    if (!o.method) {
-      headView.setExtraStats({ [o.name]: g });
-      if (S.view === "head") track(drawHead(), "loading map…");
-    }
   } catch (err) {
     if (seq === runSeq && S.color === o.name) grid.setLegendNote(`${o.label}: not available`);
     throw err;

@@ -42,9 +42,8 @@ export class Overlays {
     const run = this.run;
     if (!run || o === NONE) return "";
     if (o.method) return run.tokens.length < 2 ? "needs two tokens" : "";
-    if (o.name in run.stats) return run.stats[o.name] === null ? "no token repeats" : "";
-    // scores outside the overview (induction on the text) exist only where a token repeats
-    return new Set(run.token_ids).size < run.token_ids.length ? "" : "no token repeats";
+    if (!(o.name in run.stats)) return "not computed";
+    return run.stats[o.name] === null ? "no token repeats" : ""; // the scores that need a repeated token
   }
 
   /**
@@ -67,18 +66,10 @@ export class Overlays {
     return name;
   }
 
-  /** An overlay's n_layers × n_heads scores for this text: importance, or a role score from /api/heads. */
+  /** An importance overlay's n_layers × n_heads scores for this text (role scores come with the overview). */
   scores(o) {
     if (!this.pending[o.name]) {
-      const { text, n_layers: nL, n_heads: nH } = this.run;
-      const opts = { signal: this.signal };
-      const p = o.method
-        ? api.importance(text, o.method, opts).then((res) => res.scores)
-        : api.heads(text, opts).then((res) => {
-            const g = [...Array(nL)].map(() => Array(nH).fill(null));
-            for (const h of res.heads) g[h.layer][h.head] = h[o.name];
-            return g;
-          });
+      const p = api.importance(this.run.text, o.method, { signal: this.signal }).then((res) => res.scores);
       const pending = (this.pending[o.name] = p);
       const arrived = this.arrived;
       p.then(
