@@ -3,10 +3,8 @@ definition, the API's limits, the event stream, and a disconnect that stops the 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +20,7 @@ from app.inspect.loading import Loaded
 from app.main import create_app
 from app.service import Service
 from tests.conftest import make_client
+from tests.disconnect import Watch, leave_midway
 from tests.helpers import as_loaded, hook_count
 from tests.test_service import run_async
 from tests.tiny import ARCHS, tiny_model
@@ -303,74 +302,17 @@ def test_a_client_that_disconnects_stops_the_generation(
     app = create_app(Settings(model=loaded.name), loaded=loaded)
     svc: Service = app.state.service
     svc.ready = True
-    made: list[float] = []
-    closed: list[float] = []
-    real = generation.steps
-
-    def watched(*args: Any, **kwargs: Any) -> Generator[generation.Step, None, list[generation.Continuation]]:
-        inner = real(*args, **kwargs)
-        try:
-            while True:
-                try:
-                    step = next(inner)
-                except StopIteration as done:
-                    result: list[generation.Continuation] = done.value
-                    return result
-                made.append(time.monotonic())
-                time.sleep(0.1)  # a slow token (as long as the disconnect poll), so the client leaves mid-way
-                yield step
-        finally:
-            inner.close()
-            closed.append(time.monotonic())
-
-    monkeypatch.setattr("app.api.generate.steps", watched)
+    watch = Watch()
+    monkeypatch.setattr("app.api.generate.steps", watch.wrap(generation.steps, 0.1))  # as long as the poll
     body = json.dumps({"text": PROMPT, "max_new_tokens": 200, "ablate": ABLATE}).encode()
     accept = b"text/event-stream" if stream else b"application/json"
     sent: list[dict[str, Any]] = []
 
     async def scenario() -> None:
-        gone = asyncio.Event()
-        asked = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal asked
-            if not asked:
-                asked = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "path": "/api/generate",
-            "raw_path": b"/api/generate",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json"), (b"accept", accept), (b"host", b"test")],
-            "client": ("127.0.0.1", 1),
-            "server": ("test", 80),
-            "scheme": "http",
-            "root_path": "",
-        }
-        call = asyncio.create_task(app(scope, receive, send))
-        while len(made) < 4:
-            await asyncio.sleep(0.01)
-        gone.set()
-        left = time.monotonic()
-        await asyncio.wait_for(call, 10)
-        while not closed and time.monotonic() - left < 5:
-            await asyncio.sleep(0.01)
-        assert closed
+        left = await leave_midway(app, "/api/generate", body, watch, 4, [(b"accept", accept)], sent)
         # at most the token under way when it left, and one begun before the next poll (every 0.1 s) saw it
-        assert sum(t > left for t in made) <= 2
-        n = len(made)
-        await asyncio.sleep(0.3)
-        assert len(made) == n < 200  # nothing ran after the close
+        assert sum(t > left for t in watch.made) <= 2
+        assert len(watch.made) < 200
 
     run_async(scenario)
     if stream:  # the tokens made before it left were streamed as they came

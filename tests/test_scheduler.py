@@ -18,6 +18,7 @@ from app.inspect.loading import Loaded
 from app.main import create_app
 from app.service import Cancelled, ClientGone, Service
 from tests.conftest import make_client
+from tests.disconnect import Watch, leave_midway
 from tests.test_service import run_async
 
 
@@ -149,68 +150,15 @@ def test_a_sweep_whose_client_disconnects_stops_within_one_slice(
     app = create_app(Settings(model=loaded.name), loaded=loaded)
     svc: Service = app.state.service
     svc.ready = True
-    slices: list[float] = []
-    closed: list[float] = []
-    real = importance.sweep_slices
-
-    def watched(*args: Any, **kwargs: Any) -> Generator[importance.SweepProgress, None, importance.SweepResult]:
-        steps = real(*args, **kwargs)
-        try:
-            for progress in steps:
-                slices.append(time.monotonic())
-                time.sleep(0.05)  # a slow slice, so the disconnect lands mid-sweep
-                yield progress
-        finally:
-            closed.append(time.monotonic())
-        return importance.SweepResult(delta_loss=None, kl_last=None)  # type: ignore[arg-type]
-
-    monkeypatch.setattr("app.api.importance.sweep_slices", watched)
+    watch = Watch()
+    monkeypatch.setattr("app.api.importance.sweep_slices", watch.wrap(importance.sweep_slices, 0.05))
     body = b'{"text": "%s", "method": "ablation"}' % LONG.encode()
     runs.analyse(loaded, LONG)  # warm
 
     async def scenario() -> None:
-        gone = asyncio.Event()
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await gone.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            pass
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "path": "/api/importance",
-            "raw_path": b"/api/importance",
-            "query_string": b"",
-            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
-            "client": ("127.0.0.1", 1),
-            "server": ("test", 80),
-            "scheme": "http",
-            "root_path": "",
-        }
-        call = asyncio.create_task(app(scope, receive, send))
-        while len(slices) < 3:
-            await asyncio.sleep(0.01)
-        gone.set()
-        left = time.monotonic()
-        await asyncio.wait_for(call, 10)
-        while not closed and time.monotonic() - left < 5:
-            await asyncio.sleep(0.01)
-        assert closed
-        assert sum(t > left for t in slices) <= 1  # at most the slice already under way when it left
-        n = len(slices)
-        await asyncio.sleep(0.3)
-        assert len(slices) == n  # nothing ran after the close
-        assert n < loaded.adapter.layout.n_layers * loaded.adapter.layout.n_heads
+        left = await leave_midway(app, "/api/importance", body, watch, 3)
+        assert sum(t > left for t in watch.made) <= 1  # at most the slice already under way when it left
+        assert len(watch.made) < loaded.adapter.layout.n_layers * loaded.adapter.layout.n_heads
 
     run_async(scenario)
     assert svc.queue_depth == 0
