@@ -99,8 +99,12 @@ def test_corpus_job_progress_streams_and_exports_download_with_the_key(
     page.watch.allow("status of 401")  # the first request, before the key is given
     page.set_viewport_size({"width": 1280, "height": 720})
     page.goto(base + "/corpus")
+    page.wait_for_selector("#api-key-dialog[open]")
+    page.screenshot(path=str(artifacts / "corpus-keyed-dialog-1280.png"))
     give_key(page)
     page.wait_for_selector("body[data-ready]")
+    assert page.is_disabled("#export-csv")  # nothing to export before a job has statistics
+    page.screenshot(path=str(artifacts / "corpus-keyed-start-1280.png"))
     requests = Requests(page)  # from here on, every request must carry the key
     page.select_option("#dataset", ds_id)
     page.check('input[name="analysis"][value="importance"]')
