@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from app.inspect import variants
 from app.inspect.loading import Loaded
 from tests.helpers import as_loaded
+from tests.tiny import VOCAB as GPT2_VOCAB
+from tests.tiny import gpt2_tokenizer
 
 VOCAB = 128
 WINDOW = 4  # sliding window of the tiny local layers
@@ -189,6 +192,15 @@ def served(model_type: str) -> Loaded:
 def ids(n: int = 3 * WINDOW, seed: int = 1) -> list[int]:
     """n token ids in 3..VOCAB−1 (past the sliding window for the default n)."""
     return torch.randint(3, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def save(spec: Spec, path: Path) -> Path:
+    """The family's tiny model with GPT-2's vocabulary, saved with GPT-2's tokenizer as a servable directory."""
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(spec.model_type, **{**config_kwargs(spec), "vocab_size": GPT2_VOCAB})
+    AutoModelForCausalLM.from_config(config).save_pretrained(path, safe_serialization=True)
+    gpt2_tokenizer().save_pretrained(path)
+    return path
 
 
 def by_type(model_type: str) -> Spec:

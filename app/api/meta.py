@@ -11,6 +11,7 @@ from app.api.schemas import (
     Error,
     Health,
     KVCacheCost,
+    LayerVariantOut,
     ModelInfo,
     RoleInfo,
     RolesOut,
@@ -20,6 +21,7 @@ from app.api.schemas import (
 from app.inspect.roles import ROLES
 from app.inspect.runs import token_strings
 from app.inspect.tradeoff import attention_params
+from app.inspect.variants import variants_of
 from app.service import LoadFailed, NotReady
 
 router = APIRouter(prefix="/api", tags=["model"])
@@ -81,6 +83,10 @@ def model_info(svc: ServiceDep) -> ModelInfo:
             saving_vs_mha=1 - this / mha,
         ),
         attention_params=[AttentionParams(q=p.q, k=p.k, v=p.v, o=p.o) for p in attention_params(loaded.adapter)],
+        layer_variants=[
+            LayerVariantOut(layer=i, label=v.label, window=v.window, softcap=v.softcap, sinks=v.sinks)
+            for i, v in enumerate(variants_of(loaded.model, loaded.adapter))
+        ],
     )
 
 

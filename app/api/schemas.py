@@ -81,6 +81,14 @@ class AttentionParams(BaseModel):
     o: int
 
 
+class LayerVariantOut(BaseModel):
+    layer: int
+    label: str = Field(description='how the page names it: "local 4096", "global", plus ", soft-cap 50", ", sinks"')
+    window: int | None = Field(description="sliding window in tokens (a local layer); null for a global layer")
+    softcap: float | None = Field(description="attention logit soft-cap: scores ← tanh(scores / cap) · cap")
+    sinks: bool = Field(description="learned sinks: each row gives part of its mass to a sink, so sums to < 1")
+
+
 class ModelInfo(BaseModel):
     name: str
     architecture: str
@@ -101,6 +109,7 @@ class ModelInfo(BaseModel):
     attention_params: list[AttentionParams] = Field(
         description="per layer, the q/k/v/o projections' parameters from the weights (a fused q/k/v split by output)"
     )
+    layer_variants: list[LayerVariantOut] = Field(description="per layer, which attention variant it runs")
 
 
 class Tokens(BaseModel):

@@ -7,6 +7,9 @@ at start with a message naming what is missing, never served with wrong maps.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+
 import torch
 from transformers import PreTrainedModel
 
@@ -14,6 +17,7 @@ from app.inspect import capture
 from app.inspect.adapters import Adapter, UnsupportedArchitecture
 
 PROBE_TOKENS = 4
+log = logging.getLogger(__name__)
 
 
 def check_served(model: PreTrainedModel, adapter: Adapter) -> None:
@@ -54,10 +58,34 @@ def check_served(model: PreTrainedModel, adapter: Adapter) -> None:
             f"architecture {model_type!r}: its attention takes {', '.join(sorted(rec.unknown_kwargs))}, "
             "which HeadScope's maps do not reproduce"
         )
+    # what tracing cannot reproduce is found here, at start, by probe forwards (cached on the adapter),
+    # never later beside the model worker; tracing answers 422 with the reason, everything else is served
+    gap = adapter.tracing_gaps(dla=False) or adapter.tracing_gaps(dla=True)
+    if gap is not None:
+        log.warning("%s", gap)
 
 
-def layer_variants(model: PreTrainedModel, adapter: Adapter) -> list[str]:
-    """Per layer, what its attention map is: "global", "local 4096", plus "soft-cap 50" and "sinks"."""
+@dataclass(frozen=True)
+class LayerVariant:
+    """What one layer's attention map is: local (a sliding window) or global, soft-capped, with sinks."""
+
+    window: int | None  # tokens a query sees back (itself included), None for a global layer
+    softcap: float | None  # Gemma 2: scores ← tanh(scores / cap) · cap
+    sinks: bool  # GPT-OSS: a learned logit per head takes part of each row's mass
+
+    @property
+    def label(self) -> str:
+        """ "local 4096", "global", plus ", soft-cap 50" and ", sinks"."""
+        parts = [f"local {self.window}" if self.window is not None else "global"]
+        if self.softcap is not None:
+            parts.append(f"soft-cap {self.softcap:g}")
+        if self.sinks:
+            parts.append("sinks")
+        return ", ".join(parts)
+
+
+def variants_of(model: PreTrainedModel, adapter: Adapter) -> list[LayerVariant]:
+    """Per layer, its attention variant, from the config (the mask transformers builds per layer type)."""
     config = model.config
     layer_types = getattr(config, "layer_types", None)
     window = getattr(config, "sliding_window", None)
@@ -67,10 +95,12 @@ def layer_variants(model: PreTrainedModel, adapter: Adapter) -> list[str]:
         local = window is not None and (layer_types is None or layer_types[layer] == "sliding_attention")
         if getattr(config, "use_sliding_window", True) is False:
             local = False
-        parts = [f"local {window}" if local else "global"]
-        if softcap is not None:
-            parts.append(f"soft-cap {softcap:g}")
-        if getattr(adapter.attention(layer), "sinks", None) is not None:
-            parts.append("sinks")
-        out.append(", ".join(parts))
+        sinks = getattr(adapter.attention(layer), "sinks", None) is not None
+        size = int(window) if local and window is not None else None
+        out.append(LayerVariant(size, float(softcap) if softcap else None, sinks))
     return out
+
+
+def layer_variants(model: PreTrainedModel, adapter: Adapter) -> list[str]:
+    """Per layer, what its attention map is: "global", "local 4096", plus "soft-cap 50" and "sinks"."""
+    return [variant.label for variant in variants_of(model, adapter)]

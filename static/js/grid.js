@@ -47,6 +47,7 @@ export class Grid {
     this.kvOf = [];
     model.kv_groups.forEach((group, g) => group.forEach((h) => (this.kvOf[h] = g)));
     this.groups = model.kv_groups;
+    this.variants = model.layer_variants ?? []; // per layer: a local layer gets a tag beside its label
   }
 
   /** Draw every head's thumbnail from an /api/overview response. */
@@ -78,7 +79,16 @@ export class Grid {
     for (let h = 0; h < nH; h++) nodes.push(el("div", { class: "col-label", style: at(colOf[h]) }, `H${h}`));
     this.cells = [];
     for (let layer = 0; layer < nL; layer++) {
-      nodes.push(el("div", { class: "row-label", style: at(1) }, `L${layer}`));
+      const variant = this.variants?.[layer];
+      const local = variant?.window != null;
+      nodes.push(
+        el(
+          "div",
+          { class: "row-label", style: at(1), title: variant ? `L${layer}: ${variant.label}` : undefined },
+          local ? el("span", { class: "layer-tag" }, "local") : null,
+          `L${layer}`,
+        ),
+      );
       const row = [];
       for (let head = 0; head < nH; head++) {
         const label = headLabel({ layer, head });

@@ -1,8 +1,32 @@
-// The model card: shape, KV groups (which query heads share each KV head) and the KV-cache cost per token.
+// The model card: shape, each layer's attention variant, KV groups (which query heads share each KV head)
+// and the KV-cache cost per token.
 import { bytes, el, fill } from "./util.js";
 
 function params(n) {
   return n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : `${(n / 1e3).toFixed(0)}K`;
+}
+
+/** "local 4 ×2 / global ×1" from /api/model's layer_variants, in order of first appearance. */
+export function variantSummary(variants) {
+  const counts = new Map();
+  for (const v of variants) counts.set(v.label, (counts.get(v.label) ?? 0) + 1);
+  if (counts.size === 1) return `${[...counts.keys()][0]} (every layer)`;
+  return [...counts].map(([label, n]) => `${label} ×${n}`).join(" / ");
+}
+
+function variantsBlock(variants) {
+  if (!variants?.length) return null;
+  return el(
+    "details",
+    { class: "variants" },
+    el("summary", {}, "attention: ", el("span", { class: "variant-summary" }, variantSummary(variants))),
+    el(
+      "ol",
+      { class: "variant-list", start: "0" },
+      variants.map((v) => el("li", { dataset: { layer: String(v.layer) } }, `L${v.layer} ${v.label}`)),
+    ),
+    variants.some((v) => v.sinks) ? el("p", { class: "muted" }, "with sinks a row of the map sums to less than 1: the rest went to the sink") : null,
+  );
 }
 
 export function renderModel(node, chip, m) {
@@ -31,6 +55,7 @@ export function renderModel(node, chip, m) {
   fill(
     node,
     el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])),
+    variantsBlock(m.layer_variants),
     el("h3", { class: "sub" }, "KV groups ", el("span", { class: "muted" }, kind)),
     el(
       "div",
