@@ -8,6 +8,7 @@ import { RESUMABLE, RUNNING, renderJobList, renderProgress, watchJob } from "./c
 import { drawScatter } from "./corpusscatter.js";
 import * as store from "./corpusstate.js";
 import { drawSimilarity } from "./similarity.js";
+import { showError, track } from "./status.js";
 import { download, el, fill, headLabel, isAbort, sameHead } from "./util.js";
 
 const $ = (id) => document.getElementById(id);
@@ -34,29 +35,7 @@ const form = new DatasetForm({
 });
 const grid = new CorpusGrid($("cgrid"), { legend: $("legend"), tip: $("ctip") }, (h) => selectHead(h));
 
-// -- status, errors, stale answers ---------------------------------------------------------------
-
-let pending = 0;
-function track(promise, label) {
-  pending++;
-  $("status").classList.add("busy");
-  $("status-text").textContent = label;
-  return promise
-    .catch((err) => {
-      if (!isAbort(err)) showError(err);
-    })
-    .finally(() => {
-      if (--pending) return;
-      $("status").classList.remove("busy");
-      $("status-text").textContent = "idle";
-    });
-}
-
-function showError(err) {
-  console.warn(err);
-  $("error-text").textContent = err instanceof api.ApiError ? `${err.code}: ${err.message}` : String(err.message || err);
-  $("error").hidden = false;
-}
+// -- stale answers -------------------------------------------------------------------------------
 
 /** Abort the previous request of the same kind and reject a superseded answer as an AbortError. */
 function latest() {

@@ -9,6 +9,7 @@ import { IMPORTANCE, Overlays } from "./overlays.js";
 import { Progress } from "./progress.js";
 import { SimilarityView } from "./similarity.js";
 import * as store from "./state.js";
+import { showError, track } from "./status.js";
 import { TokenCounter, plural } from "./tokencount.js";
 import { el, fill, headLabel, isAbort, parseHead, sameHead } from "./util.js";
 
@@ -47,32 +48,6 @@ const ablation = new Ablation(
 );
 
 // -- status and errors ---------------------------------------------------------------------------
-
-let pending = 0;
-/** Show `label` while `promise` runs; any failure but a cancellation lands in the error bar. */
-function track(promise, label) {
-  pending++;
-  $("status").classList.add("busy");
-  $("status-text").textContent = label;
-  return promise
-    .catch((err) => {
-      if (!isAbort(err)) showError(err);
-    })
-    .finally(() => {
-      pending--;
-      if (!pending) {
-        $("status").classList.remove("busy");
-        $("status-text").textContent = "idle";
-      }
-    });
-}
-
-function showError(err, note = "") {
-  console.warn(err);
-  const message = err instanceof api.ApiError ? `${err.code}: ${err.message}` : String(err?.message || err);
-  $("error-text").textContent = note ? `${message}\n${note}` : message;
-  $("error").hidden = false;
-}
 
 // a promise nobody awaited still reaches the user
 window.addEventListener("unhandledrejection", (e) => {
