@@ -190,3 +190,24 @@ def test_heads_trace_and_lecture_pages_send_the_key(page: Any, keyed_server: Ser
     assert page.locator('a[href*="/api/"]').count() == 0
     assert page.locator("#api-key-dialog").count() == 0
     requests.check_keyed()
+
+
+def test_a_dropped_stream_falls_back_to_polling_with_the_key(page: Any, keyed_server: Server) -> None:
+    base = keyed_server.url
+    api = httpx.Client(base_url=base, timeout=60, headers={"X-API-Key": KEY})
+    ds = api.post("/api/datasets", json={"name": "sixty", "texts": TEXTS[:60]}).json()["id"]
+    page.route("**/api/jobs/*/events", lambda route: route.abort())  # the stream never gets through
+    page.watch.allow("net::ERR_FAILED")
+    keyed(page)
+    requests = Requests(page)
+    page.goto(base + "/corpus")
+    page.wait_for_selector("body[data-ready]")
+    page.select_option("#dataset", ds)
+    page.fill("#max-tokens", "64")
+    page.click("#start")
+    page.wait_for_selector("#job-state .st-done", timeout=120_000)
+    job_id = query(page)["job"]
+    assert len(requests.to(f"/api/jobs/{job_id}")) >= 2  # opened, then asked again until it had ended
+    assert page.get_attribute("#job-bar", "aria-valuenow") == "60"
+    page.wait_for_function(f"() => document.querySelectorAll('#cgrid .ccell').length === {N_HEADS}")
+    requests.check_keyed()
