@@ -9,8 +9,9 @@ import torch
 from app.inspect import capture
 from app.inspect.gates import Mode, gate_tensor, head_gates
 from app.inspect.loading import Loaded
+from app.inspect.nexttoken import next_token
 from app.inspect.resume import starting_at
-from app.inspect.runs import LOGIT_CHUNK, Prediction, Run, baseline_logprobs, summarise, target_logprobs
+from app.inspect.runs import Prediction, Run, baseline, baseline_logprobs, summarise, targets
 
 Head = tuple[int, int]
 
@@ -39,22 +40,15 @@ class Comparison:
 def compare(
     loaded: Loaded, run: Run, ablated_hidden: torch.Tensor, k: int, maps: dict[Head, torch.Tensor] | None = None
 ) -> Comparison:
-    """Baseline (the run's hidden state) vs ablated (T, d) hidden states, in one pass over LM-head chunks."""
+    """Baseline (the run's statistics, cached on it) vs ablated (T, d) hidden states: one LM-head pass."""
     lm_head = loaded.adapter.lm_head()
-    picked_base: list[torch.Tensor] = []
-    picked_abl: list[torch.Tensor] = []
-    kl: list[torch.Tensor] = []
-    starts = range(0, run.n_tokens, LOGIT_CHUNK)
-    base = abl = torch.empty(0)
-    for start, base in zip(starts, baseline_logprobs(lm_head, run), strict=True):
-        abl = torch.log_softmax(lm_head(ablated_hidden[start : start + LOGIT_CHUNK]).float(), dim=-1)  # (c, V)
-        kl.append((base.exp() * (base - abl)).sum(-1).clamp_min(0.0))
-        picked_base.append(target_logprobs(base, run.token_ids, start))
-        picked_abl.append(target_logprobs(abl, run.token_ids, start))
+    base = baseline(lm_head, run)
+    abl = next_token(lm_head, ablated_hidden[None], targets(run), reference=baseline_logprobs(lm_head, run))
+    assert abl.kl is not None
     return Comparison(
-        baseline=summarise(picked_base, base[-1], k),
-        ablated=summarise(picked_abl, abl[-1], k),
-        kl_per_position=torch.cat(kl).tolist(),
+        baseline=summarise(base.stats, k),
+        ablated=summarise(abl, k),
+        kl_per_position=abl.kl[0].tolist(),
         maps=maps or {},
     )
 

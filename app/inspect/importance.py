@@ -7,30 +7,22 @@ from dataclasses import dataclass
 
 import torch
 
+from app.inspect import runs
 from app.inspect.gates import gate_tensor, head_gates
 from app.inspect.loading import Loaded
+from app.inspect.nexttoken import next_token
 from app.inspect.resume import recording_inputs, starting_at
-from app.inspect.runs import LOGIT_CHUNK, Run
+from app.inspect.runs import Run
 
 
 def _next_token_stats(loaded: Loaded, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token loss per row and last-position log-probs, from (B, T, d) hidden states.
+    """Mean next-token loss per row and last-position log-probs of (B, T, d) hidden states (see nexttoken).
 
     Returns:
         (loss (B,), last_logprobs (B, vocab)).
     """
-    lm_head = loaded.adapter.lm_head()
-    b, t, _ = hidden.shape
-    nll = torch.zeros(b, device=hidden.device)
-    last = torch.empty(0)
-    for start in range(0, t, LOGIT_CHUNK):
-        logp = torch.log_softmax(lm_head(hidden[:, start : start + LOGIT_CHUNK]).float(), dim=-1)  # (B, c, V)
-        tgt = targets[start : start + LOGIT_CHUNK]
-        if tgt.numel():
-            picked = logp[:, : tgt.shape[0]].gather(2, tgt[None, :, None].expand(b, -1, 1))[..., 0]
-            nll -= picked.sum(1)
-        last = logp[:, -1]
-    return nll / max(targets.numel(), 1), last
+    stats = next_token(loaded.adapter.lm_head(), hidden, targets)
+    return stats.loss, stats.last_logprobs
 
 
 @dataclass
@@ -78,9 +70,10 @@ def sweep_slices(
     rows = batch_size if slice_tokens is None else max(1, min(batch_size, slice_tokens // run.n_tokens))
     total = layout.n_layers * layout.n_heads
     with torch.inference_mode():
-        targets = torch.tensor(run.token_ids[1:], device=loaded.device)
+        targets = runs.targets(run)
         ids = torch.tensor([run.token_ids], device=loaded.device)
-        base_loss, base_last = _next_token_stats(loaded, run.hidden[None], targets)
+        base = runs.baseline(loaded.adapter.lm_head(), run).stats  # shared with prediction and ablation
+        base_loss, base_last = base.loss, base.last_logprobs
         inputs = run_layer_inputs(loaded, run)
     delta = torch.zeros(layout.n_layers, layout.n_heads)
     kl = torch.zeros(layout.n_layers, layout.n_heads)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +15,9 @@ from app.inspect import capture
 from app.inspect.adapters import Adapter
 from app.inspect.capture import LayerQK
 from app.inspect.loading import Loaded
+from app.inspect.nexttoken import LOGIT_CHUNK as LOGIT_CHUNK  # re-exported: the logit lens chunks alike
+from app.inspect.nexttoken import NextToken, logprob_chunks, next_token
 from app.inspect.resume import recording_inputs
-
-LOGIT_CHUNK = 512  # positions per LM-head chunk: bounds the (chunk, vocab) logits in memory
 
 
 @dataclass
@@ -119,12 +119,6 @@ def analyse(loaded: Loaded, text: str, token_ids: list[int] | None = None) -> Ru
     )
 
 
-def logits_chunks(lm_head: nn.Module, hidden: torch.Tensor) -> Iterator[torch.Tensor]:
-    """LM-head logits of (T, d) hidden states, float32, one position chunk of LOGIT_CHUNK at a time."""
-    for i in range(0, hidden.shape[0], LOGIT_CHUNK):
-        yield lm_head(hidden[i : i + LOGIT_CHUNK]).float()
-
-
 @dataclass
 class Prediction:
     """What the model predicts along a text: per-token log-probs, mean loss, next-token top-k."""
@@ -135,54 +129,67 @@ class Prediction:
     last_logprobs: torch.Tensor  # (vocab,) log-softmax after the last token
 
 
-BASELINE_CACHE_BYTES = 128 << 20  # keep a run's baseline log-probs when they fit: a toggle then costs one LM head
-
-
-def baseline_logprobs(lm_head: nn.Module, run: Run) -> Iterable[torch.Tensor]:
-    """The run's next-token log-probs per LM-head chunk, (chunk, vocab) each.
-
-    Kept on the run when they fit in BASELINE_CACHE_BYTES; otherwise computed a chunk at a time, so a
-    long text never holds more than one chunk of vocabulary-wide rows.
-    """
-    cached = run.extras.get("baseline_logprobs")
-    if isinstance(cached, list):
-        return cached
-    chunks = (torch.log_softmax(logits, dim=-1) for logits in logits_chunks(lm_head, run.hidden))
-    vocab = int(lm_head.weight.shape[0])  # type: ignore[index]
-    if run.n_tokens * vocab * 4 > BASELINE_CACHE_BYTES:
-        return chunks
-    kept = list(chunks)
-    run.extras["baseline_logprobs"] = kept
-    run.extra_bytes += sum(c.numel() * c.element_size() for c in kept)
-    return kept
-
-
-def summarise(token_logprobs: list[torch.Tensor], last: torch.Tensor, k: int) -> Prediction:
-    """A Prediction from per-chunk target log-probs and the log-probs after the last token."""
-    logprobs = torch.cat(token_logprobs) if token_logprobs else torch.empty(0)
+def summarise(stats: NextToken, k: int) -> Prediction:
+    """A Prediction from the next-token statistics of one row (B = 1)."""
+    logprobs, last = stats.target_logprobs[0], stats.last_logprobs[0]  # (T-1,), (vocab,)
     top = torch.topk(last.exp(), min(k, last.shape[0]))
     return Prediction(
         token_logprobs=logprobs.tolist(),
-        loss=float(-logprobs.mean()) if logprobs.numel() else None,
+        loss=float(stats.loss[0]) if logprobs.numel() else None,
         top_k=list(zip(top.indices.tolist(), top.values.tolist(), strict=True)),
         last_logprobs=last,
     )
 
 
-def target_logprobs(logp: torch.Tensor, token_ids: list[int], start: int) -> torch.Tensor:
-    """log p of each next token for the chunk of positions starting at `start`: logp (c, vocab) → (≤ c,)."""
-    tgt = torch.tensor(token_ids[start + 1 : start + 1 + logp.shape[0]], device=logp.device)
-    return logp[: tgt.shape[0]].gather(1, tgt[:, None])[:, 0]
+@dataclass
+class Baseline:
+    """The unablated run's next-token statistics, and its log-probs per LM-head chunk when they fit."""
+
+    stats: NextToken  # B = 1
+    logprobs: list[torch.Tensor] | None  # (c, vocab) per chunk; None: computed again when a comparison needs them
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.numel() * c.element_size() for c in self.logprobs or [])
+
+
+BASELINE_CACHE_BYTES = 128 << 20  # keep a run's baseline log-probs when they fit: a toggle then costs one LM head
+
+
+def targets(run: Run) -> torch.Tensor:
+    """The run's next tokens, ids 1..T-1, (T-1,) on the model's device."""
+    return torch.tensor(run.token_ids[1:], device=run.hidden.device)
 
 
 @torch.inference_mode()
+def baseline(lm_head: nn.Module, run: Run) -> Baseline:
+    """The run's next-token statistics, computed once and kept on the run (with its log-probs when they fit).
+
+    The log-probs are kept when they fit in BASELINE_CACHE_BYTES; otherwise `baseline_logprobs` computes
+    them a chunk at a time, so a long text never holds more than one chunk of vocabulary-wide rows.
+    """
+    cached = run.extras.get("baseline")
+    if isinstance(cached, Baseline):
+        return cached
+    vocab = int(lm_head.weight.shape[0])  # type: ignore[index]
+    keep: list[torch.Tensor] | None = [] if run.n_tokens * vocab * 4 <= BASELINE_CACHE_BYTES else None
+    base = Baseline(next_token(lm_head, run.hidden[None], targets(run), keep=keep), keep)
+    run.extras["baseline"] = base
+    run.extra_bytes += base.nbytes
+    return base
+
+
+def baseline_logprobs(lm_head: nn.Module, run: Run) -> Iterable[torch.Tensor]:
+    """The run's next-token log-probs per LM-head chunk, (c, vocab) each: kept ones, or computed again."""
+    kept = baseline(lm_head, run).logprobs
+    if kept is not None:
+        return kept
+    return (chunk[0] for chunk in logprob_chunks(lm_head, run.hidden[None]))
+
+
 def predict(lm_head: nn.Module, run: Run, k: int) -> Prediction:
-    """What the model predicts along the run's text (from the baseline log-probs, cached or not)."""
-    picked: list[torch.Tensor] = []
-    logp = torch.empty(0)
-    for start, logp in zip(range(0, run.n_tokens, LOGIT_CHUNK), baseline_logprobs(lm_head, run), strict=True):
-        picked.append(target_logprobs(logp, run.token_ids, start))
-    return summarise(picked, logp[-1], k)
+    """What the model predicts along the run's text (from its baseline statistics, cached on the run)."""
+    return summarise(baseline(lm_head, run).stats, k)
 
 
 class RunCache:

@@ -1,0 +1,94 @@
+"""Next-token statistics of final hidden states, one LM-head chunk of positions at a time.
+
+The one place that turns hidden states into log p(next token), mean losses, the distribution after
+the last token and KL(baseline ‖ other) per position. Prediction (runs.predict), ablation
+(ablation.compare), the single-head sweep, gradient importance, pruning and corpus jobs all read
+them here. A chunk holds LOGIT_CHUNK positions of every row, so a long text or a wide batch never
+holds more than one chunk of vocabulary-wide rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LOGIT_CHUNK = 512  # positions per LM-head chunk: bounds the (rows, chunk, vocab) logits in memory
+
+
+@dataclass
+class NextToken:
+    """Next-token statistics of B rows of one text (B = 1 for a single run)."""
+
+    target_logprobs: torch.Tensor  # (B, T-1): log p(token t+1 | tokens ≤ t)
+    last_logprobs: torch.Tensor  # (B, vocab): log p(· | the whole text)
+    kl: torch.Tensor | None = None  # (B, T): KL(reference ‖ row) per position, nats; None without a reference
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """(B,) mean next-token cross-entropy, nats; 0 for a one-token text."""
+        return -self.target_logprobs.sum(1) / max(self.target_logprobs.shape[1], 1)
+
+
+def logprob_chunks(lm_head: nn.Module, hidden: torch.Tensor) -> Iterator[torch.Tensor]:
+    """log-softmax of the LM head's logits, float32, (B, c, vocab) per chunk of (B, T, d) hidden states.
+
+    Computed as logits − logsumexp, in place unless a gradient must flow: one vocabulary-wide
+    tensor per chunk, not three. Every caller gets bit-identical values for identical hidden states.
+    """
+    for start in range(0, hidden.shape[1], LOGIT_CHUNK):
+        logits = lm_head(hidden[:, start : start + LOGIT_CHUNK]).float()  # (B, c, V)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, c, 1)
+        yield logits - lse if logits.requires_grad else logits.sub_(lse)
+
+
+def next_token(
+    lm_head: nn.Module,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    reference: Iterable[torch.Tensor] | None = None,
+    keep: list[torch.Tensor] | None = None,
+) -> NextToken:
+    """Next-token statistics of (B, T, d) final hidden states of one text, in one pass over LM-head chunks.
+
+    Args:
+        lm_head: the unembedding.
+        hidden: (B, T, d_model) states after the final norm.
+        targets: (T-1,) the text's next tokens (ids 1..T-1).
+        reference: the baseline's log-probs per chunk, (c, vocab) each (as logprob_chunks gives them for
+            B = 1): KL(reference ‖ row) is then computed at every position.
+        keep: when given (B = 1, no reference), each chunk's (c, vocab) log-probs are appended to it.
+    """
+    assert keep is None or reference is None, "a compared row's log-probs are overwritten by the KL"
+    b = hidden.shape[0]
+    picked: list[torch.Tensor] = []
+    kl: list[torch.Tensor] = []
+    refs = iter(reference) if reference is not None else None
+    last = torch.empty(0)
+    for start, logp in zip(range(0, hidden.shape[1], LOGIT_CHUNK), logprob_chunks(lm_head, hidden), strict=True):
+        tgt = targets[start : start + logp.shape[1]]  # (≤ c,)
+        picked.append(logp[:, : tgt.shape[0]].gather(2, tgt[None, :, None].expand(b, -1, 1))[..., 0])
+        last = logp[:, -1].clone()  # (B, V): before the KL overwrites logp
+        if keep is not None:
+            keep.append(logp[0])
+        if refs is not None:
+            kl.append(_kl(next(refs), logp))
+    return NextToken(
+        target_logprobs=torch.cat(picked, dim=1),
+        last_logprobs=last,
+        kl=torch.cat(kl, dim=1) if refs is not None else None,
+    )
+
+
+def _kl(base: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """KL(base ‖ row) per position, (B, c), from base (c, V) and logp (B, c, V) log-probs; logp is overwritten.
+
+    Σ_v p_v (log p_v − log q_v) as one dot product per position: no (B, c, V) temporaries besides p.
+    Identical log-probs give exactly 0.
+    """
+    diff = torch.sub(base, logp, out=logp)  # (B, c, V): log p − log q, in the row's own buffer
+    p = base.exp()  # (c, V)
+    kl = torch.matmul(diff.unsqueeze(-2), p.unsqueeze(-1))[..., 0, 0]  # (B, c)
+    return kl.clamp_min(0.0)
