@@ -74,7 +74,7 @@ def test_layout_found_from_the_model(model_type: str) -> None:
     assert layout.n_heads == 4 and layout.n_layers == served.config.num_hidden_layers
     for layer, block in enumerate(adapter.layers):
         assert adapter.out_proj(layer) is block.get_submodule(by_type(model_type).out_proj)
-    assert adapter.lm_head() is served.get_output_embeddings()
+    assert adapter.unembedding() is served.get_output_embeddings()
 
 
 @pytest.mark.parametrize("model_type", SERVED)

@@ -47,7 +47,7 @@ def dla_sum_error(model_type: str) -> float:
                 assert a.logit == pytest.approx(own, abs=1e-4)
             else:  # the parts explain the pre-cap logits z, of which cap·tanh(z/cap) are the model's
                 with torch.no_grad():
-                    z = loaded.adapter.lm_head()(run.hidden[pos]) * loaded.adapter.logit_scale()  # (vocab,)
+                    z = loaded.adapter.unembedding()(run.hidden[pos]) * loaded.adapter.logit_scale()  # (vocab,)
                 torch.testing.assert_close(torch.tanh(z / cap) * cap, logits[pos], atol=1e-5, rtol=0)
                 assert a.logit == pytest.approx(float(z[target] - (z[other] if other is not None else 0)), abs=1e-4)
             total = float(a.heads.sum() + a.mlp.sum()) + a.embed + a.other

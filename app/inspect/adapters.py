@@ -114,6 +114,7 @@ class Adapter:
             family = discover(model, lay.n_heads, lay.head_dim, lay.d_model, lay.n_layers)
         self.family = family
         self._gaps: dict[bool, str | None] = {}  # tracing_gaps, by `dla`, found once
+        self._readout_head: nn.Module | None = None  # lm_head()'s wrapper, made once
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -181,7 +182,7 @@ class Adapter:
     def tracing_gaps(self, dla: bool = False) -> str | None:
         """Why causal tracing would not be exact on this model (None: it is); checked once on a probe.
 
-        Patching and the logit lens read logits as readout(lm_head(final_norm(h))): the probe checks
+        Patching and the logit lens read logits as lm_head()(final_norm(h)) (readout included): the probe checks
         that equals the model's own logits. DLA also checks its decomposition (app.inspect.dla.check).
         """
         if False not in self._gaps:
@@ -195,13 +196,13 @@ class Adapter:
         return self._gaps[True]
 
     def _readout_gap(self) -> str | None:
-        """None when readout(lm_head(backbone(ids))) reproduces the CausalLM's logits on a probe."""
+        """None when lm_head()(backbone(ids)) reproduces the CausalLM's logits on a probe."""
         device = next(self.model.parameters()).device
         ids = torch.arange(3, 9, device=device)[None] % self.layout.vocab_size  # (1, 6)
         with torch.inference_mode():
             expected = self.model(input_ids=ids, use_cache=False).logits.float()
             hidden = self.backbone()(input_ids=ids, use_cache=False).last_hidden_state
-            got = self.readout(self.lm_head()(hidden)).float()
+            got = self.lm_head()(hidden).float()
         if torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * (1 + float(expected.abs().max()))):
             return None
         return (
@@ -218,11 +219,45 @@ class Adapter:
         base: nn.Module = self.model.base_model
         return base
 
-    def lm_head(self) -> nn.Module:
-        """The unembedding."""
+    def unembedding(self) -> nn.Module:
+        """The model's LM head module itself (Linear): logits before any logit scale or final soft-cap."""
         head = self.model.get_output_embeddings()  # type: ignore[no-untyped-call]
         assert isinstance(head, nn.Module)
         return head
+
+    def lm_head(self) -> nn.Module:
+        """Hidden states → the model's logits: the unembedding, wrapped in Readout where the family rescales
+        or soft-caps its logits (Cohere, Granite, Gemma 2), so every caller's loss and probabilities are the model's.
+        """
+        head = self.unembedding()
+        if self.logit_scale() == 1.0 and self.final_softcap() is None:
+            return head
+        if not isinstance(self._readout_head, Readout) or self._readout_head.head is not head:
+            self._readout_head = Readout(head, self)
+        return self._readout_head
+
+
+class Readout(nn.Module):
+    """The unembedding followed by the model's logit scale and final soft-cap; `weight`/`bias` are the head's."""
+
+    def __init__(self, head: nn.Module, adapter: Adapter) -> None:
+        super().__init__()
+        self.head = head
+        self.readout = adapter.readout
+
+    @property
+    def weight(self) -> torch.Tensor:
+        weight: torch.Tensor = getattr(self.head, "weight")  # noqa: B009
+        return weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        bias = getattr(self.head, "bias", None)
+        return bias if isinstance(bias, torch.Tensor) else None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.readout(self.head(hidden))  # (…, vocab)
+        return logits
 
 
 def _layout(model: PreTrainedModel, model_type: str) -> Layout:

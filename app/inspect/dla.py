@@ -165,7 +165,7 @@ def attribute(loaded: Loaded, run: Run, position: int, target: int, contrast: in
 
 
 def _attribute(adapter: Adapter, run: Run, position: int, target: int, contrast: int | None) -> Attribution:
-    lm_head = adapter.lm_head()
+    lm_head = adapter.unembedding()
     parts = components(adapter, run, position)
     wide = parts.final.dtype
     weight, bias = weight_of(lm_head)  # (vocab, d)
@@ -177,7 +177,7 @@ def _attribute(adapter: Adapter, run: Run, position: int, target: int, contrast:
     if bias is not None:
         const += (float(bias[target]) - (float(bias[contrast]) if contrast is not None else 0.0)) * scale
     raw = lm_head(run.hidden[position : position + 1]).to(wide)[0] * scale  # (vocab,): before the soft-cap
-    capped = adapter.readout(lm_head(run.hidden[position : position + 1]))[0].to(wide)
+    capped = adapter.lm_head()(run.hidden[position : position + 1])[0].to(wide)
 
     def pick(logits: torch.Tensor) -> float:
         return float(logits[target]) - (float(logits[contrast]) if contrast is not None else 0.0)
@@ -236,7 +236,7 @@ def check(adapter: Adapter) -> str | None:
                 return f"direct logit attribution cannot rebuild the head outputs of {name} (layer {layer})"
         if parts.block_error > tol:
             return f"direct logit attribution does not know how {name}'s blocks combine attention and MLP"
-        target = int(adapter.lm_head()(run.hidden[p : p + 1])[0].argmax())
+        target = int(adapter.unembedding()(run.hidden[p : p + 1])[0].argmax())
         a = _attribute(adapter, run, p, target, None)
         total = float(a.heads.sum() + a.mlp.sum()) + a.embed + a.other
         if abs(total - a.logit) > tol * (1 + abs(a.logit)):

@@ -1,9 +1,9 @@
 """Logit lens: the residual stream after each block, read through the final norm and the LM head.
 
 The stream after block l is the cached input of block l+1; after the last block it is the run's own
-final hidden state, so the last entry is the model's next-token distribution. Logits go through the
-model's own readout (a logit scale, a final soft-cap), so every block is read as the model reads its
-last one. No forward runs.
+final hidden state, so the last entry is the model's next-token distribution. adapter.lm_head()
+includes the model's readout (a logit scale, a final soft-cap), so every block is read as the model
+reads its last one. No forward runs.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def normed_after(loaded: Loaded, run: Run, layer: int, rows: slice) -> torch.Ten
 def final_logits(loaded: Loaded, run: Run, position: int) -> torch.Tensor:
     """The model's own next-token logits at `position` (≥ 0): (vocab,), float32."""
     adapter = loaded.adapter
-    logits: torch.Tensor = adapter.readout(adapter.lm_head()(run.hidden[position : position + 1])).float()[0]
+    logits: torch.Tensor = adapter.lm_head()(run.hidden[position : position + 1]).float()[0]
     return logits
 
 
@@ -57,7 +57,7 @@ def lens_logits(loaded: Loaded, run: Run, position: int) -> torch.Tensor:
     n_layers = loaded.adapter.layout.n_layers
     rows = slice(position, position + 1)
     hidden = torch.cat([normed_after(loaded, run, layer, rows) for layer in range(n_layers)])  # (L, d)
-    logits: torch.Tensor = loaded.adapter.readout(loaded.adapter.lm_head()(hidden)).float()
+    logits: torch.Tensor = loaded.adapter.lm_head()(hidden).float()
     return logits
 
 
@@ -92,7 +92,7 @@ def _top1_chunks(loaded: Loaded, run: Run, layer: int) -> Iterator[tuple[torch.T
     lm_head = loaded.adapter.lm_head()
     for start in range(0, run.n_tokens, LOGIT_CHUNK):
         hidden = normed_after(loaded, run, layer, slice(start, start + LOGIT_CHUNK))
-        logits = loaded.adapter.readout(lm_head(hidden)).float()  # (c, V)
+        logits = lm_head(hidden).float()  # (c, V)
         best, ids = logits.max(dim=-1)
         yield ids, torch.exp(best - torch.logsumexp(logits, dim=-1))
 

@@ -85,7 +85,7 @@ def logit_diff(loaded: Loaded, hidden: torch.Tensor, answer: int, wrong: int) ->
     soft-cap) is applied to each logit, as the model does: a soft-cap does not commute with the difference.
     """
     adapter = loaded.adapter
-    lm_head = adapter.lm_head()
+    lm_head = adapter.unembedding()
     weight: torch.Tensor = getattr(lm_head, "weight")  # noqa: B009 (typed as Tensor | Module)
     wide = torch.promote_types(hidden.dtype, torch.float32)
     bias = getattr(lm_head, "bias", None)
