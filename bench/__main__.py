@@ -20,7 +20,20 @@ from dataclasses import dataclass
 import torch
 
 from app.inspect.loading import Loaded
-from bench import analysis, corpus, generation, importance, inputs, lecture, models, report, server, timing, tracing
+from bench import (
+    analysis,
+    corpus,
+    families,
+    generation,
+    importance,
+    inputs,
+    lecture,
+    models,
+    report,
+    server,
+    timing,
+    tracing,
+)
 from bench.report import Row, nbytes
 
 log = logging.getLogger("bench")
@@ -183,6 +196,9 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
     steps.add(lambda: lecture.curve_row(loaded, n))
     log.info("generation: 64 greedy tokens, alone and with an ablated row")
     for make in generation.rows(loaded, plan.ablate[-1][1]):
+        steps.add(make)
+    log.info("families: a local/global (Gemma 3) and a MoE (Qwen3-MoE) analysis run at 512 tokens, random-init")
+    for make in families.rows(plan.ablate[-1][1], str(device)):
         steps.add(make)
     return steps.rows
 
