@@ -170,6 +170,9 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
             log.info("/api/ablate at %d tokens, a first-layer head (worst case: nothing to skip)", n)
             first = {"layer": 0, "head": 0}
             steps.add(lambda: server.ablate_row(loaded, c, n, reps, None, None, first))
+            for m in (256, 512):
+                log.info("first /api/ablate of a text right after its /api/overview, %d tokens", m)
+                steps.add(lambda m=m: analysis.first_ablation_row(loaded, c, m, reps))  # type: ignore[misc]
             steps.add(lambda: server.attention_row(loaded, c, 512, plan.ablate[-1][1]))
     else:
         log.warning("fastapi is not installed: server rows time ablate() directly and skip the payload")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -163,3 +166,54 @@ def peak_cuda(loaded: Loaded, fn: object) -> int:
     fn()
     sync(loaded.device)
     return int(torch.cuda.max_memory_allocated(loaded.device))
+
+
+# -- the first ablation of a text ------------------------------------------------------------
+
+
+def first_ablation_row(loaded: Loaded, c: Any, n: int, reps: int, target: float = 1.1, layer: int = 3) -> Row:
+    """POST /api/ablate of a fresh text right after its POST /api/overview (the page's analysis), vs a plain forward.
+
+    Each repetition starts from an empty run cache, so the overview analyses the text and computes its
+    baseline prediction, and the timed ablation is the text's first. Beside: the toggle after it, and a
+    first ablation after an analysis that computed no prediction (POST /api/attention first).
+    """
+    svc = c.app.state.service
+    head = {"layer": layer, "head": loaded.adapter.layout.n_heads // 2}
+    text = inputs.text_of(loaded.tokenizer, n)
+    x = models.input_ids(loaded, inputs.token_ids(loaded.tokenizer, n))
+    ablate_body = {"text": text, "ablate": [head], "mode": "zero"}
+
+    def post(path: str, body: dict[str, Any]) -> float:
+        start = time.perf_counter()
+        resp = c.post(path, json=body)
+        assert resp.status_code == 200, resp.text[:300]
+        return time.perf_counter() - start
+
+    def first(analysis: str, body: dict[str, Any]) -> tuple[float, float]:
+        svc.cache.clear()
+        post(analysis, body)
+        return post("/api/ablate", ablate_body), post("/api/ablate", ablate_body)
+
+    after_overview = {"text": text}
+    after_attention = {"text": text, "heads": [head]}
+    first("/api/overview", after_overview)  # warm-up
+    samples: dict[str, list[float]] = {"plain": [], "first": [], "toggle": [], "bare": []}
+    for _ in range(reps):
+        samples["plain"].append(timed(lambda: models.plain_full(loaded, x), loaded.device))
+        one, toggle = first("/api/overview", after_overview)
+        samples["first"].append(one)
+        samples["toggle"].append(toggle)
+        samples["bare"].append(first("/api/attention", after_attention)[0])
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    r = med["first"] / med["plain"]
+    return Row(
+        what=f"first POST /api/ablate right after the text's /api/overview (L{layer}H{head['head']} off), {n} tokens",
+        measured=seconds(med["first"]),
+        baseline=f"plain SDPA forward with logits {seconds(med['plain'])}",
+        ratio=r,
+        target=f"≤ {target}×",
+        passed=r <= target,
+        beside=f"the toggle after it: {med['toggle'] / med['plain']:.2f}×; first after /api/attention "
+        f"(no prediction computed yet): {med['bare'] / med['plain']:.2f}×",
+    )

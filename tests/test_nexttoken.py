@@ -33,11 +33,13 @@ def _targets(run: runs.Run) -> torch.Tensor:
     return torch.tensor(run.token_ids[1:])
 
 
-@pytest.fixture(params=[3, 512], ids=["chunk3", "chunk512"])
+@pytest.fixture(params=[(3, 1), (512, nexttoken.BLOCK_ELEMENTS)], ids=["chunk3-row", "chunk512"])
 def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    """LM-head chunk size: 3 splits the text into many chunks (the last one short), 512 keeps it whole."""
-    monkeypatch.setattr(nexttoken, "LOGIT_CHUNK", request.param)
-    return int(request.param)
+    """LM-head chunk and block sizes: 3 positions a chunk (the last one short), one row a block; or all at once."""
+    size, block = request.param
+    monkeypatch.setattr(nexttoken, "LOGIT_CHUNK", size)
+    monkeypatch.setattr(nexttoken, "BLOCK_ELEMENTS", block)
+    return int(size)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

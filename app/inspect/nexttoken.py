@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 LOGIT_CHUNK = 512  # positions per LM-head chunk: bounds the (rows, chunk, vocab) logits in memory
+BLOCK_ELEMENTS = 1 << 21  # rows × vocab of one temporary (8 MB): small enough to be reused, not mapped afresh
 
 
 @dataclass
@@ -35,13 +36,27 @@ class NextToken:
 def logprob_chunks(lm_head: nn.Module, hidden: torch.Tensor) -> Iterator[torch.Tensor]:
     """log-softmax of the LM head's logits, float32, (B, c, vocab) per chunk of (B, T, d) hidden states.
 
-    Computed as logits − logsumexp, in place unless a gradient must flow: one vocabulary-wide
-    tensor per chunk, not three. Every caller gets bit-identical values for identical hidden states.
+    Computed as logits − logsumexp in the logits' own buffer, a block of rows at a time, unless a
+    gradient must flow: one vocabulary-wide tensor per chunk, and no large temporaries (a fresh
+    100 MB tensor costs more in page faults than the arithmetic on it). Every caller gets
+    bit-identical values for identical hidden states.
     """
     for start in range(0, hidden.shape[1], LOGIT_CHUNK):
         logits = lm_head(hidden[:, start : start + LOGIT_CHUNK]).float()  # (B, c, V)
-        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, c, 1)
-        yield logits - lse if logits.requires_grad else logits.sub_(lse)
+        if logits.requires_grad:
+            yield logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+            continue
+        for block in _blocks(logits):  # (r, V) views
+            block.sub_(torch.logsumexp(block, dim=-1, keepdim=True))
+        yield logits
+
+
+def _blocks(x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """(r, V) row blocks (views) of a contiguous (..., V) tensor, r × V ≤ BLOCK_ELEMENTS."""
+    rows = x.view(-1, x.shape[-1])
+    step = max(1, BLOCK_ELEMENTS // x.shape[-1])
+    for i in range(0, rows.shape[0], step):
+        yield rows[i : i + step]
 
 
 def next_token(
@@ -85,10 +100,14 @@ def next_token(
 def _kl(base: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     """KL(base ‖ row) per position, (B, c), from base (c, V) and logp (B, c, V) log-probs; logp is overwritten.
 
-    Σ_v p_v (log p_v − log q_v) as one dot product per position: no (B, c, V) temporaries besides p.
-    Identical log-probs give exactly 0.
+    Σ_v p_v (log p_v − log q_v) as one dot product per position, a block of positions at a time
+    (no vocabulary-wide temporaries). Identical log-probs give exactly 0.
     """
-    diff = torch.sub(base, logp, out=logp)  # (B, c, V): log p − log q, in the row's own buffer
-    p = base.exp()  # (c, V)
-    kl = torch.matmul(diff.unsqueeze(-2), p.unsqueeze(-1))[..., 0, 0]  # (B, c)
+    b, c, v = logp.shape
+    kl = torch.empty(b, c, dtype=logp.dtype, device=logp.device)
+    step = max(1, BLOCK_ELEMENTS // v)
+    for i in range(0, c, step):
+        ref = base[i : i + step]  # (r, V)
+        diff = torch.sub(ref, logp[:, i : i + step], out=logp[:, i : i + step])  # (B, r, V): log p − log q
+        kl[:, i : i + step] = torch.matmul(diff.unsqueeze(-2), ref.exp().unsqueeze(-1))[..., 0, 0]
     return kl.clamp_min(0.0)
