@@ -177,7 +177,8 @@ def _attribute(adapter: Adapter, run: Run, position: int, target: int, contrast:
     if bias is not None:
         const += (float(bias[target]) - (float(bias[contrast]) if contrast is not None else 0.0)) * scale
     raw = lm_head(run.hidden[position : position + 1]).to(wide)[0] * scale  # (vocab,): before the soft-cap
-    capped = adapter.lm_head()(run.hidden[position : position + 1])[0].to(wide)
+    cap = adapter.final_softcap()
+    capped = raw if cap is None else torch.tanh(raw / cap) * cap  # what adapter.lm_head() gives
 
     def pick(logits: torch.Tensor) -> float:
         return float(logits[target]) - (float(logits[contrast]) if contrast is not None else 0.0)
@@ -189,7 +190,7 @@ def _attribute(adapter: Adapter, run: Run, position: int, target: int, contrast:
         embed=float(parts.embed @ g),
         other=float(parts.biases @ g) + const,
         model_logit=pick(capped),
-        final_softcap=adapter.final_softcap(),
+        final_softcap=cap,
     )
 
 
