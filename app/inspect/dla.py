@@ -96,58 +96,77 @@ class Components:
     block_error: float  # largest |rebuilt block output − the next block's cached input|, relative
 
 
+@dataclass
+class _Block:
+    """One block's parts at the position, on the block's device."""
+
+    z: torch.Tensor  # (n_heads, head_dim)
+    heads: torch.Tensor  # (n_heads, d)
+    mlp: torch.Tensor  # (d,)
+    biases: torch.Tensor  # (d,)
+    out: torch.Tensor  # (d,): the stream after the block, rebuilt
+
+
+def _block(adapter: Adapter, run: Run, layer: int, p: int, wide: torch.dtype) -> _Block:
+    """Block `layer`'s attention and MLP writes at position p, from its cached input and attention row."""
+    layout, plan = adapter.layout, block_plan(adapter, layer)
+    hd, n_heads, rm = layout.head_dim, layout.n_heads, plan.residual_multiplier
+    kv = torch.arange(n_heads) // layout.group_size
+    x = run.layer_inputs[layer][0, : p + 1]  # (p+1, d): the block input up to the position
+    dtype, dev = x.dtype, x.device
+    normed = part(adapter, layer, plan.attn_norm)(x).to(wide)  # (p+1, d)
+    rows = run.maps(layer, list(range(n_heads)), layout.group_size, slice(p, p + 1))[:, 0, : p + 1]
+    rows = rows.to(dev, wide)  # (n_heads, p+1); sums to < 1 with sinks
+    # Σ_k a_k (W_V n_k + b_V) = W_V (Σ_k a_k n_k) + b_V Σ_k a_k: mix first, project n_heads rows
+    mixed = rows @ normed  # (n_heads, d)
+    w_v, b_v = value_weight(adapter, layer)
+    z = torch.einsum("hd,hed->he", mixed, w_v.to(wide).view(layout.n_kv_heads, hd, -1)[kv])  # (n_heads, hd)
+    if b_v is not None:
+        z = z + rows.sum(-1, keepdim=True) * b_v.to(wide).view(layout.n_kv_heads, hd)[kv]
+    head_out = per_head(adapter.out_proj(layer), z)  # (n_heads, d)
+    zero = torch.zeros(layout.d_model, device=dev, dtype=wide)
+    o_bias = adapter.out_proj_bias(layer)
+    o_bias_w = zero if o_bias is None else o_bias.to(wide)
+    f_attn = freeze(part(adapter, layer, plan.attn_out_norm), head_out.sum(0) + o_bias_w)
+    head_writes = rm * f_attn.linear(head_out)  # (n_heads, d)
+    attn_bias = rm * (f_attn.linear(o_bias_w) + f_attn.const(zero))
+    attn_write = head_writes.sum(0) + attn_bias
+    x_p = x[p].to(wide)
+    mlp_in = x_p if plan.parallel else x_p + attn_write
+    mlp_normed = part(adapter, layer, plan.mlp_norm)(mlp_in.to(dtype).view(1, 1, -1))
+    out = adapter.block_part(layer, "mlp")(mlp_normed)
+    m = (out[0] if isinstance(out, tuple) else out).reshape(-1).to(wide)  # (d,); GPT-OSS adds router scores
+    mlp_out = adapter.family.mlp_out
+    m_bias = getattr(adapter.block_part(layer, mlp_out), "bias", None) if mlp_out else None
+    m_bias_w = m_bias.to(wide) if isinstance(m_bias, torch.Tensor) else zero
+    f_mlp = freeze(part(adapter, layer, plan.mlp_out_norm), m)
+    biases = attn_bias + rm * (f_mlp.linear(m_bias_w) + f_mlp.const(zero))
+    rebuilt = x_p + attn_write + rm * (f_mlp.linear(m) + f_mlp.const(zero))
+    return _Block(z, head_writes, rm * f_mlp.linear(m - m_bias_w), biases, rebuilt)
+
+
 @torch.inference_mode()
 def components(loaded: Loaded | Adapter, run: Run, position: int) -> Components:
     """Recompute every block's attention and MLP write at `position` from the run's cached block inputs."""
     adapter = loaded if isinstance(loaded, Adapter) else loaded.adapter
-    layout, p = adapter.layout, position
-    dtype = next(adapter.model.parameters()).dtype
-    wide = torch.promote_types(dtype, torch.float32)
-    hd, n_heads = layout.head_dim, layout.n_heads
-    kv = torch.arange(n_heads) // layout.group_size
+    n_layers, p = adapter.layout.n_layers, position
+    wide = torch.promote_types(next(adapter.model.parameters()).dtype, torch.float32)
     x0 = run.layer_inputs[0][0, p].to(wide)
-    device = x0.device
-    zs, heads, mlps, biases, error = [], [], [], torch.zeros_like(x0), 0.0
-    resid = x0
-    for layer in range(layout.n_layers):
-        plan = block_plan(adapter, layer)
-        rm = plan.residual_multiplier
-        x = run.layer_inputs[layer][0, : p + 1]  # (p+1, d): the block input up to the position
-        normed = part(adapter, layer, plan.attn_norm)(x).to(wide)  # (p+1, d)
-        rows = run.maps(layer, list(range(n_heads)), layout.group_size, slice(p, p + 1))[:, 0, : p + 1]
-        rows = rows.to(device, wide)  # (n_heads, p+1); sums to < 1 with sinks
-        # Σ_k a_k (W_V n_k + b_V) = W_V (Σ_k a_k n_k) + b_V Σ_k a_k: mix first, project n_heads rows
-        mixed = rows @ normed  # (n_heads, d)
-        w_v, b_v = value_weight(adapter, layer)
-        z = torch.einsum("hd,hed->he", mixed, w_v.to(wide).view(layout.n_kv_heads, hd, -1)[kv])  # (n_heads, hd)
-        if b_v is not None:
-            z = z + rows.sum(-1, keepdim=True) * b_v.to(wide).view(layout.n_kv_heads, hd)[kv]
-        head_out = per_head(adapter.out_proj(layer), z)  # (n_heads, d)
-        o_bias = adapter.out_proj_bias(layer)
-        o_bias_w = torch.zeros_like(x0) if o_bias is None else o_bias.to(wide)
-        f_attn = freeze(part(adapter, layer, plan.attn_out_norm), head_out.sum(0) + o_bias_w)
-        head_writes = rm * f_attn.linear(head_out)  # (n_heads, d)
-        attn_bias = rm * (f_attn.linear(o_bias_w) + f_attn.const(x0))
-        attn_write = head_writes.sum(0) + attn_bias
-        x_p = x[p].to(wide)
-        mlp_in = x_p if plan.parallel else x_p + attn_write
-        mlp_normed = part(adapter, layer, plan.mlp_norm)(mlp_in.to(dtype).view(1, 1, -1))
-        out = adapter.block_part(layer, "mlp")(mlp_normed)
-        m = (out[0] if isinstance(out, tuple) else out).reshape(-1).to(wide)  # (d,); GPT-OSS adds router scores
-        mlp_out = adapter.family.mlp_out
-        m_bias = getattr(adapter.block_part(layer, mlp_out), "bias", None) if mlp_out else None
-        m_bias_w = m_bias.to(wide) if isinstance(m_bias, torch.Tensor) else torch.zeros_like(x0)
-        f_mlp = freeze(part(adapter, layer, plan.mlp_out_norm), m)
-        mlp_write = rm * f_mlp.linear(m - m_bias_w)
-        biases = biases + attn_bias + rm * (f_mlp.linear(m_bias_w) + f_mlp.const(x0))
-        resid = x_p + attn_write + rm * (f_mlp.linear(m) + f_mlp.const(x0))
-        if layer + 1 < layout.n_layers:
-            cached = run.layer_inputs[layer + 1][0, p].to(wide)
-            error = max(error, float((resid - cached).abs().max() / (1 + cached.abs().max())))
-        zs.append(z)
-        heads.append(head_writes)
-        mlps.append(mlp_write)
-    return Components(x0, torch.stack(zs), torch.stack(heads), torch.stack(mlps), biases, resid, error)
+    device = x0.device  # parts are gathered here (blocks may sit on other devices under a device_map)
+    blocks = [_block(adapter, run, layer, p, wide) for layer in range(n_layers)]
+    error = 0.0
+    for layer, block in enumerate(blocks[:-1]):
+        cached = run.layer_inputs[layer + 1][0, p].to(block.out.device, wide)
+        error = max(error, float((block.out - cached).abs().max() / (1 + cached.abs().max())))
+    return Components(
+        embed=x0,
+        z=torch.stack([b.z.to(device) for b in blocks]),
+        heads=torch.stack([b.heads.to(device) for b in blocks]),
+        mlp=torch.stack([b.mlp.to(device) for b in blocks]),
+        biases=torch.stack([b.biases.to(device) for b in blocks]).sum(0),
+        final=blocks[-1].out.to(device),
+        block_error=error,
+    )
 
 
 @torch.inference_mode()
