@@ -15,9 +15,10 @@ RUN apt-get update \
     && useradd --create-home --uid 10001 headscope
 
 WORKDIR /app
-COPY requirements.lock Makefile ./
-# The runtime half of what `make env` installs on a developer machine, from the same lock and recipe.
-RUN make runtime PYTHON=python3
+COPY requirements.lock requirements-ray.lock Makefile ./
+# The runtime half of what `make env` installs on a developer machine, from the same locks and recipe, with
+# the Ray extra: the same image serves the app and runs as the nodes of a Ray cluster (README, "Run on a cluster").
+RUN make runtime ray PYTHON=python3
 
 COPY app ./app
 COPY static ./static

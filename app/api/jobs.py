@@ -19,6 +19,7 @@ from app.api.corpus_schemas import (
     ExamplesOut,
     HeadName,
     HeadStatsOut,
+    JobBackend,
     JobHeadsOut,
     JobIn,
     JobList,
@@ -75,8 +76,13 @@ def start_job(body: JobIn, jobs: JobsDep) -> JobOut:
 
 @router.get("/jobs", response_model=JobList, responses=ERRORS)
 def list_jobs(jobs: JobsDep) -> JobList:
-    """Every job, newest first."""
-    return JobList(jobs=[job_out(j) for j in jobs.all()])
+    """Every job, newest first, and where jobs run (the model worker or a Ray cluster's actors)."""
+    cluster = jobs.cluster
+    if cluster is None:
+        backend = JobBackend(backend="in-process", workers=1, state="ready")
+    else:
+        backend = JobBackend(backend="ray", error=cluster.error, **cluster.describe())
+    return JobList(jobs=[job_out(j) for j in jobs.all()], backend=backend)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={**ERRORS, **NOT_FOUND})

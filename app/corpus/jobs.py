@@ -7,6 +7,10 @@ before the next starts, so a cancel, a restart or SIGTERM loses at most the batc
 resumed job skips what is stored. An out-of-memory error in a batch retries it in halves, down to
 one text; a text that does not fit alone fails the job with a message that says so.
 
+With a Ray cluster (app.corpus.cluster) a job runs on a driver thread of its own instead: the same plan,
+its batches measured by the cluster's actors and committed here as they arrive; the model worker is not
+involved, so interactive requests never wait for the cluster. A lost cluster leaves the job interrupted.
+
 States: queued → running → done | failed | cancelled; a job left queued or running by a stopped
 server is interrupted; interrupted, cancelled and failed jobs can be resumed.
 """
@@ -21,12 +25,14 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from app.corpus.cluster import Cluster, ClusterLost, DriverTask, Items, tokenizer_copy
 from app.corpus.datasets import DatasetStore
 from app.corpus.jobstore import JobRecord, JobStore, now_iso
-from app.corpus.measure import length_batches, measure_batch_steps
+from app.corpus.measure import BatchResult, length_batches, measure_batch_steps
 from app.corpus.results import Results
 from app.inspect.loading import Loaded
 from app.inspect.runs import encode
@@ -90,14 +96,17 @@ class Jobs:
         store: JobStore,
         max_batch_tokens: int = MAX_BATCH_TOKENS,
         max_batch_texts: int = MAX_BATCH_TEXTS,
+        cluster: Cluster | None = None,
     ) -> None:
         self.service = service
+        self.cluster = cluster
+        self._tokenizer: Any = None  # the cluster driver's own copy
         self.datasets = datasets
         self.store = store
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_texts = max_batch_texts
         self.results = Results(store)
-        self._tasks: dict[str, Sliced[None]] = {}
+        self._tasks: dict[str, Sliced[None] | DriverTask] = {}
         self._runs: dict[str, object] = {}  # job id → token of its current run: a cancelled run's exit is ignored
         self._listeners: dict[str, list[Callable[[JobRecord], None]]] = {}
         self._lock = threading.Lock()
@@ -220,7 +229,11 @@ class Jobs:
         with self._lock:
             self._runs[job_id] = token
         try:
-            task = self.service.submit(f"job {job_id}", self._run(job_id, token))
+            if self.cluster is None:
+                task: Sliced[None] | DriverTask = self.service.submit(f"job {job_id}", self._run(job_id, token))
+            else:
+                _ = self.service.model  # NotReady while the model loads: the driver plans with its tokenizer
+                task = DriverTask(f"job {job_id}", self._run(job_id, token))
         except NotReady:
             self.store.update(job_id, state="interrupted")
             raise
@@ -228,7 +241,7 @@ class Jobs:
             self._tasks[job_id] = task
         task.future.add_done_callback(lambda _: self._forget(job_id, task))
 
-    def _forget(self, job_id: str, task: Sliced[None]) -> None:
+    def _forget(self, job_id: str, task: Sliced[None] | DriverTask) -> None:
         with self._lock:
             if self._tasks.get(job_id) is task:
                 del self._tasks[job_id]
@@ -249,9 +262,10 @@ class Jobs:
             loaded = self.service.model
             layout = loaded.adapter.layout
             texts = self.datasets.texts(job.dataset)
+            tokenizer = self._driver_tokenizer(loaded) if self.cluster else loaded.tokenizer
             lengths: list[int] = []
             for start in range(0, len(texts), TOKENIZE_CHUNK):
-                lengths += [len(self._ids(loaded, t, job.max_tokens)) for t in texts[start : start + TOKENIZE_CHUNK]]
+                lengths += [len(self._ids(tokenizer, t, job.max_tokens)) for t in texts[start : start + TOKENIZE_CHUNK]]
                 yield
             plan = length_batches(lengths, self.max_batch_tokens, self.max_batch_texts)
             started = job.started or now_iso()
@@ -270,32 +284,65 @@ class Jobs:
             self._publish(job_id)
             finished = self.store.finished_batches(job_id)
             stored = self.store.stored_texts(job_id)
-            for number, batch in enumerate(plan):
-                if number in finished:
-                    continue
-                pieces = [[i for i in batch if i not in stored]]
-                while pieces:
-                    yield
-                    piece = pieces.pop(0)
-                    split = yield from self._measure(loaded, job, texts, piece, number if not pieces else None)
-                    if split:
-                        pieces[:0] = split
-                    else:
-                        self._publish(job_id)
-                self.store.finish_batch(job_id, number)  # when its texts were stored before (or in pieces)
+            todo = [(n, [i for i in batch if i not in stored]) for n, batch in enumerate(plan) if n not in finished]
+            if self.cluster is None:
+                yield from self._in_process(loaded, job, texts, todo)
+            else:
+                yield from self._on_cluster(self.cluster, tokenizer, job, texts, todo)
             if self.store.update(job_id, expect=frozenset({"running"}), state="done", finished=now_iso()):
                 self._publish(job_id)
         except GeneratorExit:  # cancelled (state already set) or the server stopping
             if self._current(job_id, token) and self.store.update(job_id, expect=ACTIVE, state="interrupted"):
                 self._publish(job_id)
             raise
+        except ClusterLost as exc:
+            log.warning("job %s: %s", job_id, exc)
+            if self._current(job_id, token) and self.store.update(
+                job_id, expect=ACTIVE, state="interrupted", error=str(exc)
+            ):
+                self._publish(job_id)
         except Exception as exc:
-            message = str(exc) if isinstance(exc, OutOfMemoryInBatch) else f"{type(exc).__name__}: {exc}"
+            oom = isinstance(exc, OutOfMemoryInBatch | MemoryError)
+            message = str(exc) if oom else f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", job_id)
             if self._current(job_id, token) and self.store.update(
                 job_id, expect=ACTIVE, state="failed", error=message, finished=now_iso()
             ):
                 self._publish(job_id)
+
+    def _in_process(
+        self, loaded: Loaded, job: JobRecord, texts: list[str], todo: list[tuple[int, list[int]]]
+    ) -> Generator[None, None, None]:
+        """The batches on the model worker, one slice each; out-of-memory halves run as slices of their own."""
+        for number, batch in todo:
+            pieces = [batch]
+            while pieces:
+                yield
+                piece = pieces.pop(0)
+                split = yield from self._measure(loaded, job, texts, piece, number if not pieces else None)
+                if split:
+                    pieces[:0] = split
+                else:
+                    self._publish(job.id)
+            self.store.finish_batch(job.id, number)  # when its texts were stored before (or in pieces)
+
+    def _on_cluster(
+        self, cluster: Cluster, tokenizer: Any, job: JobRecord, texts: list[str], todo: list[tuple[int, list[int]]]
+    ) -> Generator[None, None, None]:
+        """The batches on the cluster's actors, each committed here as it arrives (any order)."""
+        batches: list[tuple[int, Items]] = []
+        for number, batch in todo:
+            if batch:
+                batches.append((number, [(i, self._ids(tokenizer, texts[i], job.max_tokens)) for i in batch]))
+            else:
+                self.store.finish_batch(job.id, number)  # its texts were stored before
+
+        def commit(result: BatchResult, batch: int | None, seconds: float) -> None:
+            self.forwards += 1
+            self._commit(job, result, seconds, batch)
+            self._publish(job.id)
+
+        yield from cluster.measure(batches, list(job.analyses), job.importance, commit)
 
     def _measure(
         self, loaded: Loaded, job: JobRecord, texts: list[str], piece: list[int], batch: int | None
@@ -308,7 +355,7 @@ class Jobs:
         if not piece:
             return []
         began = time.monotonic()
-        items = [(i, self._ids(loaded, texts[i], job.max_tokens)) for i in piece]
+        items = [(i, self._ids(loaded.tokenizer, texts[i], job.max_tokens)) for i in piece]
         try:
             self.forwards += 1
             result = yield from measure_batch_steps(loaded, items, frozenset(job.analyses), job.importance)
@@ -324,12 +371,20 @@ class Jobs:
             log.warning("job %s: out of memory on %d texts; retrying in halves", job.id, len(piece))
             half = len(piece) // 2
             return [piece[:half], piece[half:]]
-        try:
-            self.store.commit(job.id, result.texts, result.similarity_sum, time.monotonic() - began, batch)
-        except sqlite3.IntegrityError as exc:  # a text already stored: a bug, and nothing was written
-            raise RuntimeError(f"job {job.id}: batch {batch} was already stored") from exc
+        self._commit(job, result, time.monotonic() - began, batch)
         return []
 
+    def _commit(self, job: JobRecord, result: BatchResult, seconds: float, batch: int | None) -> None:
+        try:
+            self.store.commit(job.id, result.texts, result.similarity_sum, seconds, batch)
+        except sqlite3.IntegrityError as exc:  # a text already stored: a bug, and nothing was written
+            raise RuntimeError(f"job {job.id}: batch {batch} was already stored") from exc
+
+    def _driver_tokenizer(self, loaded: Loaded) -> Any:
+        if self._tokenizer is None:
+            self._tokenizer = tokenizer_copy(loaded)
+        return self._tokenizer
+
     @staticmethod
-    def _ids(loaded: Loaded, text: str, max_tokens: int) -> list[int]:
-        return encode(loaded.tokenizer, text)[:max_tokens]
+    def _ids(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
+        return encode(tokenizer, text)[:max_tokens]
