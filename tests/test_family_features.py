@@ -117,3 +117,21 @@ def test_gradient_importance_equals_finite_differences(model_type: str) -> None:
     fd = (_loss(loaded, token_ids, 1 + eps) - _loss(loaded, token_ids, 1 - eps)) / (2 * eps)
     assert abs(fd) > 1e-4  # the head matters to the loss
     assert float(scores[HEAD]) == pytest.approx(abs(fd), rel=2e-2, abs=2e-5)
+
+
+@pytest.mark.parametrize("model_type", SERVED)
+def test_the_sweep_equals_the_model_s_loss_with_each_head_zeroed(model_type: str) -> None:
+    """The batched single-head sweep (resumed at each head's block) against full forwards of the model itself."""
+    loaded = served(model_type)
+    token_ids = ids()
+    run = analyse(loaded, "", token_ids=token_ids)
+    sweep = importance.ablation_sweep(loaded, run)
+    base = _loss(loaded, token_ids, 1.0)
+    for layer, head in [(0, 1), HEAD, (loaded.adapter.layout.n_layers - 1, 3)]:
+        layout = loaded.adapter.layout
+        gates = torch.ones(1, layout.n_layers, layout.n_heads)
+        gates[0, layer, head] = 0.0
+        with torch.no_grad(), head_gates(loaded.adapter, gates, "zero"):
+            logits = loaded.model(torch.tensor([token_ids])).logits[0]
+        expected = float(-target_logprobs(logits, token_ids).mean()) - base
+        assert float(sweep.delta_loss[layer, head]) == pytest.approx(expected, abs=1e-5)
