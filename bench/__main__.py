@@ -22,6 +22,7 @@ import torch
 from app.inspect.loading import Loaded
 from bench import (
     analysis,
+    cluster,
     corpus,
     families,
     generation,
@@ -191,6 +192,9 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
         steps.add(lambda: corpus.throughput_rows(loaded, n_texts))
         steps.add(lambda: corpus.server_rows(loaded, n_texts, 15))
         steps.add(lambda: corpus.rss_row(n_texts, large))
+        if device.type == "cpu" and cluster.has_ray():
+            log.info("Ray: the roles job over %d texts in-process and on local Ray with 1 and 2 actors", n_texts)
+            steps.add(lambda: cluster.rows(loaded, models.DEFAULT, n_texts))
     log.info("causal tracing: patching at 64 and 512 tokens, DLA, logit lens")
     for step in tracing.rows(loaded, plan.ablate[-1][1]):
         steps.add(step)

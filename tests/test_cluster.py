@@ -123,6 +123,9 @@ def test_a_job_on_ray_has_the_in_process_numbers(
     assert_same(heads, reference["heads"])
     sim = on_ray.get(f"/api/jobs/{job['id']}/similarity").json()
     np.testing.assert_allclose(sim["matrix"], reference["similarity"]["matrix"], atol=1e-6)
+    backend = on_ray.get("/api/jobs").json()["backend"]
+    assert backend == {"backend": "ray", "address": jobs_of(on_ray).cluster.config.address, "workers": 2,
+                       "state": "ready", "error": None}  # fmt: skip
     pids = {ray.get(a.status.remote())[0] for a in actors(on_ray)}
     assert len(pids) == 2 and os.getpid() not in pids  # measured by two actor processes, not the server
 

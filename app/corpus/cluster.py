@@ -297,11 +297,12 @@ class Cluster:
                     commit(result, number if not open_pieces[number] else None, now - last)
                     last = now
                 yield
+            live = []  # all done: nothing to stop
         except ray.exceptions.RayError as exc:
             if isinstance(exc, ray.exceptions.RayTaskError):
                 raise
             raise ClusterLost(f"the Ray cluster was lost: {type(exc).__name__}: {exc}") from exc
-        finally:
+        finally:  # cancelled (closed at a yield) or failed: the actors stop this run at their next block
             for actor in live:
                 with contextlib.suppress(Exception):  # the cluster is gone: nothing runs there any more
                     actor.stop.remote(run)

@@ -60,8 +60,16 @@ function painted(node) {
 // -- jobs ----------------------------------------------------------------------------------------
 
 async function refreshJobs() {
-  const { jobs } = await api.jobs();
+  const { jobs, backend } = await api.jobs();
+  $("jobs-backend").textContent = backendText(backend);
   renderJobList($("jobs"), jobs, { current: S.job, names: form.names, onOpen: (id) => track(openJob(id, true), "opening job…"), onResume: (id) => track(resume(id), "resuming…") });
+}
+
+/** Where jobs run, in words: the server's own model worker, or a Ray cluster's actors and their state. */
+function backendText(b) {
+  if (b.backend !== "ray") return "Jobs run on this server's model worker, between interactive requests.";
+  const state = b.state === "ready" ? "" : b.state === "failed" ? ` — failed: ${b.error}` : " — starting";
+  return `Jobs run on Ray (${b.address}): ${b.workers} actor${b.workers === 1 ? "" : "s"} holding the model${state}.`;
 }
 
 /** Open a job: show its progress, follow it while it runs, and show its statistics once there are any. */

@@ -113,6 +113,8 @@ def test_upload_job_grid_examples_and_click_through(
         page.get_attribute('#source button[data-source="pick"]', "aria-pressed") == "true"
     )  # the upload is now picked
     assert page.locator(f'#jobs .job[data-job="{job_id}"] .job-open[aria-current="true"]').count() == 1
+    assert api.get("/api/jobs").json()["backend"]["backend"] == "in-process"
+    assert "this server's model worker" in page.inner_text("#jobs-backend")  # where jobs run, from /api/jobs
 
     # the grid: one cell per head, each labelled with exactly the API's statistics
     page.wait_for_function(f"() => document.querySelectorAll('#cgrid .ccell').length === {N_LAYERS * N_HEADS}")
