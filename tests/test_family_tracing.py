@@ -199,3 +199,30 @@ def test_dla_in_bfloat16_is_served_and_sums_within_bf16_rounding(model_type: str
         a = dla.attribute(loaded, run, pos, int(logits[pos].argmax()), int(logits[pos].argmin()))
         total = float(a.heads.sum() + a.mlp.sum()) + a.embed + a.other
         assert abs(total - a.logit) <= 2**-6 * (1 + abs(a.logit))
+
+
+def test_norm_forms_are_recognised_and_an_unknown_one_refused() -> None:
+    """Each family's norm is matched to its form (gain, centring), which then reproduces it; a non-norm is refused."""
+    found = {}
+    for model_type in ("llama", "gemma", "olmo", "gpt2", "cohere"):
+        norm = served(model_type).adapter.final_norm()
+        form = blocks.norm_form(norm)
+        x = torch.randn(3, norm_width(norm)) * 3 + 1  # (3, d)
+        with torch.no_grad():
+            torch.testing.assert_close(blocks.apply_norm(form, x), norm(x).float(), atol=1e-5, rtol=1e-5)
+        found[model_type] = form.centred
+    assert found == {"llama": False, "gemma": False, "olmo": True, "gpt2": True, "cohere": True}
+
+    class Doubling(nn.Module):
+        weight = nn.Parameter(torch.ones(8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x
+
+    with pytest.raises(blocks.UnknownNorm, match="Doubling"):
+        blocks.norm_form(Doubling())
+
+
+def norm_width(norm: nn.Module) -> int:
+    weight = getattr(norm, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) else int(norm.normalized_shape[0])  # type: ignore[index]
