@@ -188,6 +188,21 @@ def test_cancel_keeps_finished_batches_and_a_second_cancel_is_409(
     assert heads["partial"] is True and heads["n_texts"] == job["progress"]["done"]
 
 
+def test_a_dataset_a_running_job_reads_cannot_be_deleted(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    slow_measure(monkeypatch, 0.3, calls)
+    ds = dataset(client)
+    job_id = client.post("/api/jobs", json={"dataset": ds}).json()["id"]
+    wait_state(client, job_id, {"running"})
+    refused = client.delete(f"/api/datasets/{ds}")
+    assert refused.status_code == 409 and refused.json()["error"] == "conflict"
+    assert job_id in refused.json()["detail"]  # names the job to cancel
+    assert client.get(f"/api/datasets/{ds}").status_code == 200  # nothing changed
+    assert client.delete(f"/api/jobs/{job_id}").json()["state"] == "cancelled"
+    assert client.delete(f"/api/datasets/{ds}").status_code == 204
+    assert client.get(f"/api/datasets/{ds}").status_code == 404
+
+
 def test_resume_right_after_cancel_runs_to_the_end(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cancelled run is closed at its next slice, after the resume: its exit must not touch the new run."""
     calls: list[int] = []

@@ -22,6 +22,7 @@ from app.api.corpus_schemas import (
     upload_body,
 )
 from app.api.deps import ServiceDep
+from app.api.jobs import JobsDep
 from app.api.schemas import ERRORS, NOT_FOUND, Error
 from app.corpus import upload
 from app.corpus.datasets import DatasetInfo, DatasetStore, checked
@@ -95,12 +96,12 @@ def dataset_texts(
     responses={
         **ERRORS,
         **NOT_FOUND,
-        409: {"model": Error, "description": "a built-in set cannot be deleted"},
+        409: {"model": Error, "description": "a built-in set, or one a queued or running job reads"},
     },
 )
-def delete_dataset(dataset_id: str, datasets: StoreDep) -> Response:
-    """Delete an uploaded dataset and its texts."""
-    datasets.delete(dataset_id)
+def delete_dataset(dataset_id: str, jobs: JobsDep) -> Response:
+    """Delete an uploaded dataset and its texts (not while a queued or running job reads it)."""
+    jobs.delete_dataset(dataset_id)
     return Response(status_code=204)
 
 

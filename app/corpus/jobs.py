@@ -144,7 +144,6 @@ class Jobs:
         limit = self.service.max_tokens  # NotReady while the model loads
         if not 1 <= spec.max_tokens <= limit:
             raise InvalidInput(f"max_tokens is {spec.max_tokens}; this server accepts 1..{limit}")
-        self.datasets.get(spec.dataset)  # NotFound
         job = JobRecord(
             id="job_" + secrets.token_hex(6),
             dataset=spec.dataset,
@@ -155,9 +154,22 @@ class Jobs:
             state="queued",
             created=now_iso(),
         )
-        self.store.create(job)
+        with self._lock:  # not between delete_dataset's check and its delete
+            self.datasets.get(spec.dataset)  # NotFound
+            self.store.create(job)
         self._submit(job.id)
         return self.store.get(job.id)
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset, unless a queued or running job reads it (409: cancel that job first)."""
+        with self._lock:
+            for job in self.store.all():
+                if job.dataset == dataset_id and job.state in ACTIVE:
+                    raise Conflict(
+                        f"dataset {dataset_id} is being read by job {job.id} ({job.state}); "
+                        f"cancel it first (DELETE /api/jobs/{job.id})"
+                    )
+            self.datasets.delete(dataset_id)
 
     def get(self, job_id: str) -> JobRecord:
         return self.store.get(job_id)
