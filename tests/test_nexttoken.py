@@ -33,13 +33,11 @@ def _targets(run: runs.Run) -> torch.Tensor:
     return torch.tensor(run.token_ids[1:])
 
 
-@pytest.fixture(params=[(3, 1), (512, nexttoken.BLOCK_ELEMENTS)], ids=["chunk3-row", "chunk512"])
+@pytest.fixture(params=[3, 512], ids=["chunk3", "chunk512"])
 def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
-    """LM-head chunk and block sizes: 3 positions a chunk (the last one short), one row a block; or all at once."""
-    size, block = request.param
-    monkeypatch.setattr(nexttoken, "LOGIT_CHUNK", size)
-    monkeypatch.setattr(nexttoken, "BLOCK_ELEMENTS", block)
-    return int(size)
+    """LM-head chunk size: 3 splits the text into many chunks (the last one short), 512 keeps it whole."""
+    monkeypatch.setattr(nexttoken, "LOGIT_CHUNK", request.param)
+    return int(request.param)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -74,7 +72,7 @@ def test_comparison_equals_the_float64_definitions(
     ablated = run.hidden + 5.0 * torch.randn(run.hidden.shape, generator=gen)  # (T, d): some other hidden state
     for _ in range(2):  # the first comparison computes the baseline, the second reads it from the run
         cmp = ablation.compare(loaded, run, ablated, 4)
-        assert ("baseline" in run.extras) and (run.extras["baseline"].logprobs is not None) == kept
+        assert ("baseline" in run.extras) and (run.extras["baseline"].chunks is not None) == kept
         p, q = _reference_logprobs(loaded, run.hidden), _reference_logprobs(loaded, ablated)  # (T, V) each
         kl = (p.exp() * (p - q)).sum(-1)  # (T,) KL(baseline ‖ ablated)
         assert float(kl.min()) > 1e-3  # the perturbation does change every position

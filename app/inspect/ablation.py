@@ -11,7 +11,7 @@ from app.inspect.gates import Mode, gate_tensor, head_gates
 from app.inspect.loading import Loaded
 from app.inspect.nexttoken import next_token
 from app.inspect.resume import starting_at
-from app.inspect.runs import Prediction, Run, baseline, baseline_logprobs, summarise, targets
+from app.inspect.runs import Prediction, Run, baseline, baseline_chunks, summarise, targets
 
 Head = tuple[int, int]
 
@@ -43,7 +43,7 @@ def compare(
     """Baseline (the run's statistics, cached on it) vs ablated (T, d) hidden states: one LM-head pass."""
     lm_head = loaded.adapter.lm_head()
     base = baseline(lm_head, run)
-    abl = next_token(lm_head, ablated_hidden[None], targets(run), reference=baseline_logprobs(lm_head, run))
+    abl = next_token(lm_head, ablated_hidden[None], targets(run), reference=baseline_chunks(lm_head, run))
     assert abl.kl is not None
     return Comparison(
         baseline=summarise(base.stats, k),

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 LOGIT_CHUNK = 512  # positions per LM-head chunk: bounds the (rows, chunk, vocab) logits in memory
-BLOCK_ELEMENTS = 1 << 21  # rows × vocab of one temporary (8 MB): small enough to be reused, not mapped afresh
 
 
 @dataclass
@@ -33,38 +32,31 @@ class NextToken:
         return -self.target_logprobs.sum(1) / max(self.target_logprobs.shape[1], 1)
 
 
+Reference = tuple[torch.Tensor, torch.Tensor]  # a baseline chunk's (log-probs, probs), (c, vocab) each
+
+
 def logprob_chunks(lm_head: nn.Module, hidden: torch.Tensor) -> Iterator[torch.Tensor]:
     """log-softmax of the LM head's logits, float32, (B, c, vocab) per chunk of (B, T, d) hidden states.
 
-    Computed as logits − logsumexp in the logits' own buffer, a block of rows at a time, unless a
-    gradient must flow: one vocabulary-wide tensor per chunk, and no large temporaries (a fresh
-    100 MB tensor costs more in page faults than the arithmetic on it). Every caller gets
-    bit-identical values for identical hidden states.
+    One fused log-softmax per chunk (differentiable): every caller gets bit-identical values for
+    identical hidden states.
     """
     for start in range(0, hidden.shape[1], LOGIT_CHUNK):
-        logits = lm_head(hidden[:, start : start + LOGIT_CHUNK]).float()  # (B, c, V)
-        if logits.requires_grad:
-            yield logits - torch.logsumexp(logits, dim=-1, keepdim=True)
-            continue
-        for block in _blocks(logits):  # (r, V) views
-            block.sub_(torch.logsumexp(block, dim=-1, keepdim=True))
-        yield logits
+        yield torch.log_softmax(lm_head(hidden[:, start : start + LOGIT_CHUNK]).float(), dim=-1)
 
 
-def _blocks(x: torch.Tensor) -> Iterator[torch.Tensor]:
-    """(r, V) row blocks (views) of a contiguous (..., V) tensor, r × V ≤ BLOCK_ELEMENTS."""
-    rows = x.view(-1, x.shape[-1])
-    step = max(1, BLOCK_ELEMENTS // x.shape[-1])
-    for i in range(0, rows.shape[0], step):
-        yield rows[i : i + step]
+def references(lm_head: nn.Module, hidden: torch.Tensor) -> Iterator[Reference]:
+    """(log-probs, probs) per chunk of one row's (T, d) hidden states: what a KL against them needs."""
+    for logp in logprob_chunks(lm_head, hidden[None]):
+        yield logp[0], logp[0].exp()
 
 
 def next_token(
     lm_head: nn.Module,
     hidden: torch.Tensor,
     targets: torch.Tensor,
-    reference: Iterable[torch.Tensor] | None = None,
-    keep: list[torch.Tensor] | None = None,
+    reference: Iterable[Reference] | None = None,
+    keep: list[Reference] | None = None,
 ) -> NextToken:
     """Next-token statistics of (B, T, d) final hidden states of one text, in one pass over LM-head chunks.
 
@@ -72,9 +64,9 @@ def next_token(
         lm_head: the unembedding.
         hidden: (B, T, d_model) states after the final norm.
         targets: (T-1,) the text's next tokens (ids 1..T-1).
-        reference: the baseline's log-probs per chunk, (c, vocab) each (as logprob_chunks gives them for
-            B = 1): KL(reference ‖ row) is then computed at every position.
-        keep: when given (B = 1, no reference), each chunk's (c, vocab) log-probs are appended to it.
+        reference: the baseline's (log-probs, probs) per chunk, (c, vocab) each (as `references` gives
+            them): KL(reference ‖ row) is then computed at every position (inference only).
+        keep: when given (B = 1, no reference), each chunk's (log-probs, probs) are appended to it.
     """
     assert keep is None or reference is None, "a compared row's log-probs are overwritten by the KL"
     b = hidden.shape[0]
@@ -87,7 +79,7 @@ def next_token(
         picked.append(logp[:, : tgt.shape[0]].gather(2, tgt[None, :, None].expand(b, -1, 1))[..., 0])
         last = logp[:, -1].clone()  # (B, V): before the KL overwrites logp
         if keep is not None:
-            keep.append(logp[0])
+            keep.append((logp[0], logp[0].exp()))
         if refs is not None:
             kl.append(_kl(next(refs), logp))
     return NextToken(
@@ -97,17 +89,14 @@ def next_token(
     )
 
 
-def _kl(base: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
-    """KL(base ‖ row) per position, (B, c), from base (c, V) and logp (B, c, V) log-probs; logp is overwritten.
+def _kl(base: Reference, logp: torch.Tensor) -> torch.Tensor:
+    """KL(base ‖ row) per position, (B, c), from the base's (log p, p), (c, V) each, and logp (B, c, V) = log q.
 
-    Σ_v p_v (log p_v − log q_v) as one dot product per position, a block of positions at a time
-    (no vocabulary-wide temporaries). Identical log-probs give exactly 0.
+    Σ_v p_v (log p_v − log q_v) as one dot product per position, the difference written over logp (a
+    fresh vocabulary-wide tensor costs more in page faults than the arithmetic). Identical log-probs
+    give exactly 0.
     """
-    b, c, v = logp.shape
-    kl = torch.empty(b, c, dtype=logp.dtype, device=logp.device)
-    step = max(1, BLOCK_ELEMENTS // v)
-    for i in range(0, c, step):
-        ref = base[i : i + step]  # (r, V)
-        diff = torch.sub(ref, logp[:, i : i + step], out=logp[:, i : i + step])  # (B, r, V): log p − log q
-        kl[:, i : i + step] = torch.matmul(diff.unsqueeze(-2), ref.exp().unsqueeze(-1))[..., 0, 0]
+    base_logp, base_p = base
+    diff = torch.sub(base_logp, logp, out=logp)  # (B, c, V): log p − log q
+    kl = torch.matmul(diff.unsqueeze(-2), base_p.unsqueeze(-1))[..., 0, 0]  # (B, c)
     return kl.clamp_min(0.0)

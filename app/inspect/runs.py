@@ -16,7 +16,7 @@ from app.inspect.adapters import Adapter
 from app.inspect.capture import LayerQK
 from app.inspect.loading import Loaded
 from app.inspect.nexttoken import LOGIT_CHUNK as LOGIT_CHUNK  # re-exported: the logit lens chunks alike
-from app.inspect.nexttoken import NextToken, logprob_chunks, next_token
+from app.inspect.nexttoken import NextToken, Reference, next_token, references
 from app.inspect.resume import recording_inputs
 
 
@@ -146,14 +146,16 @@ class Baseline:
     """The unablated run's next-token statistics, and its log-probs per LM-head chunk when they fit."""
 
     stats: NextToken  # B = 1
-    logprobs: list[torch.Tensor] | None  # (c, vocab) per chunk; None: computed again when a comparison needs them
+    chunks: list[Reference] | None  # (log-probs, probs) per LM-head chunk, (c, vocab) each; None: not kept
 
     @property
     def nbytes(self) -> int:
-        return sum(c.numel() * c.element_size() for c in self.logprobs or [])
+        return sum(t.numel() * t.element_size() for chunk in self.chunks or [] for t in chunk)
 
 
-BASELINE_CACHE_BYTES = 128 << 20  # keep a run's baseline log-probs when they fit: a toggle then costs one LM head
+# Keep a run's baseline (log-probs, probs) when they fit (512 tokens of a 49k vocabulary: 200 MB): a toggle
+# then costs one LM head and a dot product per position.
+BASELINE_CACHE_BYTES = 256 << 20
 
 
 def targets(run: Run) -> torch.Tensor:
@@ -165,26 +167,24 @@ def targets(run: Run) -> torch.Tensor:
 def baseline(lm_head: nn.Module, run: Run) -> Baseline:
     """The run's next-token statistics, computed once and kept on the run (with its log-probs when they fit).
 
-    The log-probs are kept when they fit in BASELINE_CACHE_BYTES; otherwise `baseline_logprobs` computes
+    The log-probs are kept when they fit in BASELINE_CACHE_BYTES; otherwise `baseline_chunks` computes
     them a chunk at a time, so a long text never holds more than one chunk of vocabulary-wide rows.
     """
     cached = run.extras.get("baseline")
     if isinstance(cached, Baseline):
         return cached
     vocab = int(lm_head.weight.shape[0])  # type: ignore[index]
-    keep: list[torch.Tensor] | None = [] if run.n_tokens * vocab * 4 <= BASELINE_CACHE_BYTES else None
+    keep: list[Reference] | None = [] if run.n_tokens * vocab * 8 <= BASELINE_CACHE_BYTES else None
     base = Baseline(next_token(lm_head, run.hidden[None], targets(run), keep=keep), keep)
     run.extras["baseline"] = base
     run.extra_bytes += base.nbytes
     return base
 
 
-def baseline_logprobs(lm_head: nn.Module, run: Run) -> Iterable[torch.Tensor]:
-    """The run's next-token log-probs per LM-head chunk, (c, vocab) each: kept ones, or computed again."""
-    kept = baseline(lm_head, run).logprobs
-    if kept is not None:
-        return kept
-    return (chunk[0] for chunk in logprob_chunks(lm_head, run.hidden[None]))
+def baseline_chunks(lm_head: nn.Module, run: Run) -> Iterable[Reference]:
+    """The run's next-token (log-probs, probs) per LM-head chunk, (c, vocab) each: kept ones, or computed again."""
+    kept = baseline(lm_head, run).chunks
+    return kept if kept is not None else references(lm_head, run.hidden)
 
 
 def predict(lm_head: nn.Module, run: Run, k: int) -> Prediction:
