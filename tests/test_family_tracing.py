@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from app.inspect import blocks, dla, lens, patching
-from app.inspect.adapters import Adapter
+from app.inspect import blocks, dla, lens, patching, variants
+from app.inspect.adapters import Adapter, UnsupportedArchitecture
 from app.inspect.loading import Loaded
 from app.inspect.patching import Site
 from app.inspect.runs import Run, analyse
@@ -120,12 +120,16 @@ def test_dla_check_refuses_a_wiring_it_does_not_reproduce(monkeypatch: pytest.Mo
     assert gap is not None and "phi" in gap
 
 
-def test_readout_check_refuses_logits_it_does_not_reproduce(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A soft-capped model read without its cap is refused for all of tracing, naming the model."""
-    adapter = Adapter(served("gemma2").model)
+def test_logits_lm_head_does_not_reproduce_are_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A soft-capped model read without its cap would give wrong predictions and losses: refused, naming it."""
+    model = served("gemma2").model
+    adapter = Adapter(model)
     monkeypatch.setattr(adapter, "final_softcap", lambda: None)
     gap = adapter.tracing_gaps()
     assert gap is not None and "gemma2" in gap
+    with pytest.raises(UnsupportedArchitecture, match="gemma2"):
+        variants.check_served(model, adapter)
+    variants.check_served(model, Adapter(model))  # as it is, served
 
 
 @pytest.mark.parametrize("model_type", SERVED)

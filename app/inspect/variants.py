@@ -58,9 +58,13 @@ def check_served(model: PreTrainedModel, adapter: Adapter) -> None:
             f"architecture {model_type!r}: its attention takes {', '.join(sorted(rec.unknown_kwargs))}, "
             "which HeadScope's maps do not reproduce"
         )
-    # what tracing cannot reproduce is found here, at start, by probe forwards (cached on the adapter),
-    # never later beside the model worker; tracing answers 422 with the reason, everything else is served
-    gap = adapter.tracing_gaps(dla=False) or adapter.tracing_gaps(dla=True)
+    # found here, at start, by probe forwards (cached on the adapter), never later beside the model worker:
+    # logits lm_head() does not reproduce would make every prediction, loss and score wrong — refused;
+    # a block layout DLA cannot decompose only makes /api/dla answer 422 with the reason
+    readout = adapter.tracing_gaps(dla=False)
+    if readout is not None:
+        raise UnsupportedArchitecture(f"architecture {model_type!r}: {readout}")
+    gap = adapter.tracing_gaps(dla=True)
     if gap is not None:
         log.warning("%s", gap)
 
