@@ -81,7 +81,8 @@ def logit_diff(loaded: Loaded, hidden: torch.Tensor, answer: int, wrong: int) ->
 
     One dot product per row with the unembedding rows: each row's value does not depend on the batch
     it sits in (a GEMM over the batch may pick another kernel per batch size), so a patch that changes
-    nothing gives the target's own difference, bit for bit. The model's readout (logit scale, final
+    nothing gives the target's own difference, bit for bit (mixture-of-experts blocks excepted: a batch sends
+    more tokens through each expert's matmul, which then rounds differently). The model's readout (logit scale, final
     soft-cap) is applied to each logit, as the model does: a soft-cap does not commute with the difference.
     """
     adapter = loaded.adapter
