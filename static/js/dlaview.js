@@ -19,6 +19,12 @@ export function renderSummary(node, res) {
     el("b", {}, fmt(res.logit)),
     el("span", { class: "muted" }, ` = heads ${signed(heads, 2)} · MLPs ${signed(mlp, 2)} · embed ${signed(res.embed, 2)} · biases ${signed(res.other, 2)}`),
   );
+  if (res.final_softcap != null) {
+    // the cap is not linear: the parts explain the logit before it, and the page says which number is which
+    node.append(
+      el("span", { class: "muted softcap" }, ` · the parts explain the logit before the final soft-cap ${res.final_softcap}·tanh(z/${res.final_softcap}); after it, as the model outputs: ${fmt(res.model_logit)}`),
+    );
+  }
 }
 
 /** Horizontal bars of the k heads with the largest |direct effect|, largest on top. */

@@ -50,3 +50,24 @@ def test_model_card_and_grid_show_local_and_global_layers(page: Any, gemma3_serv
     assert page.locator("#grid .row-label .layer-tag").count() == 2
     page.locator("#model-card").screenshot(path=str(artifacts / "family-variants-card.png"))
     page.screenshot(path=str(artifacts / "family-variants.png"))
+
+
+def test_trace_says_the_dla_parts_explain_the_logit_before_the_final_soft_cap(
+    page: Any, tmp_path_factory: pytest.TempPathFactory, artifacts: Path
+) -> None:
+    """Gemma 2 caps its logits (cap·tanh(z/cap)): DLA's parts sum to the pre-cap logit, and the page says so."""
+    root = tmp_path_factory.mktemp("gemma2")
+    model = save(by_type("gemma2"), root / "tiny-gemma2")
+    with serve(str(model), root) as server:
+        page.goto(server.url + "/trace")
+        page.wait_for_selector("body[data-ready]")
+        with page.expect_response("**/api/dla", timeout=120_000) as answer:
+            page.click(".example")
+        dla = answer.value.json()
+        page.wait_for_function("() => document.querySelector('#dla-summary').textContent.includes('soft-cap')")
+        summary = page.inner_text("#dla-summary")
+        assert dla["final_softcap"] == 5.0 and abs(dla["model_logit"]) <= 2 * 5.0  # a difference of two capped
+        assert f"= {dla['logit']:.3f} = heads" in summary  # the parts' total: the pre-cap logit
+        assert "the parts explain the logit before the final soft-cap 5·tanh(z/5)" in summary
+        assert f"after it, as the model outputs: {dla['model_logit']:.3f}" in summary
+        page.locator("#dla-panel").screenshot(path=str(artifacts / "family-dla-softcap.png"))
