@@ -52,7 +52,7 @@ def rows(loaded: Loaded, model: str, n_texts: int = TEXTS, reps: int = 3) -> lis
         torch.set_num_threads(1)
         try:
             local_1 = _job_s(jobs, dataset, reps)
-            local_1_start = _job_s(jobs, one, reps)
+            local_1_start = _job_s(jobs, one, 5)
         finally:
             torch.set_num_threads(threads)
         local_all = _job_s(jobs, dataset, reps)
@@ -67,7 +67,7 @@ def rows(loaded: Loaded, model: str, n_texts: int = TEXTS, reps: int = 3) -> lis
             try:
                 run_job(jobs, one, ("roles",))  # warm-up on the actors
                 ray_s = _job_s(jobs, dataset, reps)
-                ray_start = _job_s(jobs, one, reps)
+                ray_start = _job_s(jobs, one, 5)
             finally:
                 jobs.cluster = None
                 cluster.shutdown()
@@ -103,3 +103,48 @@ def rows(loaded: Loaded, model: str, n_texts: int = TEXTS, reps: int = 3) -> lis
                 )
             )
     return out
+
+
+def main() -> None:
+    """`python -m bench.cluster [texts] [reps]`: the Ray rows alone, written as their own RESULTS.md section."""
+    import platform
+    import subprocess
+    import sys
+
+    from bench import models, report, timing
+
+    n_texts = int(sys.argv[1]) if len(sys.argv) > 1 else TEXTS
+    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    loaded = models.default_model()
+    meter = timing.OtherLoad()
+    began = time.perf_counter()
+    made = rows(loaded, models.DEFAULT, n_texts, reps)
+    share = meter.share()
+    for row in made:
+        row.other_load = share
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    info = {
+        "command": f"`python -m bench.cluster {n_texts} {reps}`",
+        "commit": commit,
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, ray {_ray_version()}",
+        "took": seconds(time.perf_counter() - began),
+    }
+    notes = [
+        "Each actor has one CPU, so torch runs one thread there; the 1-actor row is against the in-process job "
+        "with one thread (the same arithmetic), so the ratio is Ray's cost: shipping batches and results, "
+        "committing on the server, the actor's idle time between batches.",
+        "Per job start: a one-text job's time on Ray minus in-process; per batch: the rest of the difference "
+        "over the job's batches.",
+    ]
+    print(report.table(made))
+    report.write("Ray backend, local (issue 11)", report.section("Ray backend, local (issue 11)", info, made, notes))
+
+
+def _ray_version() -> str:
+    import ray
+
+    return str(ray.__version__)
+
+
+if __name__ == "__main__":
+    main()
