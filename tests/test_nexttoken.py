@@ -143,3 +143,26 @@ def test_the_sweep_reads_the_runs_baseline() -> None:
     one = ablation.ablate(loaded, run, [(1, 2)], "zero", 1)
     assert one.baseline.loss == pytest.approx(base_loss, abs=0)
     assert float(sweep.delta_loss[1, 2]) == pytest.approx(one.delta_loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "recomputed"])
+def test_an_ablation_after_the_prediction_runs_the_lm_head_once(kept: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The baseline is computed once per run (by the overview's prediction); a toggle then unembeds only its own
+    hidden states, unless the baseline's log-probs were too large to keep."""
+    if not kept:
+        monkeypatch.setattr(runs, "BASELINE_CACHE_BYTES", 0)
+    monkeypatch.setattr(nexttoken, "LOGIT_CHUNK", 4)
+    loaded = tiny_loaded("llama", seed=6)
+    run = runs.analyse(loaded, TEXT)
+    chunks = -(-run.n_tokens // 4)
+    calls: list[int] = []
+    handle = loaded.adapter.lm_head().register_forward_hook(lambda m, a, out: calls.append(a[0].shape[-2]))
+    try:
+        runs.predict(loaded.adapter.lm_head(), run, 3)
+        assert len(calls) == chunks
+        for heads in ([(1, 0)], [(1, 0), (0, 2)], [(0, 1)]):
+            calls.clear()
+            ablation.ablate(loaded, run, heads, "zero", 3)
+            assert len(calls) == (chunks if kept else 2 * chunks)
+    finally:
+        handle.remove()
