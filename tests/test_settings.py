@@ -91,3 +91,21 @@ def test_health_is_ok_while_loading_and_after(tiny_dirs: dict[str, Path]) -> Non
         assert client.get("/api/health").json() == {"status": "ok"}
         wait_ready(client)
         assert client.get("/api/health").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "named"),
+    [
+        ("ray_address", "not an address", "HEADSCOPE_RAY_ADDRESS"),
+        ("ray_workers", 0, "HEADSCOPE_RAY_WORKERS"),
+        ("ray_gpus_per_worker", -1, "HEADSCOPE_RAY_GPUS_PER_WORKER"),
+    ],
+)
+def test_bad_ray_settings_stop_the_start_with_a_message_naming_them(
+    setting: str, value: object, named: str, tiny_dirs: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="app"):
+        assert checked_settings({"model": str(tiny_dirs["llama"]), setting: value}) is None
+    assert f"invalid setting {named}" in caplog.text
+    for good in ("local", "auto", "ray://head:10001", "10.0.0.5:6379"):
+        assert checked_settings({"model": str(tiny_dirs["llama"]), "ray_address": good}) is not None
