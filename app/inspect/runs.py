@@ -143,7 +143,7 @@ def summarise(stats: NextToken, k: int) -> Prediction:
 
 @dataclass
 class Baseline:
-    """The unablated run's next-token statistics, and its log-probs per LM-head chunk when they fit."""
+    """The unablated run's next-token statistics, and its (log-probs, probs) per LM-head chunk when they fit."""
 
     stats: NextToken  # B = 1
     chunks: list[Reference] | None  # (log-probs, probs) per LM-head chunk, (c, vocab) each; None: not kept
@@ -154,7 +154,7 @@ class Baseline:
 
 
 # Keep a run's baseline (log-probs, probs) when they fit (512 tokens of a 49k vocabulary: 200 MB): a toggle
-# then costs one LM head and a dot product per position.
+# then costs one LM head and, per position, a subtraction, a product and a sum in place.
 BASELINE_CACHE_BYTES = 256 << 20
 
 
@@ -165,10 +165,10 @@ def targets(run: Run) -> torch.Tensor:
 
 @torch.inference_mode()
 def baseline(lm_head: nn.Module, run: Run) -> Baseline:
-    """The run's next-token statistics, computed once and kept on the run (with its log-probs when they fit).
+    """The run's next-token statistics, computed once and kept on the run (shared by prediction, ablation, sweep).
 
-    The log-probs are kept when they fit in BASELINE_CACHE_BYTES; otherwise `baseline_chunks` computes
-    them a chunk at a time, so a long text never holds more than one chunk of vocabulary-wide rows.
+    Its (log-probs, probs) are kept too when they fit in BASELINE_CACHE_BYTES; otherwise `baseline_chunks`
+    computes them a chunk at a time, so a long text never holds more than one chunk of vocabulary-wide rows.
     """
     cached = run.extras.get("baseline")
     if isinstance(cached, Baseline):
