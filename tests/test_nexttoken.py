@@ -166,3 +166,18 @@ def test_an_ablation_after_the_prediction_runs_the_lm_head_once(kept: bool, monk
             assert len(calls) == (chunks if kept else 2 * chunks)
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 50257), (3, 5, 1000)])
+def test_log_softmax_written_over_the_logits_is_bit_identical(shape: tuple[int, int, int]) -> None:
+    """logprob_chunks writes the log-softmax over the logits on CPU; torch must give the same bits."""
+    logits = torch.randn(shape, generator=torch.Generator().manual_seed(0)) * 8
+    want = torch.log_softmax(logits, dim=-1)
+    got = torch.log_softmax(logits, dim=-1, out=logits)
+    assert got.data_ptr() == logits.data_ptr()
+    assert torch.equal(got, want)
+    head = torch.nn.Linear(4, shape[-1], bias=False)
+    hidden = torch.randn(shape[0], shape[1], 4)
+    with torch.inference_mode():
+        (chunk,) = list(nexttoken.logprob_chunks(head, hidden))
+        assert torch.equal(chunk, torch.log_softmax(head(hidden), dim=-1))

@@ -38,11 +38,16 @@ Reference = tuple[torch.Tensor, torch.Tensor]  # a baseline chunk's (log-probs, 
 def logprob_chunks(lm_head: nn.Module, hidden: torch.Tensor) -> Iterator[torch.Tensor]:
     """log-softmax of the LM head's logits, float32, (B, c, vocab) per chunk of (B, T, d) hidden states.
 
-    One fused log-softmax per chunk (differentiable): every caller gets bit-identical values for
-    identical hidden states.
+    One fused log-softmax per chunk: every caller gets bit-identical values for identical hidden
+    states. On CPU without a gradient it is written over the logits (bit-identical, tested): a fresh
+    vocabulary-wide tensor costs more in page faults there than the softmax itself.
     """
     for start in range(0, hidden.shape[1], LOGIT_CHUNK):
-        yield torch.log_softmax(lm_head(hidden[:, start : start + LOGIT_CHUNK]).float(), dim=-1)
+        logits = lm_head(hidden[:, start : start + LOGIT_CHUNK]).float()  # (B, c, V), a fresh tensor
+        if logits.requires_grad or logits.device.type != "cpu":
+            yield torch.log_softmax(logits, dim=-1)
+        else:
+            yield torch.log_softmax(logits, dim=-1, out=logits)
 
 
 def references(lm_head: nn.Module, hidden: torch.Tensor) -> Iterator[Reference]:
