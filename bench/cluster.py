@@ -68,7 +68,6 @@ def rows(loaded: Loaded, model: str, n_texts: int = TEXTS, reps: int = 3) -> lis
             _set_threads(jobs, threads)
         local_all = _job_s(jobs, dataset, reps)
         for workers in (1, 2):
-            os.environ.update({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
             cluster = Cluster(ClusterConfig("local", workers, None, model, "float32"))
             began = time.perf_counter()
             cluster.start()

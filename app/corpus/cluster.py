@@ -140,7 +140,7 @@ class Cluster:
         began = time.monotonic()
         try:
             self._connect()
-            self.actors = [self._new_actor() for _ in range(self._n_workers())]
+            self.actors = [self._new_actor() for _ in range(self._plan_actors())]
             self._wait_actors(self.actors)
             self.startup_s = time.monotonic() - began
             log.info("Ray: %d actors ready in %.1f s (%s)", len(self.actors), self.startup_s, self.config.address)
@@ -185,7 +185,8 @@ class Cluster:
             ray.init(address=self.config.address, log_to_driver=False, runtime_env={"env_vars": env})
         self._own_ray = True
 
-    def _n_workers(self) -> int:
+    def _plan_actors(self) -> int:
+        """How many actors, and how each is made (resources, model arguments); refused if they cannot fit."""
         gpus = float(_ray().cluster_resources().get("GPU", 0))
         per = self.config.gpus_per_worker if self.config.gpus_per_worker is not None else (1.0 if gpus else 0.0)
         if per > gpus:
