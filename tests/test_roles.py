@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from app.inspect import roles, runs
@@ -90,18 +91,29 @@ def test_induction_probe_is_seeded_and_repeats() -> None:
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
-def test_fast_statistics_equal_their_definitions_on_the_maps() -> None:
+@pytest.mark.parametrize("rows", [None, 3])  # None: one chunk; 3: chunks of 3 rows, cells far from each chunk's start
+def test_fast_statistics_equal_their_definitions_on_the_maps(monkeypatch, rows) -> None:  # type: ignore[no-untyped-def]
     from app.inspect import metrics
 
+    if rows is not None:
+        monkeypatch.setattr(roles, "rows_per_chunk", lambda n_heads, t: rows)
     loaded = tiny_loaded("gpt_neox", seed=2)
     layout = loaded.adapter.layout
     run = runs.analyse(loaded, "Seven swans swim; seven swans sing; and the seventh swan sleeps.")
-    stats = roles.head_stats(run, layout)
-    t = run.n_tokens
+    stats = roles.head_stats(run, layout, thumb=4)
+    t, ids = run.n_tokens, run.token_ids
+    earlier = [[j for j in range(q) if ids[j] == ids[q]] for q in range(t)]  # earlier copies of q's token
+    dup_rows = [q for q in range(t) if earlier[q]]
+    assert len(dup_rows) >= 2 and stats.duplicate_token is not None and stats.text_induction is not None
     for layer in range(layout.n_layers):
-        maps = run.maps(layer, list(range(layout.n_heads)), layout.group_size)  # reference path
+        maps = run.maps(layer, list(range(layout.n_heads)), layout.group_size)  # reference path, (H, T, T)
         torch.testing.assert_close(stats.entropy[layer], metrics.row_entropy(maps).mean(-1), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(stats.confidence[layer], maps.amax(-1).mean(-1), atol=1e-6, rtol=1e-6)
         prev = torch.stack([maps[:, q, q - 1] for q in range(1, t)], -1).mean(-1)
         torch.testing.assert_close(stats.previous_token[layer], prev, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(stats.first_token[layer], maps[:, :, 0].mean(-1), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(stats.self_attention[layer], maps.diagonal(dim1=1, dim2=2).mean(-1))
+        dup = torch.stack([maps[:, q, earlier[q]].sum(-1) for q in dup_rows], -1).mean(-1)
+        torch.testing.assert_close(stats.duplicate_token[layer], dup, atol=1e-6, rtol=1e-6)
+        ind = torch.stack([maps[:, q, [j + 1 for j in earlier[q]]].sum(-1) for q in dup_rows], -1).mean(-1)
+        torch.testing.assert_close(stats.text_induction[layer], ind, atol=1e-6, rtol=1e-6)

@@ -322,7 +322,7 @@ class RoleCells:
         shape = (layout.n_layers, layout.n_heads)
         self.best = {m: torch.full(shape, -torch.inf, device=device) for m in CELL_METRICS}
         self.cells = {m: torch.full((*shape, 2), -1, dtype=torch.long, device=device) for m in CELL_METRICS}
-        self.matches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # first row → (duplicate, prefix) masks
+        self.matches: dict[int, tuple[tuple[torch.Tensor, torch.Tensor], ...]] = {}  # first row → cells of each
 
     def __call__(self, layer: int, start: int, maps: torch.Tensor) -> None:
         """Update with query rows start.. of one layer: maps (H, c, stop)."""
@@ -338,17 +338,16 @@ class RoleCells:
             after = rows[q >= 1]
             self._update(layer, "previous_token", maps[:, after, q[after] - 1], q[after], q[after] - 1)
         if self.repeats:
-            if start not in self.matches:
+            if start not in self.matches:  # the matching cells, a few per row: gathered, not masked over the map
                 self.matches = {
                     start: (
-                        metrics.duplicate_match(self.ids, start, stop, stop),
-                        roles.prefix_match(self.ids, start, stop, stop),
+                        metrics.match_cells(metrics.duplicate_match(self.ids, start, stop, stop)),
+                        metrics.match_cells(roles.prefix_match(self.ids, start, stop, stop)),
                     )
                 }
-            for metric, match in zip(("duplicate_token", "induction"), self.matches[start], strict=True):
-                cells = maps.masked_fill(match == 0, -torch.inf).flatten(1)  # (H, c·stop): matching cells only
-                keys = torch.arange(stop, device=maps.device).repeat(c)
-                self._update(layer, metric, cells, q.repeat_interleave(stop), keys)
+            for metric, (r, k) in zip(("duplicate_token", "induction"), self.matches[start], strict=True):
+                if r.numel():
+                    self._update(layer, metric, maps[:, r, k], r + start, k)
 
     def _update(self, layer: int, metric: str, values: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> None:
         """values (H, n) at cells (queries (n,), keys (n,) or (H, n)): keep each head's largest so far."""

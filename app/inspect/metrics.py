@@ -71,6 +71,12 @@ def duplicate_match(token_ids: torch.Tensor, start: int, stop: int, n_keys: int)
     return (same & earlier).float()
 
 
+def match_cells(match: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, keys) of the nonzero cells of a (c, n_keys) match, row-major: what duplicate_match marks, as indices."""
+    rows, keys = match.nonzero(as_tuple=True)
+    return rows, keys
+
+
 def induction_mass(maps: torch.Tensor, period: int, row_offset: int = 0) -> tuple[torch.Tensor, int]:
     """Olsson et al. (2022) prefix matching on a sequence repeated with `period`.
 
