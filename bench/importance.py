@@ -6,7 +6,7 @@ from app.inspect.ablation import ablate
 from app.inspect.importance import ablation_sweep, gradient_importance
 from app.inspect.loading import Loaded
 from app.inspect.runs import analyse
-from bench import inputs, models
+from bench import flops, inputs, models
 from bench.report import Row, seconds
 from bench.timing import interleaved, timed
 
@@ -48,7 +48,9 @@ def sweep_row(loaded: Loaded, n: int, reps: int, loop_sample: int | None = None,
         ratio=sweep / plain,
         target=f"≤ {target}× {k} forwards",
         passed=sweep / plain <= target,
-        beside=f"one-at-a-time loop of {k} ablate() calls: {seconds(loop)}{est} (sweep is {sweep / loop:.2f}× of it)",
+        beside=f"one-at-a-time loop of {k} ablate() calls: {seconds(loop)}{est} (sweep is {sweep / loop:.2f}× of it); "
+        f"work floor {flops.every_head_from_its_block(loaded, n, lm_head=True):.2f}× (multiply-adds of each head's "
+        "run from its block on, LM head at every position, over the forwards')",
     )
 
 

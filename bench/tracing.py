@@ -10,7 +10,7 @@ import torch
 from app.inspect import dla, lens, patching
 from app.inspect.loading import Loaded
 from app.inspect.runs import Run, analyse
-from bench import inputs, models
+from bench import flops, inputs, models
 from bench.report import Row, seconds
 from bench.timing import interleaved
 
@@ -49,11 +49,15 @@ def patch_row(loaded: Loaded, n: int, reps: int, target: float = 0.35) -> Row:
         ratio=took / plain,
         target=f"≤ {target}× {k} forwards",
         passed=took / plain <= target,
+        beside=f"work floor {flops.every_head_from_its_block(loaded, n, lm_head=False):.2f}× (multiply-adds of each "
+        "head's run from its block on, over the forwards')",
     )
 
 
-def against_forward(loaded: Loaded, n: int, reps: int, what: str, fn: Callable[[Run], object], target: float) -> Row:
-    """A computation on an analysed text of n tokens vs one plain forward with logits."""
+def against_forward(
+    loaded: Loaded, n: int, reps: int, what: str, fn: Callable[[Run], object], target: float, floor: str = ""
+) -> Row:
+    """A computation on an analysed text of n tokens vs one plain forward with logits (`floor`: its work floor)."""
     ids = inputs.token_ids(loaded.tokenizer, n)
     run = analyse(loaded, "", token_ids=ids)
     x = models.input_ids(loaded, ids)
@@ -70,6 +74,7 @@ def against_forward(loaded: Loaded, n: int, reps: int, what: str, fn: Callable[[
         ratio=r,
         target=f"≤ {target}×",
         passed=r <= target,
+        beside=floor,
     )
 
 
@@ -100,6 +105,13 @@ def rows(loaded: Loaded, reps: int) -> list[Callable[[], Row]]:
             0.05,
         ),
         lambda: against_forward(
-            loaded, n, max(reps // 2, 1), "full logit-lens grid (lens.grid)", lambda run: lens.grid(loaded, run), 1.5
+            loaded,
+            n,
+            max(reps // 2, 1),
+            "full logit-lens grid (lens.grid)",
+            lambda run: lens.grid(loaded, run),
+            1.5,
+            f"work floor {flops.lens_grid(loaded, n):.2f}× (multiply-adds of the LM head at every block and position, "
+            "over the forward's)",
         ),
     ]
