@@ -181,3 +181,34 @@ def test_log_softmax_written_over_the_logits_is_bit_identical(shape: tuple[int, 
     with torch.inference_mode():
         (chunk,) = list(nexttoken.logprob_chunks(head, hidden))
         assert torch.equal(chunk, torch.log_softmax(head(hidden), dim=-1))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_logits_in_the_scratch_buffer_are_bit_identical_and_reused(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Scratch gives the head's own logits bit for bit, in one buffer across calls and chunk shapes."""
+    monkeypatch.setattr(nexttoken, "LOGIT_CHUNK", 5)
+    head = torch.nn.Linear(16, 1000, bias=bias)
+    scratch = nexttoken.Scratch()
+    pointers = set()
+    with torch.inference_mode():
+        for rows, tokens in ((3, 12), (2, 7), (2, 4), (3, 12)):  # chunks of 5, 5, 2; smaller; one contiguous; again
+            hidden = torch.randn(rows, tokens, 16, generator=torch.Generator().manual_seed(rows * tokens))
+            want = [torch.log_softmax(head(hidden[:, s : s + 5]), dim=-1) for s in range(0, tokens, 5)]
+            for got, expected in zip(nexttoken.logprob_chunks(head, hidden, scratch), want, strict=True):
+                assert torch.equal(got, expected)
+                pointers.add(got.data_ptr())
+    assert len(pointers) == 1  # every chunk of every call in the same memory
+    with torch.enable_grad():  # a gradient needs the head's own graph: the scratch stays out of it
+        assert scratch.logits(head, torch.randn(1, 2, 16)) is None
+
+
+def test_the_sweep_with_a_scratch_buffer_equals_one_ablation_at_a_time() -> None:
+    """Each head's sweep entry (logits in the reused buffer) equals ablating that head alone, to rounding."""
+    loaded = tiny_loaded("llama")
+    run = runs.analyse(loaded, TEXT)
+    sweep = importance.ablation_sweep(loaded, run)
+    for layer, head in ((0, 0), (1, 3)):
+        alone = ablation.ablate(loaded, run, [(layer, head)], "zero", 3)
+        assert alone.delta_loss is not None
+        assert abs(float(sweep.delta_loss[layer, head]) - alone.delta_loss) < 1e-5
+        assert abs(float(sweep.kl_last[layer, head]) - alone.kl_last) < 1e-5

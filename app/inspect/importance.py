@@ -10,18 +10,20 @@ import torch
 from app.inspect import runs
 from app.inspect.gates import gate_tensor, head_gates
 from app.inspect.loading import Loaded
-from app.inspect.nexttoken import next_token
+from app.inspect.nexttoken import Scratch, next_token
 from app.inspect.resume import recording_inputs, starting_at
 from app.inspect.runs import Run
 
 
-def _next_token_stats(loaded: Loaded, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _next_token_stats(
+    loaded: Loaded, hidden: torch.Tensor, targets: torch.Tensor, scratch: Scratch | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token loss per row and last-position log-probs of (B, T, d) hidden states (see nexttoken).
 
     Returns:
         (loss (B,), last_logprobs (B, vocab)).
     """
-    stats = next_token(loaded.adapter.lm_head(), hidden, targets)
+    stats = next_token(loaded.adapter.lm_head(), hidden, targets, scratch=scratch)
     return stats.loss, stats.last_logprobs
 
 
@@ -75,6 +77,7 @@ def sweep_slices(
         base = runs.baseline(loaded.adapter.lm_head(), run).stats  # shared with prediction and ablation
         base_loss, base_last = base.loss, base.last_logprobs
         inputs = run_layer_inputs(loaded, run)
+    scratch = Scratch()  # one logits buffer for every slice
     delta = torch.zeros(layout.n_layers, layout.n_heads)
     kl = torch.zeros(layout.n_layers, layout.n_heads)
     done = 0
@@ -92,7 +95,7 @@ def sweep_slices(
                 batch = ids.expand(len(chunk), -1)
                 hidden = loaded.adapter.backbone()(input_ids=batch, use_cache=False).last_hidden_state
             with torch.inference_mode():
-                loss, last = _next_token_stats(loaded, hidden, targets)
+                loss, last = _next_token_stats(loaded, hidden, targets, scratch)
                 kl_rows = (base_last.exp() * (base_last - last)).sum(-1).clamp_min(0.0)
             for row, (ly, head) in enumerate(chunk):
                 delta[ly, head] = float(loss[row] - base_loss[0])

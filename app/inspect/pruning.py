@@ -19,6 +19,7 @@ import torch
 from app.inspect.gates import gate_tensor, head_gates
 from app.inspect.importance import SLICE_TOKENS, _next_token_stats, gradient_importance, run_layer_inputs
 from app.inspect.loading import Loaded
+from app.inspect.nexttoken import Scratch
 from app.inspect.resume import starting_at
 from app.inspect.runs import Run, analyse
 
@@ -103,6 +104,7 @@ class Pruner:
         self.memo: dict[HeadSet, float] = {} if memo is None else memo
         self.blocks = 0  # blocks run over all rows (cost)
         self.rows_per_forward = max(1, SLICE_TOKENS // run.n_tokens)
+        self.scratch = Scratch()  # one logits buffer for every batched forward
         with torch.inference_mode():
             self.targets = torch.tensor(run.token_ids[1:], device=loaded.device)
             self.inputs = run_layer_inputs(loaded, run)
@@ -138,7 +140,7 @@ class Pruner:
             starting_at(loaded.adapter, start, self.inputs[start]),
         ):
             hidden = loaded.adapter.backbone()(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, d)
-            loss, _ = _next_token_stats(loaded, hidden, self.targets)  # (B,)
+            loss, _ = _next_token_stats(loaded, hidden, self.targets, self.scratch)  # (B,)
         self.blocks += len(chunk) * (layout.n_layers - start)
         return [float(x) for x in loss.double().cpu()]
 
