@@ -117,3 +117,17 @@ def test_fast_statistics_equal_their_definitions_on_the_maps(monkeypatch, rows) 
         torch.testing.assert_close(stats.duplicate_token[layer], dup, atol=1e-6, rtol=1e-6)
         ind = torch.stack([maps[:, q, [j + 1 for j in earlier[q]]].sum(-1) for q in dup_rows], -1).mean(-1)
         torch.testing.assert_close(stats.text_induction[layer], ind, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [16, 8, 5, 3])  # 16 and 8: whole bins per chunk (one reshaped sum); 5, 3: split bins
+def test_thumbnails_are_block_means_for_any_chunking(monkeypatch, rows) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(roles, "rows_per_chunk", lambda n_heads, t: rows)
+    loaded = tiny_loaded("llama", seed=1)
+    layout = loaded.adapter.layout
+    run = runs.analyse(loaded, "", token_ids=[(7 * i) % 50 + 3 for i in range(16)])
+    thumbs = roles.head_stats(run, layout, thumb=4).thumbnails
+    assert thumbs is not None
+    for layer in range(layout.n_layers):
+        maps = run.maps(layer, list(range(layout.n_heads)), layout.group_size)  # (H, 16, 16)
+        blocks = maps.view(layout.n_heads, 4, 4, 4, 4).mean((2, 4))  # (H, row bin, key bin)
+        torch.testing.assert_close(thumbs[layer], blocks, atol=1e-6, rtol=1e-6)

@@ -145,6 +145,14 @@ def row_segments(edges: list[int], start: int, stop: int) -> list[tuple[int, int
     return out
 
 
+def bin_rows(maps: torch.Tensor, segments: list[tuple[int, int, int]]) -> torch.Tensor:
+    """(H, nb, stop): the rows of maps (H, c, stop) summed within each segment (one sum when all are equal)."""
+    width = segments[0][2] - segments[0][1]
+    if segments[0][1] == 0 and segments[-1][2] == maps.shape[1] and all(b - a == width for _, a, b in segments):
+        return maps.view(maps.shape[0], len(segments), width, maps.shape[2]).sum(2)
+    return torch.stack([maps[:, a:b].sum(1) for _, a, b in segments], dim=1)
+
+
 def causal_bias(start: int, stop: int, group_size: int, device: torch.device) -> torch.Tensor:
     """(group_size·c, stop) additive mask for query rows [start, stop): MASKED above the diagonal, else 0."""
     bias = torch.zeros(stop - start, stop, device=device)
@@ -228,7 +236,7 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None, visit: ChunkV
             cell_sums[layer] += maps[:, cells.rows, cells.keys] @ cells.weights  # one gather for every cell score
             if thumbs is not None and key_bins is not None:
                 # sum each row bin's rows first (one pass), then bin the few summed rows' keys with a small GEMM
-                rows = torch.stack([maps[:, a:b].sum(1) for _, a, b in segments], dim=1)  # (H, nb, stop)
+                rows = bin_rows(maps, segments)  # (H, nb, stop)
                 first_bin = segments[0][0]
                 thumbs[layer, :, first_bin : first_bin + len(segments)] += torch.matmul(rows, key_bins[:stop])
     if thumbs is not None:
