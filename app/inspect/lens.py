@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from app.inspect.loading import Loaded
+from app.inspect.nexttoken import Scratch
 from app.inspect.runs import LOGIT_CHUNK, Run
 
 
@@ -87,14 +88,16 @@ def lens(loaded: Loaded, run: Run, position: int, target: int, k: int) -> list[L
     ]
 
 
-def _top1_chunks(loaded: Loaded, run: Run, layer: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _top1_chunks(loaded: Loaded, run: Run, layer: int, scratch: Scratch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(ids, probs) of the top-1 token of block `layer`'s stream, one chunk of LOGIT_CHUNK positions at a time."""
     lm_head = loaded.adapter.lm_head()
     for start in range(0, run.n_tokens, LOGIT_CHUNK):
         hidden = normed_after(loaded, run, layer, slice(start, start + LOGIT_CHUNK))
-        logits = lm_head(hidden).float()  # (c, V)
+        reused = scratch.logits(lm_head, hidden)  # every layer's chunks in one buffer (see nexttoken.Scratch)
+        logits = reused if reused is not None else lm_head(hidden).float()  # (c, V)
         best, ids = logits.max(dim=-1)
-        yield ids, torch.exp(best - torch.logsumexp(logits, dim=-1))
+        # p(top) = 1 / Σ_v exp(logit_v − best), in place in the chunk's own logits: no fresh (c, V) tensor
+        yield ids, logits.sub_(best[:, None]).exp_().sum(-1).reciprocal()
 
 
 @torch.inference_mode()
@@ -103,9 +106,10 @@ def grid(loaded: Loaded, run: Run) -> Grid:
     n_layers = loaded.adapter.layout.n_layers
     ids = torch.empty(n_layers, run.n_tokens, dtype=torch.long)
     probs = torch.empty(n_layers, run.n_tokens)
+    scratch = Scratch()
     for layer in range(n_layers):
         start = 0
-        for chunk_ids, chunk_probs in _top1_chunks(loaded, run, layer):
+        for chunk_ids, chunk_probs in _top1_chunks(loaded, run, layer, scratch):
             ids[layer, start : start + chunk_ids.shape[0]] = chunk_ids.cpu()
             probs[layer, start : start + chunk_ids.shape[0]] = chunk_probs.cpu()
             start += chunk_ids.shape[0]
