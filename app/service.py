@@ -289,6 +289,20 @@ class Service:
             self._wakeup.notify()
         return task
 
+    def set_threads(self, n: int) -> int:
+        """torch's intra-op thread count on the model thread (set from any other thread it does not reach there).
+
+        Queued like long work, so it waits for the slice running now. Returns the count it replaced.
+        """
+
+        def steps() -> Generator[None, None, int]:
+            before = torch.get_num_threads()
+            torch.set_num_threads(n)
+            return before
+            yield  # a generator that ends at its first step
+
+        return self.submit("threads", steps()).future.result()
+
     async def sliced(
         self,
         name: str,

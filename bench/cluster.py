@@ -14,7 +14,6 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Generator
 from pathlib import Path
 
 import torch
@@ -35,16 +34,6 @@ def has_ray() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-def _set_threads(jobs: Jobs, n: int) -> None:
-    """torch's thread count on the model worker itself: set from another thread it does not reach there."""
-
-    def steps() -> Generator[None, None, None]:
-        torch.set_num_threads(n)
-        yield
-
-    jobs.service.submit("threads", steps()).future.result()
-
-
 def _job_s(jobs: Jobs, dataset: str, reps: int) -> float:
     return statistics.median(run_job(jobs, dataset, ("roles",))[0] for _ in range(reps))
 
@@ -60,12 +49,12 @@ def rows(loaded: Loaded, model: str, n_texts: int = TEXTS, reps: int = 3) -> lis
         ids = [encode(loaded.tokenizer, t)[:TOKENS] for t in texts]
         n_batches = len(length_batches([len(i) for i in ids], jobs.max_batch_tokens, jobs.max_batch_texts))
         run_job(jobs, one, ("roles",))  # warm-up
-        _set_threads(jobs, 1)
+        jobs.service.set_threads(1)
         try:
             local_1 = _job_s(jobs, dataset, reps)
             local_1_start = _job_s(jobs, one, 5)
         finally:
-            _set_threads(jobs, threads)
+            jobs.service.set_threads(threads)
         local_all = _job_s(jobs, dataset, reps)
         for workers in (1, 2):
             cluster = Cluster(ClusterConfig("local", workers, None, model, "float32"))

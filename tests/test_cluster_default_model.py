@@ -11,7 +11,7 @@ import os
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before ray is imported: Ray binds loopback only
 
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 
 import pytest
 import ray
@@ -20,7 +20,6 @@ from fastapi.testclient import TestClient
 from ray.cluster_utils import Cluster
 
 from app.config import Settings
-from app.corpus.jobs import Jobs
 from app.main import create_app
 from tests.conftest import wait_ready
 from tests.test_cluster import actors, assert_same, ray_cluster
@@ -28,22 +27,6 @@ from tests.test_jobs import TEXTS, dataset, jobs_of, wait_state
 
 pytestmark = [pytest.mark.load, pytest.mark.slow]
 __all__ = ["ray_cluster"]  # the fixture, imported to be used here
-
-
-def model_thread_threads(jobs: Jobs, n: int) -> None:
-    """torch's thread count set on the model worker itself (set from the test's thread it does not reach there)."""
-
-    def steps() -> Generator[None, None, None]:
-        torch.set_num_threads(n)
-        yield
-
-    jobs.service.submit("threads", steps()).future.result()
-    assert jobs.service.submit("check", _threads()).future.result() == n
-
-
-def _threads() -> Generator[None, None, int]:
-    return torch.get_num_threads()
-    yield
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +54,14 @@ def test_the_default_model_on_ray_has_the_in_process_numbers(real_on_ray: TestCl
         cluster = jobs.cluster
         if backend == "in-process":
             jobs.cluster = None  # the same server and batches, measured by its own model worker,
-            model_thread_threads(jobs, 1)  # with one thread like each actor (its one CPU), so sums add up alike
+            jobs.service.set_threads(1)  # with one thread like each actor (its one CPU), so sums add up alike
+            assert jobs.service.set_threads(1) == 1  # it reached the model thread
         try:
             job = real_on_ray.post("/api/jobs", json={**body, "dataset": ds}).json()
             ended = wait_state(real_on_ray, job["id"], {"done", "failed", "interrupted"}, timeout=300)
         finally:
             jobs.cluster = cluster
-            model_thread_threads(jobs, threads)
+            jobs.service.set_threads(threads)
         assert ended["state"] == "done", ended
         heads[backend] = real_on_ray.get(f"/api/jobs/{job['id']}/heads").json()
     assert_same(heads["ray"], heads["in-process"])

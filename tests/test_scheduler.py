@@ -10,6 +10,7 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from app.config import Settings
@@ -186,3 +187,15 @@ def test_sweep_in_slices_equals_the_sweep_at_once(tiny_loaded: dict[str, Loaded]
     whole = importance.ablation_sweep(loaded, run)
     assert float((sliced.delta_loss - whole.delta_loss).abs().max()) < 1e-5
     assert float((sliced.kl_last - whole.kl_last).abs().max()) < 1e-5
+
+
+def test_set_threads_reaches_the_model_thread_and_not_the_callers(tiny_loaded: dict[str, Loaded]) -> None:
+    """torch's thread count is per thread: set from here it would not reach the model thread (the Ray bench's trap)."""
+    svc = _service(tiny_loaded["llama"])
+    mine = torch.get_num_threads()
+    try:
+        before = svc.set_threads(1)
+        assert svc.set_threads(before) == 1  # the model thread ran with 1
+        assert torch.get_num_threads() == mine  # the caller's own count is untouched
+    finally:
+        svc.shutdown()
