@@ -60,6 +60,19 @@ def test_json_stays_the_default_and_unknown_encodings_are_422(client: TestClient
     assert r.status_code == 422 and set(r.json()) == {"error", "detail"}
 
 
+def test_ablate_maps_in_f16_decode_to_its_json_maps(client: TestClient) -> None:
+    """The maps under an ablation come compact too (the page's before/after view asks for them so)."""
+    body = {"text": TEXT, "ablate": [{"layer": 0, "head": 1}], "maps": [{"layer": 1, "head": 3}]}
+    plain = client.post("/api/ablate", json=body).json()
+    compact = client.post("/api/ablate", json={**body, "encoding": "f16"}).json()
+    assert compact["kl_per_position"] == plain["kl_per_position"]  # only the maps' form differs
+    (p,), (c,) = plain["maps"], compact["maps"]
+    assert set(c) == {"layer", "head", "shape", "weights_f16"} and set(p) == {"layer", "head", "weights"}
+    np.testing.assert_allclose(decoded(c), np.array(p["weights"]), rtol=1e-3, atol=6e-8)
+    bad = client.post("/api/ablate", json={**body, "encoding": "f8"})
+    assert bad.status_code == 422 and set(bad.json()) == {"error", "detail"}
+
+
 WORDS = [
     "the",
     "cat",

@@ -45,7 +45,7 @@ async def ablate(body: AblateIn, svc: ServiceDep) -> Response:
             kl_per_position=cmp.kl_per_position,
             delta_loss=cmp.delta_loss,
         )
-        maps = maps_json([(ly, h, w) for (ly, h), w in cmp.maps.items()])
+        maps = maps_json([(ly, h, w) for (ly, h), w in cmp.maps.items()], body.encoding)
         return json_response(out.model_dump(exclude={"maps"}), {"maps": maps})
 
     return await svc.call(work, n_tokens=len(ids))

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.encode import Encoding
 from app.inspect.roles import ROLES
 
 
@@ -124,6 +125,15 @@ class TokenizeOut(Tokens):
 # -- attention -----------------------------------------------------------------------------------
 
 
+def _encoding_field() -> Encoding:
+    encoding: Encoding = Field(
+        "json",
+        description='"json": each map\'s `weights` as nested lists; "f16": `weights_f16` and `shape` instead '
+        "(about a fifth of the bytes; the page uses it)",
+    )
+    return encoding
+
+
 class AttentionIn(TextIn):
     heads: list[HeadRef] | None = Field(
         None,
@@ -134,11 +144,7 @@ class AttentionIn(TextIn):
     layers: list[int] | None = Field(
         None, max_length=10_000, description=f"return every head of these layers; 0 ≤ layer < n_layers, {BOUNDS}"
     )
-    encoding: Literal["json", "f16"] = Field(
-        "json",
-        description='"json": each map\'s `weights` as nested lists; "f16": `weights_f16` and `shape` instead '
-        "(about a fifth of the bytes; the page uses it)",
-    )
+    encoding: Encoding = _encoding_field()
 
 
 class HeadMap(BaseModel):
@@ -181,6 +187,7 @@ class AblateIn(TextIn):
     maps: list[HeadRef] = Field(
         default_factory=list, max_length=64, description="heads whose maps under the ablation to return"
     )
+    encoding: Encoding = _encoding_field()
 
 
 class AblateOut(Tokens):

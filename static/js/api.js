@@ -99,9 +99,12 @@ export async function attention(text, heads, opts) {
   return { ...res, maps: res.maps.map((m) => ({ layer: m.layer, head: m.head, weights: mapRows(m) })) };
 }
 
-/** Prediction with heads switched off, and maps under that ablation. */
-export const ablate = (text, heads, { mode = "zero", topK = 10, maps = [] } = {}, opts) =>
-  request("POST", "/api/ablate", { text, ablate: heads, mode, top_k: topK, maps }, opts);
+/** Prediction with heads switched off, and maps under that ablation (fetched as float16, handed back as rows). */
+export async function ablate(text, heads, { mode = "zero", topK = 10, maps = [] } = {}, opts) {
+  const body = { text, ablate: heads, mode, top_k: topK, maps, encoding: "f16" };
+  const res = await request("POST", "/api/ablate", body, opts);
+  return { ...res, maps: res.maps.map((m) => ({ layer: m.layer, head: m.head, weights: mapRows(m) })) };
+}
 
 export function similarity(text, { metric = "js", order = "layer", layer = null, kvHead = null } = {}, opts) {
   const body = { text, metric, order };
