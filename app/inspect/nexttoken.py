@@ -40,7 +40,8 @@ class Scratch:
     """One buffer for LM-head logits, reused by every chunk of a loop of next-token passes (the sweep, pruning).
 
     On CPU a fresh vocabulary-wide tensor is fresh memory: 113 MB of logits for 9 rows of 64 tokens is 28k page
-    faults, about a tenth of a sweep's time. The logits written here are bit-identical to the head's own (tested).
+    faults, and a 64-token sweep spent 1.7 s of kernel time on them. The logits written here are bit-identical to
+    the head's own (tested).
     Only a plain float32 Linear head on CPU with gradients off writes here; any other head computes as usual.
     """
 
