@@ -43,16 +43,6 @@ def softmax_stats(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return probs, entropy, top
 
 
-def diagonal_sum(maps: torch.Tensor, offset: int, row_offset: int = 0) -> torch.Tensor:
-    """Σ over rows of a[q, q − offset] (offset 0 = self, 1 = previous token). Shape (...)."""
-    t_q = maps.shape[-2]
-    q = torch.arange(t_q, device=maps.device) + row_offset
-    k = q - offset
-    valid = k >= 0
-    picked = maps[..., torch.arange(t_q, device=maps.device)[valid], k[valid]]
-    return picked.sum(-1)
-
-
 def duplicate_mass(maps: torch.Tensor, token_ids: torch.Tensor, row_offset: int = 0) -> tuple[torch.Tensor, int]:
     """Σ over rows whose token occurred before of the attention mass on those earlier occurrences.
 
