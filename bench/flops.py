@@ -12,7 +12,9 @@ from app.inspect.loading import Loaded
 
 
 def block_macs(loaded: Loaded, tokens: int) -> float:
-    """Multiply-adds of one decoder block per token of a `tokens`-long text: its linear maps and q·k, p·v."""
+    """Multiply-adds of one dense decoder block per token of a `tokens`-long text: its linear maps and q·k, p·v.
+
+    Every Linear of the block is counted, so an MoE block would count all its experts: dense models only."""
     adapter, layout = loaded.adapter, loaded.adapter.layout
     linear = sum(m.weight.numel() for m in adapter.layers[0].modules() if isinstance(m, nn.Linear))
     return linear + 2 * layout.n_heads * layout.head_dim * (tokens + 1) / 2  # a query sees (t + 1) / 2 keys on average

@@ -199,7 +199,8 @@ def test_logits_in_the_scratch_buffer_are_bit_identical_and_reused(bias: bool, m
                 pointers.add(got.data_ptr())
     assert len(pointers) == 1  # every chunk of every call in the same memory
     with torch.enable_grad():  # a gradient needs the head's own graph: the scratch stays out of it
-        assert scratch.logits(head, torch.randn(1, 2, 16)) is None
+        fresh = scratch.logits(head, torch.randn(1, 2, 16))
+        assert fresh.requires_grad and fresh.data_ptr() not in pointers
 
 
 def test_the_sweep_with_a_scratch_buffer_equals_one_ablation_at_a_time() -> None:

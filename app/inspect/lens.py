@@ -93,8 +93,7 @@ def _top1_chunks(loaded: Loaded, run: Run, layer: int, scratch: Scratch) -> Iter
     lm_head = loaded.adapter.lm_head()
     for start in range(0, run.n_tokens, LOGIT_CHUNK):
         hidden = normed_after(loaded, run, layer, slice(start, start + LOGIT_CHUNK))
-        reused = scratch.logits(lm_head, hidden)  # every layer's chunks in one buffer (see nexttoken.Scratch)
-        logits = reused if reused is not None else lm_head(hidden).float()  # (c, V)
+        logits = scratch.logits(lm_head, hidden)  # (c, V): every layer's chunks in one buffer (nexttoken.Scratch)
         best, ids = logits.max(dim=-1)
         # p(top) = 1 / Σ_v exp(logit_v − best), in place in the chunk's own logits: no fresh (c, V) tensor
         yield ids, logits.sub_(best[:, None]).exp_().sum(-1).reciprocal()

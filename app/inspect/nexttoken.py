@@ -48,8 +48,8 @@ class Scratch:
     def __init__(self) -> None:
         self._buffer: torch.Tensor | None = None
 
-    def logits(self, lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor | None:
-        """(…, vocab) logits of `hidden` in the reused buffer, or None where this head cannot write there."""
+    def logits(self, lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """(…, vocab) float32 logits of `hidden`: in the reused buffer where this head can write there, else fresh."""
         weight = getattr(lm_head, "weight", None)
         usable = (
             type(lm_head) is nn.Linear
@@ -59,7 +59,8 @@ class Scratch:
             and not torch.is_grad_enabled()
         )
         if not usable or weight is None:
-            return None
+            fresh: torch.Tensor = lm_head(hidden).float()
+            return fresh
         shape = (*hidden.shape[:-1], weight.shape[0])
         size = math.prod(shape)
         if self._buffer is None or self._buffer.numel() < size:
@@ -88,8 +89,7 @@ def logprob_chunks(lm_head: nn.Module, hidden: torch.Tensor, scratch: Scratch | 
     """
     for start in range(0, hidden.shape[1], LOGIT_CHUNK):
         rows = hidden[:, start : start + LOGIT_CHUNK]
-        reused = scratch.logits(lm_head, rows) if scratch is not None else None
-        logits = reused if reused is not None else lm_head(rows).float()  # (B, c, V)
+        logits = scratch.logits(lm_head, rows) if scratch is not None else lm_head(rows).float()  # (B, c, V)
         if logits.requires_grad or logits.device.type != "cpu":
             yield torch.log_softmax(logits, dim=-1)
         else:
