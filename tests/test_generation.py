@@ -21,7 +21,7 @@ from app.main import create_app
 from app.service import Service
 from tests.conftest import make_client
 from tests.disconnect import Watch, leave_midway
-from tests.helpers import as_loaded, hook_count
+from tests.helpers import as_loaded, assert_same_continuation, hook_count
 from tests.test_service import run_async
 from tests.tiny import ARCHS, tiny_model
 
@@ -192,11 +192,18 @@ def test_sampled_rows_agree_when_the_heads_have_no_effect() -> None:
     with torch.no_grad():
         for layer, head in HEADS:  # GPT-2's c_proj is Conv1D: weight (in, out); these rows carry the head
             model.transformer.h[layer].attn.c_proj.weight[head * d : (head + 1) * d] = 0.0
+        # A random tiny model's next token is near-uniform over 50k ids (a nucleus of ~44k): there, the ~1e-7 by
+        # which the two rows of a batch can differ on some CPU kernels (AVX2) moves the sampled id by one. Logits
+        # ×30 give a nucleus of ~90 tokens: the coupling is still tested, not the rounding of a flat distribution.
+        model.transformer.ln_f.weight *= 30.0
     loaded = as_loaded(model)
     ids = prompt_ids(loaded)
-    for seed in (0, 1):
+    seen = set()
+    for seed in range(4):
         base, abl = run_all(steps(loaded, ids, 12, HEADS, sampling=Sampling(1.0, 0.9, seed)))
         assert abl.token_ids == base.token_ids and first_difference(base.token_ids, abl.token_ids) is None
+        seen.add(tuple(base.token_ids))
+    assert len(seen) > 1  # it samples: the seeds give different continuations
 
 
 def test_first_difference() -> None:
@@ -230,8 +237,10 @@ def test_api_answers_both_continuations(client: TestClient, models: dict[str, tu
     assert out["ablated"]["logprobs"] == pytest.approx(abl.logprobs, abs=1e-5)
     assert out["first_difference"] == first_difference(base.token_ids, abl.token_ids)
     assert out["seed"] is None and out["baseline"]["stop"] == "length"
+    # Alone (a batch of one) vs beside the ablated row (a batch of two): other kernels may round differently.
     plain = client.post("/api/generate", json={"text": PROMPT, "max_new_tokens": 6}).json()
-    assert plain["ablated"] is None and plain["baseline"] == out["baseline"]
+    assert plain["ablated"] is None
+    assert_same_continuation(plain["baseline"], out["baseline"])
     assert len(client.post("/api/generate", json={"text": PROMPT}).json()["baseline"]["token_ids"]) == 32
 
 

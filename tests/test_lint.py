@@ -9,6 +9,8 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -102,3 +104,13 @@ def test_make_test_fast_leaves_out_the_load_sigterm_and_fuzz_tests() -> None:
     collected = _run("pytest", "--collect-only", "-q", "-m", marks, *files).stdout
     ids = [line for line in collected.splitlines() if "::" in line]
     assert ids == ["tests/test_server.py::test_a_chunked_body_over_the_limit_is_413_on_the_wire"], collected
+
+
+def test_make_test_runs_the_numerical_tests_again_under_another_cpu_capability() -> None:
+    dry = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    second = re.findall(r'ATEN_CPU_CAPABILITY=(\S+) \S+ -m pytest .*-m "([^"]+)"', dry)
+    assert second, "make test has no second pass under another ATEN_CPU_CAPABILITY"
+    capability, marks = second[0]
+    native = torch.backends.cpu.get_cpu_capability().lower()
+    assert capability in {"avx2", "default"} and (capability != native or native == "default")
+    assert "not browser" in marks and "slow" not in marks  # the real model's numbers are checked too
