@@ -9,9 +9,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import uvicorn
 from pydantic import ValidationError
 
 from app.config import Settings
+from app.inspect import loading
+from app.main import create_app
 
 log = logging.getLogger("app")
 
@@ -50,8 +53,6 @@ def checked_settings(overrides: dict[str, Any], serving: bool = True) -> Setting
             field = ".".join(str(p) for p in error["loc"])
             log.error("invalid setting %s: %s (got %r)", setting_name(field), error["msg"], error.get("input"))
         return None
-    from app.inspect import loading
-
     checks: list[tuple[str, Callable[[str], object]]] = [("model", loading.check)]
     if serving:
         checks.append(("device", loading.pick_device))
@@ -74,10 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare":
         log.info("%s ready", settings.model)
         return 0
-
-    import uvicorn
-
-    from app.main import create_app
 
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal through the handler that was
     # installed before it started. A graceful drain is a clean exit, so that handler does nothing: exit 0.

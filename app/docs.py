@@ -13,6 +13,7 @@ import fastapi_offline
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
+from app.errors import NotFound
 from app.web import templates
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"
@@ -51,7 +52,5 @@ def redoc(request: Request) -> HTMLResponse:
 def asset(name: str) -> FileResponse:
     """One of the docs' vendored files (a fixed list: the name never reaches the file system unchecked)."""
     if name not in MEDIA_TYPES:
-        from app.service import NotFound
-
         raise NotFound(f"no docs asset {name!r}")
     return FileResponse(ASSETS / name, media_type=MEDIA_TYPES[name], headers={"Cache-Control": "public, max-age=86400"})

@@ -36,7 +36,7 @@ from app.corpus.cluster import Cluster, ClusterConfig
 from app.corpus.datasets import DatasetStore
 from app.corpus.jobs import Jobs
 from app.corpus.jobstore import JobStore
-from app.inspect.loading import Loaded
+from app.inspect.model.loaded import Loaded
 from app.middleware import Guard
 from app.service import Service
 from app.telemetry import RequestMetrics, Telemetry

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from app.inspect.loading import Loaded
+from app.inspect.model.loaded import Loaded
 from bench import (
     analysis,
     cluster,

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
-from app.inspect import roles, runs
-from app.inspect.loading import Loaded
-from app.inspect.runs import Run
+from app.inspect.engine import runs
+from app.inspect.engine.runs import Run
+from app.inspect.model.loaded import Loaded
+from app.inspect.observe import roles
 from bench import inputs, mem, models
 from bench.report import Row, nbytes, seconds
 from bench.timing import interleaved, sync, timed

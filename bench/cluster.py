@@ -21,8 +21,8 @@ import torch
 from app.corpus.cluster import Cluster, ClusterConfig
 from app.corpus.jobs import Jobs
 from app.corpus.measure import length_batches
-from app.inspect.loading import Loaded
-from app.inspect.runs import encode
+from app.inspect.engine.runs import encode
+from app.inspect.model.loaded import Loaded
 from bench.corpus import TOKENS, corpus, job_runner, run_job
 from bench.report import Row, seconds
 

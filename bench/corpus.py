@@ -25,8 +25,8 @@ from app.corpus.datasets import DatasetStore
 from app.corpus.jobs import Jobs, JobSpec
 from app.corpus.jobstore import JobStore
 from app.corpus.measure import length_batches, pad
-from app.inspect.loading import Loaded
-from app.inspect.runs import encode
+from app.inspect.engine.runs import encode
+from app.inspect.model.loaded import Loaded
 from app.service import Service
 from bench import inputs
 from bench.report import Row, nbytes, seconds

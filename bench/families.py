@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from app.inspect import capture, variants
-from app.inspect.adapters import Adapter
-from app.inspect.loading import Loaded
+from app.inspect import checks
+from app.inspect.model import capture, variants
+from app.inspect.model.adapters import Adapter
+from app.inspect.model.loaded import Loaded
 from bench import analysis, models
 from bench.report import Row
 
@@ -51,7 +52,7 @@ def family_model(model_type: str, device: str = "cpu") -> Loaded:
     model.requires_grad_(False)
     capture.install(model)
     adapter = Adapter(model)
-    variants.check_served(model, adapter)
+    checks.check_served(model, adapter)
     tokenizer = AutoTokenizer.from_pretrained(models.TOKENIZER_DIR)
     dev = torch.device(device)
     return Loaded(f"random-{model_type}", model, tokenizer, adapter, dev, torch.float32)

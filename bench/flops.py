@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from app.inspect.loading import Loaded
+from app.inspect.model.loaded import Loaded
 
 
 def block_macs(loaded: Loaded, tokens: int) -> float:

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import torch
 
-from app.inspect import generation
-from app.inspect.loading import Loaded
+from app.inspect.engine.steps import drain
+from app.inspect.intervene import generation
+from app.inspect.model.loaded import Loaded
 from bench import inputs, models
 from bench.report import Row, seconds
 from bench.timing import interleaved
@@ -40,10 +41,10 @@ def rows(loaded: Loaded, reps: int) -> list[Callable[[], list[Row]]]:
             assert out.shape[1] == PROMPT_TOKENS + NEW_TOKENS
 
         def one() -> None:
-            generation.run_all(generation.steps(loaded, ids, NEW_TOKENS, stop_ids=never))
+            drain(generation.steps(loaded, ids, NEW_TOKENS, stop_ids=never))
 
         def both() -> None:
-            generation.run_all(generation.steps(loaded, ids, NEW_TOKENS, heads(loaded), stop_ids=never))
+            drain(generation.steps(loaded, ids, NEW_TOKENS, heads(loaded), stop_ids=never))
 
         med = interleaved({"generate": reference, "one": one, "both": both}, reps, loaded.device)
         ref = f"transformers generate (SDPA, greedy) {seconds(med['generate'])}"

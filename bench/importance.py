@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from app.inspect.ablation import ablate
-from app.inspect.importance import ablation_sweep, gradient_importance
-from app.inspect.loading import Loaded
-from app.inspect.runs import analyse
+from app.inspect.engine.runs import analyse
+from app.inspect.intervene.ablation import ablate
+from app.inspect.intervene.importance import ablation_sweep, gradient_importance
+from app.inspect.model.loaded import Loaded
 from bench import flops, inputs, models
 from bench.report import Row, seconds
 from bench.timing import interleaved, timed

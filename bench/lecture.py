@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import statistics
 
-from app.inspect.loading import Loaded
-from app.inspect.pruning import MEMO, Curve, run_curve, text_curve
-from app.inspect.runs import Run, analyse
+from app.inspect.engine.runs import Run, analyse
+from app.inspect.engine.steps import drain
+from app.inspect.intervene.pruning import MEMO, Curve, text_curve
+from app.inspect.model.loaded import Loaded
 from bench import inputs, models
 from bench.report import Row, seconds
 from bench.timing import timed
@@ -17,8 +18,8 @@ def _both(loaded: Loaded, run: Run, steps: int, seeds: int) -> list[Curve]:
     run.extras.pop(MEMO, None)
     run.extras.pop("gradient_importance", None)
     return [
-        run_curve(text_curve(loaded, run, "importance", steps)),
-        run_curve(text_curve(loaded, run, "random", steps, range(seeds))),
+        drain(text_curve(loaded, run, "importance", steps)),
+        drain(text_curve(loaded, run, "random", steps, range(seeds))),
     ]
 
 

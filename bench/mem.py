@@ -37,7 +37,8 @@ def child(case: str, n: int, limit_gb: float | None) -> dict[str, object]:
     if limit_gb:
         cap = int(limit_gb * 1e9)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    from app.inspect import roles, runs
+    from app.inspect.engine import runs
+    from app.inspect.observe import roles
     from bench import inputs, models  # after the limit, so imports count against it too
 
     loaded = models.default_model()

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from app.inspect import capture
-from app.inspect.adapters import Adapter
-from app.inspect.loading import CACHE, Loaded, load
+from app.inspect.loading import CACHE, load
+from app.inspect.model import capture
+from app.inspect.model.adapters import Adapter
+from app.inspect.model.loaded import Loaded
 
 DEFAULT = "smollm2-135m"
 TOKENIZER_DIR = CACHE / DEFAULT  # its tokenizer serves the random models too: ids < 49152 fit both vocabularies

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from app.inspect.ablation import ablate
-from app.inspect.loading import Loaded
-from app.inspect.runs import Run, analyse
+from app.inspect.engine.runs import Run, analyse
+from app.inspect.intervene.ablation import ablate
+from app.inspect.model.loaded import Loaded
 from bench import inputs, models
 from bench.report import Row, nbytes, seconds
 from bench.timing import interleaved, sync

@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import torch
 
-from app.inspect import dla, lens, patching
-from app.inspect.loading import Loaded
-from app.inspect.runs import Run, analyse
+from app.inspect.engine.runs import Run, analyse
+from app.inspect.intervene import patching
+from app.inspect.model.loaded import Loaded
+from app.inspect.observe import dla, lens
 from bench import flops, inputs, models
 from bench.report import Row, seconds
 from bench.timing import interleaved

@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.inspect.loading import Loaded, load
+from app.inspect.loading import load
+from app.inspect.model.loaded import Loaded
 from app.main import create_app
 from tests.tiny import save_tiny
 

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from app.inspect import variants
-from app.inspect.blocks import PLANS
-from app.inspect.loading import Loaded
+from app.inspect import checks
+from app.inspect.model.blocks import PLANS
+from app.inspect.model.loaded import Loaded
 from tests.helpers import as_loaded
 from tests.tiny import VOCAB as GPT2_VOCAB
 from tests.tiny import gpt2_tokenizer
@@ -186,7 +186,7 @@ def served(model_type: str) -> Loaded:
     """
     model = build(by_type(model_type))
     loaded = as_loaded(model, f"tiny-{model_type}")
-    variants.check_served(model, loaded.adapter)
+    checks.check_served(model, loaded.adapter)
     return loaded
 
 
@@ -214,7 +214,7 @@ TABLE_END = "<!-- families:end -->"
 
 
 def tracing_note(spec: Spec) -> str:
-    """How DLA decomposes the family's blocks and logits (from its config and app.inspect.blocks.PLANS)."""
+    """How DLA decomposes the family's blocks and logits (from its config and app.inspect.model.blocks.PLANS)."""
     if spec.refused:
         return "—"
     config = AutoConfig.for_model(spec.model_type, **config_kwargs(spec))

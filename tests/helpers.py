@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from app.inspect import capture
-from app.inspect.adapters import Adapter
-from app.inspect.loading import Loaded
+from app.inspect.model import capture
+from app.inspect.model.adapters import Adapter
+from app.inspect.model.loaded import Loaded
 from tests.tiny import gpt2_tokenizer, tiny_model
 
 

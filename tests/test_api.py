@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.inspect.loading import Loaded
+from app.inspect.model.loaded import Loaded
 from tests.conftest import make_client
 from tests.helpers import hook_count
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.inspect import capture, runs
+from app.inspect.engine import runs
+from app.inspect.model import capture
 from tests.helpers import hook_count, tiny_loaded
 from tests.tiny import ARCHS, tiny_model
 

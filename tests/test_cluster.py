@@ -23,7 +23,7 @@ from ray.cluster_utils import Cluster
 
 from app.config import Settings
 from app.corpus.jobs import Jobs
-from app.inspect.loading import Loaded
+from app.inspect.model.loaded import Loaded
 from app.main import create_app
 from tests.conftest import wait_ready
 from tests.test_jobs import TEXTS, dataset, jobs_of, open_client, wait_state

@@ -10,8 +10,12 @@ import pytest
 import torch
 
 from app.corpus import measure
-from app.inspect import importance, metrics, roles, runs, similarity
-from app.inspect.loading import Loaded
+from app.inspect.engine import rows as engine_rows
+from app.inspect.engine import runs
+from app.inspect.engine.steps import drain
+from app.inspect.intervene import importance
+from app.inspect.model.loaded import Loaded
+from app.inspect.observe import metrics, roles, similarity
 from tests.helpers import hook_count, tiny_loaded
 
 TEXTS = [
@@ -43,7 +47,9 @@ def test_roles_and_gradient_match_one_text_at_a_time(loaded: Loaded, padding: me
     layout = loaded.adapter.layout
     batch = items(loaded)
     assert len({len(ids) for _, ids in batch}) > 2  # real padding
-    result = measure.measure_batch(loaded, batch, frozenset({"roles", "importance"}), "gradient", padding=padding)
+    result = drain(
+        measure.measure_batch_steps(loaded, batch, frozenset({"roles", "importance"}), "gradient", padding=padding)
+    )
     assert [t.index for t in result.texts] == [i for i, _ in batch]
     for (_, ids), text in zip(batch, result.texts, strict=True):
         assert text.n_tokens == len(ids)
@@ -84,7 +90,7 @@ def test_roles_and_gradient_match_one_text_at_a_time(loaded: Loaded, padding: me
 def test_similarity_sums_match_one_text_matrices(loaded: Loaded, padding: measure.Padding) -> None:
     layout = loaded.adapter.layout
     batch = items(loaded)
-    result = measure.measure_batch(loaded, batch, frozenset({"similarity"}), "gradient", padding=padding)
+    result = drain(measure.measure_batch_steps(loaded, batch, frozenset({"similarity"}), "gradient", padding=padding))
     heads = [(ly, h) for ly in range(layout.n_layers) for h in range(layout.n_heads)]
     for metric in ("js", "cosine"):
         total = sum(
@@ -99,8 +105,8 @@ def test_similarity_sums_match_one_text_matrices(loaded: Loaded, padding: measur
 def test_ablation_matches_the_single_head_sweep(padding: measure.Padding, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = tiny_loaded("gpt2")  # GPT-2: the out-projection bias stays when a head is zeroed
     batch = items(loaded)[:3]
-    monkeypatch.setattr(measure, "ABLATION_TOKENS", 40)  # several forwards per layer
-    result = measure.measure_batch(loaded, batch, frozenset({"importance"}), "ablation", padding=padding)
+    monkeypatch.setattr(engine_rows, "TOKEN_BUDGET", 40)  # several forwards per layer
+    result = drain(measure.measure_batch_steps(loaded, batch, frozenset({"importance"}), "ablation", padding=padding))
     for (_, ids), text in zip(batch, result.texts, strict=True):
         sweep = importance.ablation_sweep(loaded, alone(loaded, ids))
         np.testing.assert_allclose(text.values["importance"], sweep.delta_loss.double().numpy(), atol=TOL, rtol=0)
@@ -110,7 +116,7 @@ def test_ablation_steps_yield_between_forwards_with_no_hook_left(monkeypatch: py
     """A job's slice ends at each ablation forward: the model worker is never held for a whole sweep."""
     loaded = tiny_loaded("llama")
     batch = items(loaded)[:2]
-    monkeypatch.setattr(measure, "ABLATION_TOKENS", 1)  # one head per forward
+    monkeypatch.setattr(engine_rows, "TOKEN_BUDGET", 1)  # one head per forward
     steps = measure.measure_batch_steps(loaded, batch, frozenset({"importance"}), "ablation")
     pauses = 0
     while True:
@@ -123,7 +129,7 @@ def test_ablation_steps_yield_between_forwards_with_no_hook_left(monkeypatch: py
         assert hook_count(loaded.model) == 0  # paused with the model as it was
     layout = loaded.adapter.layout
     assert pauses == layout.n_layers * layout.n_heads
-    whole = measure.measure_batch(loaded, batch, frozenset({"importance"}), "ablation")
+    whole = drain(measure.measure_batch_steps(loaded, batch, frozenset({"importance"}), "ablation"))
     for a, b in zip(result.texts, whole.texts, strict=True):
         np.testing.assert_array_equal(a.values["importance"], b.values["importance"])
 
@@ -224,11 +230,11 @@ def test_memory_is_bounded_by_the_batch() -> None:
     batch = items(loaded)
     analyses = frozenset({"roles", "importance", "similarity"})
     for i in range(4):  # warm up: first calls may fill caches of transformers or torch (per shape)
-        measure.measure_batch(loaded, batch[i : i + 2], analyses, "gradient")
+        drain(measure.measure_batch_steps(loaded, batch[i : i + 2], analyses, "gradient"))
     before = live_tensor_bytes()
     n = layout.n_layers * layout.n_heads
     for i in range(4):
-        result = measure.measure_batch(loaded, batch[i : i + 2], analyses, "gradient")
+        result = drain(measure.measure_batch_steps(loaded, batch[i : i + 2], analyses, "gradient"))
         assert all(m.shape == (n, n) for m in result.similarity_sum.values())
         for text in result.texts:
             assert all(v.shape == (layout.n_layers, layout.n_heads) for v in text.values.values())
@@ -242,8 +248,8 @@ def test_a_text_without_tokens_counts_nowhere() -> None:
     layout = loaded.adapter.layout
     batch = [(0, []), *items(loaded)[:2]]
     analyses = frozenset({"roles", "importance", "similarity"})
-    result = measure.measure_batch(loaded, batch, analyses, "gradient")
-    without = measure.measure_batch(loaded, batch[1:], analyses, "gradient")
+    result = drain(measure.measure_batch_steps(loaded, batch, analyses, "gradient"))
+    without = drain(measure.measure_batch_steps(loaded, batch[1:], analyses, "gradient"))
     assert [t.index for t in result.texts] == [0, 10, 11] and result.texts[0].n_tokens == 0
     assert set(result.texts[0].values) == {*measure.ROLE_METRICS, "importance"}
     assert all(np.isnan(v).all() for v in result.texts[0].values.values())
@@ -253,6 +259,6 @@ def test_a_text_without_tokens_counts_nowhere() -> None:
             np.testing.assert_array_equal(got.values[metric], value)
     for metric, total in without.similarity_sum.items():
         np.testing.assert_allclose(result.similarity_sum[metric], total, atol=1e-12)
-    empty = measure.measure_batch(loaded, [(5, [])], analyses, "gradient")
+    empty = drain(measure.measure_batch_steps(loaded, [(5, [])], analyses, "gradient"))
     n = layout.n_layers * layout.n_heads
     assert all(m.shape == (n, n) and not m.any() for m in empty.similarity_sum.values())

@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 
 from app.corpus import builtin, upload
 from app.corpus.datasets import DB_FILE, DatasetStore
-from app.inspect.loading import Loaded
-from app.inspect.runs import encode
-from app.service import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
+from app.inspect.engine.runs import encode
+from app.inspect.model.loaded import Loaded
 from tests.conftest import make_client
 
 MAX_TEXTS = 20

@@ -16,9 +16,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.inspect import capture, runs
-from app.inspect.ablation import ablate
-from app.inspect.importance import ablation_sweep, gradient_importance
+from app.inspect.engine import runs
+from app.inspect.intervene.ablation import ablate
+from app.inspect.intervene.importance import ablation_sweep, gradient_importance
+from app.inspect.model import capture
 from tests.helpers import as_loaded
 from tests.tiny import ARCHS, tiny_model
 

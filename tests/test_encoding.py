@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.inspect.loading import Loaded
+from app.inspect.model.loaded import Loaded
 from tests.conftest import make_client
 
 TEXT = "The cat sat on the mat. The cat sat on the mat, and then the dog sat on the cat's mat again."

@@ -11,10 +11,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from app.inspect import capture, variants
-from app.inspect.adapters import Adapter, UnsupportedArchitecture
-from app.inspect.gates import gate_tensor, head_gates
-from app.inspect.resume import recording_inputs, starting_at
+from app.inspect import checks
+from app.inspect.engine.gates import gate_tensor, head_gates
+from app.inspect.engine.hooks import recording_block_inputs
+from app.inspect.engine.resume import starting_at
+from app.inspect.model import capture, variants
+from app.inspect.model.adapters import Adapter
+from app.inspect.model.families import UnsupportedArchitecture
 from tests.families import SPECS, TABLE_END, TABLE_START, VOCAB, WINDOW, Spec, build, by_type, readme_table
 
 SERVED = [spec.model_type for spec in SPECS if not spec.refused]
@@ -37,7 +40,7 @@ def _models(model_type: str) -> tuple[PreTrainedModel, PreTrainedModel, PreTrain
     eager, plain, served = build(spec, "eager"), build(spec), build(spec)
     capture.install(served)
     adapter = Adapter(served)
-    variants.check_served(served, adapter)
+    checks.check_served(served, adapter)
     return eager, plain, served, adapter
 
 
@@ -135,7 +138,7 @@ def test_resume_from_each_block_equals_the_full_forward(model_type: str) -> None
     _, _, served, adapter = _models(model_type)
     ids, mask = _ids()
     inputs: dict[int, torch.Tensor] = {}
-    with torch.no_grad(), recording_inputs(adapter, inputs):
+    with torch.no_grad(), recording_block_inputs(adapter, inputs):
         full = served(ids, attention_mask=mask).logits
     for layer in range(1, adapter.layout.n_layers):
         with torch.no_grad(), starting_at(adapter, layer, inputs[layer]):
@@ -149,7 +152,7 @@ def test_refused_at_start_naming_what_is_missing(model_type: str) -> None:
     model = build(spec)
     with pytest.raises(UnsupportedArchitecture, match=spec.refused):
         capture.install(model)
-        variants.check_served(model, Adapter(model))
+        checks.check_served(model, Adapter(model))
 
 
 def test_soft_cap_and_windows_change_the_maps() -> None:
@@ -199,7 +202,7 @@ def test_readme_table_is_generated_from_the_list() -> None:
 
 def test_tracing_endpoints_answer_422_naming_the_gap(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     adapter = client.app.state.service.model.adapter
-    monkeypatch.setattr(adapter, "tracing_gaps", lambda dla=False: "this model rescales its logits")
+    monkeypatch.setitem(adapter.gaps, False, "this model rescales its logits")  # found at start, kept on the adapter
     bodies = {
         "/api/dla": {"text": "The cat sat"},
         "/api/logit_lens": {"text": "The cat sat"},

@@ -12,11 +12,13 @@ import torch
 from torch import nn
 
 from app.corpus import measure
-from app.inspect import ablation, importance, roles
-from app.inspect.gates import head_gates
-from app.inspect.generation import run_all, steps
-from app.inspect.loading import Loaded
-from app.inspect.runs import analyse
+from app.inspect.engine.gates import head_gates
+from app.inspect.engine.runs import analyse
+from app.inspect.engine.steps import drain
+from app.inspect.intervene import ablation, importance
+from app.inspect.intervene.generation import steps
+from app.inspect.model.loaded import Loaded
+from app.inspect.observe import roles
 from tests.families import SERVED, ids, served
 
 HEAD = (1, 2)  # (layer, head): the ablated / differentiated head
@@ -33,7 +35,9 @@ def test_corpus_batch_equals_one_text_at_a_time(model_type: str) -> None:
     """Two texts of different lengths in one left-padded batch: roles and gradient importance as alone."""
     loaded = served(model_type)
     texts = [(0, ids(10, seed=2)), (1, ids(7, seed=3))]
-    result = measure.measure_batch(loaded, texts, frozenset({"roles", "importance"}), "gradient", padding="left")
+    result = drain(
+        measure.measure_batch_steps(loaded, texts, frozenset({"roles", "importance"}), "gradient", padding="left")
+    )
     for (_, token_ids), text in zip(texts, result.texts, strict=True):
         stats = roles.head_stats(analyse(loaded, "", token_ids=token_ids), loaded.adapter.layout)
         for metric, ref in (("entropy", stats.entropy), ("previous_token", stats.previous_token)):
@@ -53,8 +57,8 @@ def test_greedy_generation_equals_generate(model_type: str) -> None:
         )
     want = out[0, len(prompt) :].tolist()
     alone, beside = (
-        run_all(steps(loaded, prompt, 8, stop_ids=frozenset())),
-        run_all(steps(loaded, prompt, 8, [HEAD], stop_ids=frozenset())),
+        drain(steps(loaded, prompt, 8, stop_ids=frozenset())),
+        drain(steps(loaded, prompt, 8, [HEAD], stop_ids=frozenset())),
     )
     assert alone[0].token_ids == want
     assert beside[0].token_ids == want

@@ -8,11 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from app.inspect import blocks, dla, lens, patching, variants
-from app.inspect.adapters import Adapter, UnsupportedArchitecture
-from app.inspect.loading import Loaded
-from app.inspect.patching import Site
-from app.inspect.runs import Run, analyse
+from app.inspect import checks
+from app.inspect.engine.runs import Run, analyse
+from app.inspect.intervene import patching
+from app.inspect.intervene.patching import Site
+from app.inspect.model import blocks
+from app.inspect.model.adapters import Adapter
+from app.inspect.model.families import UnsupportedArchitecture
+from app.inspect.model.loaded import Loaded
+from app.inspect.observe import dla, lens
 from tests.families import SERVED, build, by_type, ids, served
 from tests.helpers import as_loaded
 
@@ -59,8 +63,8 @@ def dla_sum_error(model_type: str) -> float:
 @pytest.mark.parametrize("model_type", SERVED)
 def test_tracing_is_served_on_every_served_family(model_type: str) -> None:
     adapter = served(model_type).adapter
-    assert adapter.tracing_gaps() is None
-    assert adapter.tracing_gaps(dla=True) is None
+    assert checks.tracing_gaps(adapter) is None
+    assert checks.tracing_gaps(adapter, dla=True) is None
 
 
 @pytest.mark.parametrize("model_type", SERVED)
@@ -125,11 +129,11 @@ def test_logits_lm_head_does_not_reproduce_are_refused_at_start(monkeypatch: pyt
     model = served("gemma2").model
     adapter = Adapter(model)
     monkeypatch.setattr(adapter, "final_softcap", lambda: None)
-    gap = adapter.tracing_gaps()
+    gap = checks.tracing_gaps(adapter)
     assert gap is not None and "gemma2" in gap
     with pytest.raises(UnsupportedArchitecture, match="gemma2"):
-        variants.check_served(model, adapter)
-    variants.check_served(model, Adapter(model))  # as it is, served
+        checks.check_served(model, adapter)
+    checks.check_served(model, Adapter(model))  # as it is, served
 
 
 @pytest.mark.parametrize("model_type", SERVED)
@@ -196,7 +200,7 @@ def test_dla_in_bfloat16_is_served_and_sums_within_bf16_rounding(model_type: str
     bf16 (2⁻⁸ relative), the rebuild does not; measured up to 3.9e-2 on logits of about 11 (Gemma 2)."""
     model = build(by_type(model_type)).to(torch.bfloat16)
     loaded = as_loaded(model, f"tiny-{model_type}-bf16")
-    assert loaded.adapter.tracing_gaps(dla=True) is None
+    assert checks.tracing_gaps(loaded.adapter, dla=True) is None
     run = analyse(loaded, "", token_ids=ids())
     logits = model_logits(loaded, run.token_ids).float()
     for pos in POSITIONS:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.inspect import capture
-from app.inspect.variants import variants_of
+from app.inspect.model import capture
+from app.inspect.model.variants import variants_of
 from tests.families import SERVED, WINDOW, ids, served
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.inspect import capture, runs
-from app.inspect.ablation import ablate
-from app.inspect.gates import gate_tensor, head_gates
+from app.inspect.engine import runs
+from app.inspect.engine.gates import gate_tensor, head_gates
+from app.inspect.intervene.ablation import ablate
+from app.inspect.model import capture
 from tests.helpers import hook_count, tiny_loaded
 from tests.tiny import ARCHS
 

@@ -14,9 +14,11 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from app.config import Settings
-from app.inspect import generation, runs
-from app.inspect.generation import Sampling, choose, first_difference, run_all, steps
-from app.inspect.loading import Loaded
+from app.inspect.engine import runs
+from app.inspect.engine.steps import drain
+from app.inspect.intervene import generation
+from app.inspect.intervene.generation import Sampling, choose, first_difference, steps
+from app.inspect.model.loaded import Loaded
 from app.main import create_app
 from app.service import Service
 from tests.conftest import make_client
@@ -98,8 +100,8 @@ def test_greedy_equals_generate_with_and_without_an_ablated_row(
     loaded, ref = models[arch]
     ids = prompt_ids(loaded)
     want, want_logp = reference(ref, ids, 16)
-    alone = run_all(steps(loaded, ids, 16))
-    beside = run_all(steps(loaded, ids, 16, HEADS))
+    alone = drain(steps(loaded, ids, 16))
+    beside = drain(steps(loaded, ids, 16, HEADS))
     assert len(alone) == 1 and len(beside) == 2
     for row in (alone[0], beside[0]):
         assert row.token_ids == want
@@ -123,7 +125,7 @@ def test_ablated_row_equals_generate_with_a_hand_written_hook(
         for h in handles:
             h.remove()
     run = runs.analyse(loaded, PROMPT)  # the API takes the means from the cached run of the prompt
-    base, abl = run_all(steps(loaded, ids, 16, HEADS, mode, run.head_means))  # type: ignore[arg-type]
+    base, abl = drain(steps(loaded, ids, 16, HEADS, mode, run.head_means))  # type: ignore[arg-type]
     assert abl.token_ids == want
     assert abl.logprobs == pytest.approx(want_logp, abs=1e-4)
     # the heads did something: the ablated log-probs are not the baseline's
@@ -133,14 +135,14 @@ def test_ablated_row_equals_generate_with_a_hand_written_hook(
 def test_each_row_stops_at_the_end_of_text_token(models: dict[str, tuple[Loaded, PreTrainedModel]]) -> None:
     loaded, ref = models["llama"]
     ids = prompt_ids(loaded)
-    base, abl = run_all(steps(loaded, ids, 8, HEADS))
+    base, abl = drain(steps(loaded, ids, 8, HEADS))
     eos = base.token_ids[2]  # make the baseline's third token the end of text
     assert eos not in abl.token_ids[:3]
     old = loaded.model.generation_config.eos_token_id
     loaded.model.generation_config.eos_token_id = eos
     ref.generation_config.eos_token_id = eos
     try:
-        base2, abl2 = run_all(steps(loaded, ids, 8, HEADS))
+        base2, abl2 = drain(steps(loaded, ids, 8, HEADS))
         assert base2.token_ids == reference(ref, ids, 8)[0] == base.token_ids[:3]
         assert base2.stop == "eos" and base2.logprobs == base.logprobs[:3]
         assert abl2.token_ids == abl.token_ids[: len(abl2.token_ids)]  # the other row goes on
@@ -177,12 +179,12 @@ def test_seeded_sampling_is_reproducible_and_the_rows_share_their_random_numbers
     loaded, _ = models["gpt_neox"]
     ids = prompt_ids(loaded)
     s = Sampling(temperature=1.0, top_p=0.95, seed=7)
-    first = run_all(steps(loaded, ids, 12, HEADS, sampling=s))
-    again = run_all(steps(loaded, ids, 12, HEADS, sampling=s))
+    first = drain(steps(loaded, ids, 12, HEADS, sampling=s))
+    again = drain(steps(loaded, ids, 12, HEADS, sampling=s))
     assert [r.token_ids for r in first] == [r.token_ids for r in again]
-    other = run_all(steps(loaded, ids, 12, HEADS, sampling=Sampling(1.0, 0.95, 8)))
+    other = drain(steps(loaded, ids, 12, HEADS, sampling=Sampling(1.0, 0.95, 8)))
     assert other[0].token_ids != first[0].token_ids
-    alone = run_all(steps(loaded, ids, 12, sampling=s))  # no ablate: the baseline row is the same
+    alone = drain(steps(loaded, ids, 12, sampling=s))  # no ablate: the baseline row is the same
     assert alone[0].token_ids == first[0].token_ids
 
 
@@ -200,7 +202,7 @@ def test_sampled_rows_agree_when_the_heads_have_no_effect() -> None:
     ids = prompt_ids(loaded)
     seen = set()
     for seed in range(4):
-        base, abl = run_all(steps(loaded, ids, 12, HEADS, sampling=Sampling(1.0, 0.9, seed)))
+        base, abl = drain(steps(loaded, ids, 12, HEADS, sampling=Sampling(1.0, 0.9, seed)))
         assert abl.token_ids == base.token_ids and first_difference(base.token_ids, abl.token_ids) is None
         seen.add(tuple(base.token_ids))
     assert len(seen) > 1  # it samples: the seeds give different continuations
@@ -229,7 +231,7 @@ def test_api_answers_both_continuations(client: TestClient, models: dict[str, tu
     r = client.post("/api/generate", json={"text": PROMPT, "max_new_tokens": 6, "ablate": ABLATE})
     assert r.status_code == 200, r.text
     out = r.json()
-    base, abl = run_all(steps(loaded, ids, 6, HEADS))
+    base, abl = drain(steps(loaded, ids, 6, HEADS))
     assert out["token_ids"] == ids and out["tokens"] == runs.token_strings(loaded.tokenizer, ids)
     assert out["baseline"]["token_ids"] == base.token_ids and out["ablated"]["token_ids"] == abl.token_ids
     assert out["baseline"]["text"] == loaded.tokenizer.decode(base.token_ids)
@@ -342,7 +344,7 @@ def test_the_france_example_on_the_default_model() -> None:
     loaded = load("smollm2-135m", device="cpu", dtype="float32")
     ids = prompt_ids(loaded)
     heads = [(23, 4), (0, 4)]
-    base, abl = run_all(steps(loaded, ids, 12, heads))
+    base, abl = drain(steps(loaded, ids, 12, heads))
     loaded.model.set_attn_implementation("sdpa")  # the reference is transformers' own attention
     assert base.token_ids == reference(loaded.model, ids, 12)[0]
     handles = hooked(loaded.model, heads, None)

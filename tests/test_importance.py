@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.inspect import runs
-from app.inspect.ablation import ablate
-from app.inspect.gates import head_gates
-from app.inspect.importance import ablation_sweep, gradient_importance, normalise_per_layer
+from app.inspect.engine import runs
+from app.inspect.engine.gates import head_gates
+from app.inspect.intervene.ablation import ablate
+from app.inspect.intervene.importance import ablation_sweep, gradient_importance, normalise_per_layer
 from tests.helpers import tiny_loaded
 from tests.tiny import ARCHS
 

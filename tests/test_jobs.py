@@ -19,8 +19,9 @@ from app.config import Settings
 from app.corpus import jobs as jobs_module
 from app.corpus import measure, stats
 from app.corpus.jobs import Jobs
-from app.inspect.loading import Loaded
-from app.inspect.runs import encode
+from app.inspect.engine.runs import encode
+from app.inspect.engine.steps import drain
+from app.inspect.model.loaded import Loaded
 from app.main import create_app
 from tests.conftest import wait_ready
 
@@ -81,7 +82,9 @@ def one_text_values(
 ) -> dict[str, np.ndarray]:
     """Each text measured alone (a batch of one), stacked: metric -> (n_texts, n_layers, n_heads)."""
     per_text = [
-        measure.measure_batch(loaded, [(i, encode(loaded.tokenizer, t)[:max_tokens])], analyses, "gradient").texts[0]
+        drain(
+            measure.measure_batch_steps(loaded, [(i, encode(loaded.tokenizer, t)[:max_tokens])], analyses, "gradient")
+        ).texts[0]
         for i, t in enumerate(texts)
     ]
     return {m: np.stack([r.values[m] for r in per_text]) for m in per_text[0].values}

@@ -12,7 +12,8 @@ from transformers import BertConfig, BertModel
 
 from app.config import Settings
 from app.inspect import loading
-from app.inspect.adapters import Adapter, UnsupportedArchitecture
+from app.inspect.model.adapters import Adapter
+from app.inspect.model.families import UnsupportedArchitecture
 from tests.tiny import gpt2_tokenizer, save_tiny
 
 

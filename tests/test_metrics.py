@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from app.inspect import metrics
+from app.inspect.observe import metrics
 
 
 def random_maps(n: int, t: int, seed: int = 0) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The one next-token helper against a direct full-vocabulary log-softmax in float64, for every consumer.
 
 Prediction (runs.predict), comparison (ablation.compare: KL at every position) and the sweep's loss
-(importance._next_token_stats, also pruning's and corpus jobs') each read app.inspect.nexttoken; each
+(next_token over B rows: the sweep's, pruning's and corpus jobs') each read app.inspect.engine.nexttoken; each
 quantity is checked here against the definition, across LM-head chunk boundaries and with the
 baseline's log-probs kept or computed again.
 """
@@ -13,7 +13,8 @@ import dataclasses
 import pytest
 import torch
 
-from app.inspect import ablation, importance, nexttoken, runs
+from app.inspect.engine import nexttoken, runs
+from app.inspect.intervene import ablation, importance
 from tests.helpers import tiny_loaded
 from tests.tiny import ARCHS
 
@@ -107,12 +108,13 @@ def test_batched_loss_and_last_logprobs_equal_the_float64_log_softmax(arch: str,
     ref = _reference_logprobs(loaded, rows)  # (3, T, V)
     want_loss = -ref[:, :-1].gather(2, tgt[None, :, None].expand(3, -1, 1))[..., 0].mean(1)  # (3,)
     with torch.inference_mode():
-        loss, last = importance._next_token_stats(loaded, rows, tgt)
+        stats = nexttoken.next_token(loaded.adapter.lm_head(), rows, tgt)
+        loss, last = stats.loss, stats.last_logprobs
     torch.testing.assert_close(loss.double(), want_loss, atol=2e-5, rtol=0)
     torch.testing.assert_close(last.double(), ref[:, -1], atol=2e-5, rtol=0)
     # with a gradient flowing (gradient importance): the same values, and a gradient that matches float64
     leaf = rows.clone().requires_grad_(True)
-    loss_g, _ = importance._next_token_stats(loaded, leaf, tgt)
+    loss_g = nexttoken.next_token(loaded.adapter.lm_head(), leaf, tgt).loss
     (grad,) = torch.autograd.grad(loss_g.sum(), leaf)
     leaf64 = rows.double().requires_grad_(True)
     ref_loss = -_reference_logprobs(loaded, leaf64)[:, :-1].gather(2, tgt[None, :, None].expand(3, -1, 1)).mean((1, 2))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.inspect.roles import ROLES
+from app.inspect.observe.roles import ROLES
 
 REPEATS = "The cat sat on the mat. The cat sat on the mat. The cat"
 NO_REPEAT = "One two three four"

@@ -9,11 +9,18 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from app.inspect import runs
-from app.inspect.importance import gradient_importance
-from app.inspect.loading import Loaded
-from app.inspect.pruning import dataset_curve, importance_order, prune_counts, random_order, run_curve, text_curve
-from app.inspect.tradeoff import Biases, attention_params, biases, divisors, head_tradeoff, projection_params
+from app.inspect.engine import runs
+from app.inspect.engine.steps import drain
+from app.inspect.intervene.importance import gradient_importance
+from app.inspect.intervene.pruning import (
+    dataset_curve,
+    importance_order,
+    prune_counts,
+    random_order,
+    text_curve,
+)
+from app.inspect.model.loaded import Loaded
+from app.inspect.observe.tradeoff import Biases, attention_params, biases, divisors, head_tradeoff, projection_params
 from tests.conftest import make_client
 from tests.helpers import hook_count, tiny_loaded
 from tests.tiny import ARCHS
@@ -51,7 +58,7 @@ def reference_loss(loaded: Loaded, ids: list[int], heads: set[tuple[int, int]]) 
 def test_curve_equals_output_projection_hook(arch: str, order: str) -> None:
     loaded = tiny_loaded(arch, seed=5)
     run = runs.analyse(loaded, TEXT)
-    curve = run_curve(text_curve(loaded, run, order, steps=5, seeds=[3, 4]))  # type: ignore[arg-type]
+    curve = drain(text_curve(loaded, run, order, steps=5, seeds=[3, 4]))  # type: ignore[arg-type]
     n = loaded.adapter.layout.n_layers * loaded.adapter.layout.n_heads
     assert curve.n_pruned == prune_counts(n, 5) == [0, 2, 4, 6, 8]
     assert len(curve.orders) == (1 if order == "importance" else 2)
@@ -66,7 +73,7 @@ def test_curve_equals_output_projection_hook(arch: str, order: str) -> None:
 def test_first_point_is_the_models_own_loss_and_last_switches_every_head_off() -> None:
     loaded = tiny_loaded("gpt2", seed=1)
     run = runs.analyse(loaded, TEXT)
-    curve = run_curve(text_curve(loaded, run, "random", steps=3, seeds=[0, 1, 2]))
+    curve = drain(text_curve(loaded, run, "random", steps=3, seeds=[0, 1, 2]))
     x = torch.tensor([run.token_ids])
     with torch.no_grad():
         own = float(loaded.model(x, labels=x).loss)
@@ -79,7 +86,7 @@ def test_first_point_is_the_models_own_loss_and_last_switches_every_head_off() -
 def test_importance_order_is_the_gradient_scores_order() -> None:
     loaded = tiny_loaded("llama", seed=2)
     run = runs.analyse(loaded, TEXT)
-    curve = run_curve(text_curve(loaded, run, "importance", steps=3))
+    curve = drain(text_curve(loaded, run, "importance", steps=3))
     scores = gradient_importance(loaded, run.token_ids)
     order = curve.orders[0]
     assert order == importance_order(scores)
@@ -94,8 +101,8 @@ def test_random_orders_are_reproducible_by_seed() -> None:
     assert random_order(30, 9, 7) == random_order(30, 9, 7)
     assert random_order(30, 9, 7) != random_order(30, 9, 8)
     loaded = tiny_loaded("llama", seed=2)
-    one = run_curve(text_curve(loaded, runs.analyse(loaded, TEXT), "random", steps=4, seeds=[5, 6]))
-    two = run_curve(text_curve(loaded, runs.analyse(loaded, TEXT), "random", steps=4, seeds=[6]))
+    one = drain(text_curve(loaded, runs.analyse(loaded, TEXT), "random", steps=4, seeds=[5, 6]))
+    two = drain(text_curve(loaded, runs.analyse(loaded, TEXT), "random", steps=4, seeds=[6]))
     assert two.orders[0] == one.orders[1]
     assert two.losses[0].tolist() == pytest.approx(one.losses[1].tolist(), abs=1e-6)
 
@@ -104,8 +111,8 @@ def test_thresholds_and_bisection() -> None:
     loaded = tiny_loaded("llama", seed=6)
     run = runs.analyse(loaded, TEXT)
     rise = 0.002  # a random tiny model's loss moves by millinats: a small rise crosses between the points
-    coarse = run_curve(text_curve(loaded, run, "random", steps=3, seeds=range(4), rise=rise))
-    fine = run_curve(text_curve(loaded, run, "random", steps=3, seeds=range(4), rise=rise, refine=True))
+    coarse = drain(text_curve(loaded, run, "random", steps=3, seeds=range(4), rise=rise))
+    fine = drain(text_curve(loaded, run, "random", steps=3, seeds=range(4), rise=rise, refine=True))
     assert not all(t.exact for t in coarse.thresholds)  # something to bisect
     base = float(coarse.losses[0, 0])
     for k, (c, f) in enumerate(zip(coarse.thresholds, fine.thresholds, strict=True)):
@@ -124,7 +131,7 @@ def test_thresholds_and_bisection() -> None:
 def test_dataset_curve_is_the_mean_over_texts() -> None:
     loaded = tiny_loaded("gpt_neox", seed=3)
     texts = [runs.encode(loaded.tokenizer, t) for t in (TEXT, OTHER)]
-    curve = run_curve(dataset_curve(loaded, texts, "importance", steps=3))
+    curve = drain(dataset_curve(loaded, texts, "importance", steps=3))
     scores = (gradient_importance(loaded, texts[0]) + gradient_importance(loaded, texts[1])) / 2
     assert curve.orders[0] == importance_order(scores)
     assert curve.n_texts == 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.inspect import roles, runs
+from app.inspect.engine import runs
+from app.inspect.observe import roles
 from tests.helpers import as_loaded, tiny_loaded
 from tests.tiny import tiny_model
 
@@ -93,7 +94,7 @@ def test_induction_probe_is_seeded_and_repeats() -> None:
 
 @pytest.mark.parametrize("rows", [None, 3])  # None: one chunk; 3: chunks of 3 rows, cells far from each chunk's start
 def test_fast_statistics_equal_their_definitions_on_the_maps(monkeypatch, rows) -> None:  # type: ignore[no-untyped-def]
-    from app.inspect import metrics
+    from app.inspect.observe import metrics
 
     if rows is not None:
         monkeypatch.setattr(roles, "rows_per_chunk", lambda n_heads, t: rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from app.api.schemas import HeadRoles, RoleGrid
-from app.inspect.roles import ROLES
+from app.inspect.observe.roles import ROLES
 
 NOT_ROLES = {"layer", "head", "kv_group"}
 

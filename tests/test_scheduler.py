@@ -14,10 +14,12 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.inspect import importance, runs
-from app.inspect.loading import Loaded
+from app.errors import Cancelled, ClientGone
+from app.inspect.engine import runs
+from app.inspect.intervene import importance
+from app.inspect.model.loaded import Loaded
 from app.main import create_app
-from app.service import Cancelled, ClientGone, Service
+from app.service import Service
 from tests.conftest import make_client
 from tests.disconnect import Watch, leave_midway
 from tests.test_service import run_async

@@ -13,8 +13,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.inspect.loading import Loaded
-from app.service import Busy, Service
+from app.errors import Busy
+from app.inspect.model.loaded import Loaded
+from app.service import Service
 from tests.conftest import make_client
 
 TEXT = "Heads, heads, everywhere heads."
@@ -65,7 +66,7 @@ def test_invalid_requests_never_reach_the_model(
         svc = client.app.state.service  # type: ignore[attr-defined]
         calls: list[object] = []
         monkeypatch.setattr(svc, "call", lambda *a, **k: calls.append(a))  # noqa: B023 - used in this iteration
-        monkeypatch.setattr("app.inspect.runs.analyse", lambda *a, **k: calls.append(a))  # noqa: B023
+        monkeypatch.setattr("app.inspect.engine.runs.analyse", lambda *a, **k: calls.append(a))  # noqa: B023
         r = client.post(path, json=body)
         assert r.status_code == 422, r.text
         assert set(r.json()) == {"error", "detail"}
@@ -114,7 +115,7 @@ def test_a_request_past_its_deadline_is_dropped_and_never_runs(tiny_loaded: dict
 def test_out_of_memory_is_a_503_and_the_next_request_succeeds(
     tiny_loaded: dict[str, Loaded], monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
 ) -> None:
-    import app.inspect.runs as runs
+    import app.inspect.engine.runs as runs
 
     real = runs.analyse
     calls = {"n": 0}
@@ -168,12 +169,12 @@ def test_api_key_guards_all_data_but_lets_the_page_load(tiny_loaded: dict[str, L
         assert c.get("/api/health").status_code == 200
         assert c.get("/api/ready").status_code == 200
         # the page shells and their assets hold no data: a browser navigating to them cannot send the key
-        for path in ("/", "/trace", "/corpus", "/static/js/main.js", "/vendor/plotly.min.js", "/docs"):
+        for path in ("/", "/trace", "/corpus", "/static/js/heads/main.js", "/vendor/plotly.min.js", "/docs"):
             assert c.get(path).status_code == 200, path
         for path in ("/api/model", "/metrics", "/api/roles", "/api/datasets", "/static", "/staticx/a.js"):
             r = c.get(path)
             assert r.status_code == 401 and r.json()["error"] == "unauthorized", path
-        for method, path in (("POST", "/"), ("POST", "/api/attention"), ("DELETE", "/static/js/main.js")):
+        for method, path in (("POST", "/"), ("POST", "/api/attention"), ("DELETE", "/static/js/heads/main.js")):
             assert c.request(method, path).status_code == 401, (method, path)
         assert c.get("/api/model", headers={"X-API-Key": "wrong"}).status_code == 401
         assert c.get("/api/model", headers={"X-API-Key": "s3cret"}).status_code == 200

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from app.inspect import dla, lens, patching, token_view
-from app.inspect.loading import Loaded
-from app.inspect.patching import Site
-from app.inspect.runs import analyse
+from app.inspect.engine.runs import analyse
+from app.inspect.intervene import patching
+from app.inspect.intervene.patching import Site
+from app.inspect.model.loaded import Loaded
+from app.inspect.observe import dla, lens, token_view
 from tests.helpers import hook_count, tiny_loaded
 
 ARCHS = ("llama", "gpt2", "gpt_neox")

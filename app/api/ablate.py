@@ -8,8 +8,8 @@ from fastapi.responses import Response
 from app.api.deps import ServiceDep, check_map_budget, checked_heads, checked_ids
 from app.api.encode import json_response, maps_json
 from app.api.schemas import ERRORS, AblateIn, AblateOut, PredictionOut, TopToken
-from app.inspect.ablation import ablate as run_ablation
-from app.inspect.runs import Prediction
+from app.inspect.engine.runs import Prediction
+from app.inspect.intervene.ablation import ablate as run_ablation
 
 router = APIRouter(prefix="/api", tags=["ablation"])
 

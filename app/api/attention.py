@@ -9,8 +9,8 @@ from fastapi.responses import Response
 from app.api.deps import ServiceDep, check_map_budget, checked_heads, checked_ids, checked_layers
 from app.api.encode import json_response, maps_json
 from app.api.schemas import ERRORS, AttentionIn, AttentionOut
-from app.inspect.runs import Run
-from app.service import InvalidInput
+from app.errors import InvalidInput
+from app.inspect.engine.runs import Run
 
 router = APIRouter(prefix="/api", tags=["attention"])
 

@@ -26,7 +26,8 @@ from app.api.jobs import JobsDep
 from app.api.schemas import ERRORS, NOT_FOUND, Error
 from app.corpus import upload
 from app.corpus.datasets import DatasetInfo, DatasetStore, checked
-from app.service import InvalidInput, NotReady, Service
+from app.errors import InvalidInput, NotReady
+from app.service import Service
 
 router = APIRouter(prefix="/api", tags=["datasets"])
 SAMPLE = 5

@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.api.schemas import HeadRef
-from app.inspect.adapters import Layout
-from app.inspect.runs import encode
-from app.service import InvalidInput, Service
+from app.errors import InvalidInput
+from app.inspect import checks
+from app.inspect.engine.runs import encode
+from app.inspect.model.families import Layout
+from app.service import Service
 
 
 def service(request: Request) -> Service:
@@ -82,7 +84,7 @@ def checked_token(svc: Service, text: str | None, token_id: int | None, field: s
 
 def check_traceable(svc: Service, dla: bool = False) -> None:
     """422 when patching, the logit lens (or, with `dla`, DLA) would not be exact on the served model."""
-    gap = svc.model.adapter.tracing_gaps(dla)
+    gap = checks.tracing_gaps(svc.model.adapter, dla)
     if gap is not None:
         raise InvalidInput(gap)
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from app.service import ServiceError
+from app.errors import ServiceError
 
 
 class NonFinite(ServiceError):

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.service import ServiceError, Unavailable
+from app.errors import ServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,18 @@ from app.api.encode import dumps
 from app.api.errors import error_body
 from app.api.generate_schemas import ContinuationOut, GenerateIn, GenerateOut, StepEvent, TokenOut
 from app.api.schemas import ERRORS
-from app.inspect.generation import Continuation, Sampling, Step, continuation_text, eos_ids, first_difference, steps
-from app.inspect.runs import token_strings
-from app.service import ClientGone, InvalidInput, Service, ServiceError
+from app.errors import ClientGone, InvalidInput, ServiceError
+from app.inspect.engine.runs import token_strings
+from app.inspect.intervene.generation import (
+    Continuation,
+    Sampling,
+    Step,
+    continuation_text,
+    eos_ids,
+    first_difference,
+    steps,
+)
+from app.service import Service
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api", tags=["generation"])

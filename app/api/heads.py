@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.api.deps import ServiceDep, checked_ids
 from app.api.schemas import ERRORS, HeadRoles, HeadsOut, TextIn
-from app.inspect.roles import head_stats
+from app.inspect.observe.roles import head_stats
 
 router = APIRouter(prefix="/api", tags=["heads"])
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 
 from app.api.deps import ServiceDep, checked_ids
 from app.api.schemas import ERRORS, ImportanceIn, ImportanceOut
-from app.inspect.importance import SweepProgress, gradient_importance, normalise_per_layer, sweep_slices
-from app.service import InvalidInput
+from app.errors import InvalidInput
+from app.inspect.intervene.importance import SweepProgress, gradient_importance, normalise_per_layer, sweep_slices
 
 router = APIRouter(prefix="/api", tags=["heads"])
 

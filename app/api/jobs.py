@@ -34,7 +34,7 @@ from app.api.schemas import CONFLICT, ERRORS, NOT_FOUND
 from app.corpus.jobs import Jobs, JobSpec, progress
 from app.corpus.jobstore import JobRecord
 from app.corpus.results import export_rows
-from app.inspect.runs import encode, token_strings
+from app.inspect.engine.runs import encode, token_strings
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 KEEPALIVE_S = 15.0

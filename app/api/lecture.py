@@ -19,10 +19,10 @@ from app.api.lecture_schemas import (
 )
 from app.api.schemas import ERRORS, NOT_FOUND, AttentionParams, Head
 from app.corpus.datasets import DatasetStore
-from app.inspect import tradeoff
-from app.inspect.pruning import Curve, PruneProgress, dataset_curve, text_curve
-from app.inspect.runs import encode
-from app.service import InvalidInput
+from app.errors import InvalidInput
+from app.inspect.engine.runs import encode
+from app.inspect.intervene.pruning import Curve, PruneProgress, dataset_curve, text_curve
+from app.inspect.observe import tradeoff
 
 router = APIRouter(prefix="/api", tags=["lecture"])
 BAND = "min–max over the seeds"

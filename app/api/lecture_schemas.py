@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.api.schemas import AttentionParams, Head, Strict
-from app.inspect.pruning import RISE
+from app.inspect.intervene.pruning import RISE
 
 MAX_DATASET_TEXTS = 64  # a dataset curve measures at most this many texts (the first ones): it stays a request
 

@@ -18,11 +18,11 @@ from app.api.schemas import (
     TextIn,
     TokenizeOut,
 )
-from app.inspect.roles import ROLES
-from app.inspect.runs import token_strings
-from app.inspect.tradeoff import attention_params
-from app.inspect.variants import variants_of
-from app.service import LoadFailed, NotReady
+from app.errors import LoadFailed, NotReady
+from app.inspect.engine.runs import token_strings
+from app.inspect.model.variants import variants_of
+from app.inspect.observe.roles import ROLES
+from app.inspect.observe.tradeoff import attention_params
 
 router = APIRouter(prefix="/api", tags=["model"])
 LOAD_FAILED: dict[int | str, dict[str, object]] = {

@@ -10,8 +10,8 @@ from fastapi import APIRouter
 from app.api.ablate import prediction_out
 from app.api.deps import ServiceDep, checked_ids
 from app.api.schemas import ERRORS, OverviewIn, OverviewOut, RoleGrid
-from app.inspect.roles import head_stats
-from app.inspect.runs import predict
+from app.inspect.engine.runs import predict
+from app.inspect.observe.roles import head_stats
 
 router = APIRouter(prefix="/api", tags=["attention"])
 

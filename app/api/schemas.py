@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.encode import Encoding
-from app.inspect.roles import ROLES
+from app.inspect.observe.roles import ROLES
 
 
 class Strict(BaseModel):

@@ -6,8 +6,8 @@ from fastapi import APIRouter
 
 from app.api.deps import ServiceDep, checked_ids, checked_index, checked_layers
 from app.api.schemas import ERRORS, Head, LayerCollapse, SimilarityIn, SimilarityOut
-from app.inspect.similarity import head_similarity
-from app.service import InvalidInput
+from app.errors import InvalidInput
+from app.inspect.observe.similarity import head_similarity
 
 router = APIRouter(prefix="/api", tags=["heads"])
 

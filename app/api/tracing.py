@@ -20,8 +20,10 @@ from app.api.tracing_schemas import (
     PositionScores,
     TokenRef,
 )
-from app.inspect import dla, lens, patching, token_view
-from app.service import InvalidInput, Service
+from app.errors import InvalidInput
+from app.inspect.intervene import patching
+from app.inspect.observe import dla, lens, token_view
+from app.service import Service
 
 router = APIRouter(prefix="/api", tags=["tracing"])
 MAX_POSITION_PATCH_CELLS = 1 << 19  # per-position patched runs × tokens: bounds by_position and residual work

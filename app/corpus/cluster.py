@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from app.corpus.measure import BatchResult, measure_batch_steps
-from app.inspect.loading import Loaded, load, resolve
+from app.inspect.engine.hooks import before_every_block
+from app.inspect.loading import load, resolve
+from app.inspect.model.loaded import Loaded
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +93,18 @@ class Worker:
         (a pre-hook that raises), not only between forwards.
         """
 
-        def check(module: nn.Module, args: Any) -> None:
+        def check() -> None:
             if run in self.stopped:
                 raise Stopped
 
         steps = measure_batch_steps(self.loaded, items, frozenset(analyses), importance)
-        hooks = [block.register_forward_pre_hook(check) for block in self.loaded.adapter.layers]
         self.running += 1
         try:
             while True:
                 if run in self.stopped:
                     raise Stopped
-                next(steps)
+                with before_every_block(self.loaded.adapter, check):
+                    next(steps)
         except StopIteration as done:
             return piece, done.value
         except Stopped:
@@ -115,8 +116,6 @@ class Worker:
             return piece, "oom"
         finally:
             steps.close()  # its own hooks and gates come off (a no-op when it has ended)
-            for hook in hooks:
-                hook.remove()
             self.running -= 1
 
 

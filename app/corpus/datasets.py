@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from app.corpus import builtin
-from app.service import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound
 
 DB_FILE = "headscope.sqlite"
 Texts = list[str]  # a name for annotations inside DatasetStore, whose method `list` shadows the builtin

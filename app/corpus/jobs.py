@@ -34,9 +34,10 @@ from app.corpus.datasets import DatasetStore
 from app.corpus.jobstore import JobRecord, JobStore, now_iso
 from app.corpus.measure import BatchResult, length_batches, measure_batch_steps
 from app.corpus.results import Results
-from app.inspect.loading import Loaded
-from app.inspect.runs import encode
-from app.service import Conflict, InvalidInput, NotReady, Service, Sliced
+from app.errors import Conflict, InvalidInput, NotReady
+from app.inspect.engine.runs import encode
+from app.inspect.model.loaded import Loaded
+from app.service import Service, Sliced
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ class Jobs:
         with self._lock:
             return self._runs.get(job_id) is token
 
-    def _run(self, job_id: str, token: object) -> Generator[None, None, None]:
+    def _run(self, job_id: str, token: object) -> Generator[Any, None, None]:
         """The job as slices: plan the batches, then one batch per slice, each committed when it ends.
 
         A cancelled run is closed at its next slice; by then the job may have been resumed as a new run,
@@ -324,7 +325,7 @@ class Jobs:
 
     def _in_process(
         self, loaded: Loaded, job: JobRecord, texts: list[str], todo: list[tuple[int, list[int]]]
-    ) -> Generator[None, None, None]:
+    ) -> Generator[Any, None, None]:
         """The batches on the model worker, one slice each; out-of-memory halves run as slices of their own."""
         for number, batch in todo:
             pieces = [batch]
@@ -340,7 +341,7 @@ class Jobs:
 
     def _on_cluster(
         self, cluster: Cluster, tokenizer: Any, job: JobRecord, texts: list[str], todo: list[tuple[int, list[int]]]
-    ) -> Generator[None, None, None]:
+    ) -> Generator[Any, None, None]:
         """The batches on the cluster's actors, each committed here as it arrives (any order)."""
         batches: list[tuple[int, Items]] = []
         for number, batch in todo:
@@ -358,7 +359,7 @@ class Jobs:
 
     def _measure(
         self, loaded: Loaded, job: JobRecord, texts: list[str], piece: list[int], batch: int | None
-    ) -> Generator[None, None, list[list[int]]]:
+    ) -> Generator[Any, None, list[list[int]]]:
         """Measure and commit one piece of a batch; on out-of-memory, its two halves to run instead.
 
         Yields between the forwards of an ablation-importance sweep, so one batch does not hold the

@@ -24,7 +24,7 @@ import numpy as np
 
 from app.corpus.datasets import connect
 from app.corpus.measure import TextResult
-from app.service import NotFound
+from app.errors import NotFound
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

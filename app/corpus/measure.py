@@ -17,20 +17,22 @@ from typing import Literal
 import numpy as np
 import torch
 
-from app.inspect import capture, metrics, roles
-from app.inspect.adapters import Layout
-from app.inspect.capture import LayerQK
-from app.inspect.gates import gate_tensor, head_gates
-from app.inspect.importance import _next_token_stats
-from app.inspect.loading import Loaded
-from app.inspect.resume import recording_inputs, starting_at
-from app.inspect.runs import Run
-from app.inspect.similarity import Metric, head_similarity
+from app.inspect.engine.gates import head_gates
+from app.inspect.engine.hooks import recording_block_inputs
+from app.inspect.engine.nexttoken import next_token
+from app.inspect.engine.rows import Base, Batch, gated, run_rows
+from app.inspect.engine.runs import Run
+from app.inspect.engine.steps import Progress
+from app.inspect.model import capture
+from app.inspect.model.capture import LayerQK
+from app.inspect.model.families import Layout
+from app.inspect.model.loaded import Loaded
+from app.inspect.observe import metrics, roles
+from app.inspect.observe.similarity import Metric, head_similarity
 
 Padding = Literal["right", "left"]
 PADDING: Padding = "right"  # right padding keeps every text at positions 0..n−1 without position ids
 SIMILARITY_METRICS: tuple[Metric, ...] = ("js", "cosine")
-ABLATION_TOKENS = 4096  # rows × padded tokens per single-head ablation forward (texts × heads of one layer)
 
 # metric name (the corpus contract) → HeadStats field; "induction" on a corpus is prefix matching on the text
 _STAT_FIELDS = {
@@ -98,7 +100,6 @@ class Padded:
             "input_ids": self.input_ids.repeat(repeat, 1),
             "attention_mask": self.attention_mask.repeat(repeat, 1),
             "position_ids": self.position_ids.repeat(repeat, 1),
-            "use_cache": False,  # type: ignore[dict-item]
         }
 
 
@@ -137,24 +138,8 @@ def text_run(
     )
 
 
-Steps = Generator[None, None, BatchResult]  # yields between forwards (no hook on the model), returns the result
-
-
-def measure_batch(
-    loaded: Loaded,
-    texts: list[tuple[int, list[int]]],
-    analyses: frozenset[str],
-    importance: str,
-    padding: Padding = PADDING,
-) -> BatchResult:
-    """measure_batch_steps run to the end in one go."""
-    steps = measure_batch_steps(loaded, texts, analyses, importance, padding)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            result: BatchResult = done.value
-            return result
+Head = tuple[int, int]
+Steps = Generator[Progress | None, None, BatchResult]  # yields between forwards (nothing hooked then)
 
 
 def measure_batch_steps(
@@ -221,9 +206,9 @@ def _measure(
         torch.enable_grad() if gradient else torch.no_grad(),
         capture.recording(None if analyses & {"roles", "similarity"} else frozenset()) as rec,
         head_gates(loaded.adapter, gates, "zero"),  # all ones: the plain model (and Michel et al.'s ξ)
-        recording_inputs(loaded.adapter, inputs) if ablation else nullcontext(),
+        recording_block_inputs(loaded.adapter, inputs) if ablation else nullcontext(),
     ):
-        hidden = loaded.adapter.backbone()(**batch.inputs()).last_hidden_state  # (B, T, d)
+        hidden = loaded.adapter.backbone()(**batch.inputs(), use_cache=False).last_hidden_state  # (B, T, d)
         if gradient or ablation:  # the loss costs an LM-head pass: only when importance needs it
             losses = _losses(loaded, hidden, batch, [ids for _, ids in texts])  # (B,)
         if gradient:
@@ -262,48 +247,49 @@ def _nan_grid(layout: Layout) -> np.ndarray:
 
 
 def _losses(loaded: Loaded, hidden: torch.Tensor, batch: Padded, token_ids: list[list[int]]) -> torch.Tensor:
-    """Each text's mean next-token loss, by importance's own loss on its unpadded rows: (B,)."""
+    """Each text's mean next-token loss on its unpadded rows, as the one-text analyses compute it: (B,)."""
     losses = []
     for row, (window, ids) in enumerate(zip(batch.windows, token_ids, strict=True)):
         targets = torch.tensor(ids[1:], device=hidden.device)
-        loss, _ = _next_token_stats(loaded, hidden[row : row + 1, window], targets)
-        losses.append(loss[0])
+        losses.append(next_token(loaded.adapter.lm_head(), hidden[row : row + 1, window], targets).loss[0])
     return torch.stack(losses)
 
 
-@torch.inference_mode()
 def _ablation_deltas(
     loaded: Loaded,
     batch: Padded,
     token_ids: list[list[int]],
     inputs: dict[int, torch.Tensor],
     base: torch.Tensor,
-) -> Generator[None, None, list[np.ndarray]]:
+) -> Generator[Progress, None, list[np.ndarray]]:
     """Loss increase when each head alone is zeroed, per text: (n_layers, n_heads) each.
 
-    As importance.ablation_sweep, but over the batch: rows are (head, text) pairs of one layer,
-    each forward starting at that layer from the batch's own residual stream. Yields after each
-    forward, once its hooks are off.
+    As importance.ablation_sweep, but over the batch: a row of the engine is one head switched off in every
+    text of the batch, starting at its layer from the batch's own residual stream (inputs, (n, T, d) each).
     """
     layout = loaded.adapter.layout
     n, t = batch.input_ids.shape
-    delta = torch.zeros(n, layout.n_layers, layout.n_heads, dtype=torch.float64)
-    per_forward = max(1, ABLATION_TOKENS // (n * t))  # heads per forward
-    for layer in range(layout.n_layers):
-        for start in range(0, layout.n_heads, per_forward):
-            heads = list(range(start, min(start + per_forward, layout.n_heads)))
-            off = [[(layer, h)] for h in heads for _ in range(n)]  # row = i·n + text
-            gates = gate_tensor(len(off), layout.n_layers, layout.n_heads, off, loaded.device)
-            with (
-                torch.inference_mode(),
-                head_gates(loaded.adapter, gates, "zero"),
-                starting_at(loaded.adapter, layer, inputs[layer].repeat(len(heads), 1, 1)),
-            ):
-                hidden = loaded.adapter.backbone()(**batch.inputs(len(heads))).last_hidden_state
-                for i, head in enumerate(heads):
-                    rows = hidden[i * n : (i + 1) * n]  # (n, T, d): every text with this head off
-                    delta[:, layer, head] = (_losses(loaded, rows, batch, token_ids) - base).double().cpu()
-            yield
+    with torch.inference_mode():
+        base = base.detach().double().cpu()
+
+    def read(hidden: torch.Tensor, rows: Batch[Head]) -> list[torch.Tensor]:
+        # (k·n, T, d): row i's texts are entries i·n .. (i+1)·n − 1
+        return [
+            _losses(loaded, hidden[i * n : (i + 1) * n], batch, token_ids).double().cpu() - base
+            for i in range(len(rows.rows))
+        ]
+
+    heads = [(layer, head) for layer in range(layout.n_layers) for head in range(layout.n_heads)]
+    found = yield from run_rows(
+        loaded,
+        Base(batch.inputs, inputs, n, t),
+        heads,
+        start=lambda h: h[0],
+        install=gated(loaded, lambda h: [h], n=n),
+        read=read,
+        max_rows=layout.n_heads,
+    )
+    delta = torch.stack(found, dim=1).view(n, layout.n_layers, layout.n_heads)  # (n, heads) → per text
     return list(delta.numpy())
 
 

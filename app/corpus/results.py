@@ -17,7 +17,7 @@ import numpy as np
 from app.corpus import stats
 from app.corpus.jobstore import JobRecord, JobStore
 from app.corpus.measure import ROLE_METRICS
-from app.service import Conflict, InvalidInput
+from app.errors import Conflict, InvalidInput
 
 STAT_FIELDS = ("mean", "std", "n", "ci_low", "ci_high")
 SIMILARITY = ("js", "cosine")

@@ -11,7 +11,7 @@ import threading
 from pathlib import PurePosixPath
 from typing import Any
 
-from app.service import InvalidInput
+from app.errors import InvalidInput
 
 SUFFIXES = (".jsonl", ".ndjson", ".txt")
 
@@ -58,7 +58,7 @@ def txt_texts(content: str) -> list[str]:
 
 
 class TokenCounter:
-    """Counts tokens exactly as app.inspect.runs.encode does (default special tokens), off the model thread.
+    """Counts tokens exactly as app.inspect.engine.runs.encode does (default special tokens), off the model thread.
 
     A fast (Rust) tokenizer raises "Already borrowed" when one thread encodes while another changes its
     truncation settings, so counting uses a private copy of the served tokenizer, one call at a time.

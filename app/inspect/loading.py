@@ -7,15 +7,17 @@ import logging
 import shutil
 import time
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from app.inspect import capture, variants
-from app.inspect.adapters import Adapter
+from app.inspect import checks
+from app.inspect.model import capture
+from app.inspect.model.adapters import Adapter
+from app.inspect.model.families import FAMILIES, UnsupportedArchitecture
+from app.inspect.model.loaded import Loaded
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +28,6 @@ CACHE = ROOT / "models" / "cache"
 
 class ModelNotFound(ValueError):
     """The operator named a model that is neither registered, a local directory, nor reachable."""
-
-
-@dataclass
-class Loaded:
-    """A model ready for inspection."""
-
-    name: str
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    adapter: Adapter
-    device: torch.device
-    dtype: torch.dtype
 
 
 SOURCE_KEYS = {"wheel-gguf": ("package", "file"), "hub": ("id",)}  # what each kind of registry entry needs
@@ -184,7 +174,7 @@ def load(
     model.eval()  # type: ignore[no-untyped-call]
     model.requires_grad_(False)
     capture.install(model)
-    variants.check_served(model, adapter)  # refuses, naming what is missing, a model whose maps would be wrong
+    checks.check_served(model, adapter)  # refuses, naming what is missing, a model whose maps would be wrong
     log.info("loaded %s in %.1f s (%s)", display, time.perf_counter() - start, adapter.layout)
     return Loaded(name=display, model=model, tokenizer=tokenizer, adapter=adapter, device=dev, dtype=dt)
 
@@ -196,8 +186,6 @@ def check(name: str, cache: Path = CACHE) -> str:
         The path or hub id that `load` will use.
     """
     from transformers import AutoConfig
-
-    from app.inspect.adapters import FAMILIES, UnsupportedArchitecture
 
     _, source = resolve(name, cache)
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 from transformers import PreTrainedModel
 
-from app.inspect.adapters import Family, UnsupportedArchitecture
+from app.inspect.model.families import Family, UnsupportedArchitecture
 
 OUT_PROJS = ("o_proj", "out_proj", "dense", "c_proj", "wo")  # names of output projections, where shape cannot tell
 FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")

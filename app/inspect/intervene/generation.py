@@ -18,8 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from app.inspect.gates import Mode, gate_tensor, head_gates
-from app.inspect.loading import Loaded
+from app.inspect.engine.gates import Mode, gate_tensor, head_gates
+from app.inspect.model.loaded import Loaded
 
 Head = tuple[int, int]
 Stop = Literal["eos", "length"]
@@ -168,16 +168,6 @@ def next_logits(lm_head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         return logits
     logits = (lm_head.weight @ hidden.T).T
     return logits if lm_head.bias is None else logits + lm_head.bias
-
-
-def run_all(steps_gen: Generator[Step, None, list[Continuation]]) -> list[Continuation]:
-    """Drive a steps() generator to the end at once (scripts, tests, the bench)."""
-    while True:
-        try:
-            next(steps_gen)
-        except StopIteration as done:
-            result: list[Continuation] = done.value
-            return result
 
 
 def continuation_text(tokenizer: Any, prompt_ids: list[int], ids: list[int], eos: frozenset[int]) -> str:

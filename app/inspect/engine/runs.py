@@ -11,13 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.inspect import capture
-from app.inspect.adapters import Adapter
-from app.inspect.capture import LayerQK
-from app.inspect.loading import Loaded
-from app.inspect.nexttoken import LOGIT_CHUNK as LOGIT_CHUNK  # re-exported: the logit lens chunks alike
-from app.inspect.nexttoken import NextToken, Reference, next_token, references
-from app.inspect.resume import recording_inputs
+from app.inspect.engine.hooks import recording_block_inputs, recording_head_outputs
+from app.inspect.engine.nexttoken import LOGIT_CHUNK as LOGIT_CHUNK  # re-exported: the logit lens chunks alike
+from app.inspect.engine.nexttoken import NextToken, Reference, next_token, references
+from app.inspect.model import capture
+from app.inspect.model.capture import LayerQK
+from app.inspect.model.loaded import Loaded
 
 
 @dataclass
@@ -62,32 +61,6 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
-class _MeanHooks:
-    """Pre-hooks on every output projection that record each head's mean output over positions."""
-
-    def __init__(self, adapter: Adapter) -> None:
-        self.adapter = adapter
-        self.means: dict[int, torch.Tensor] = {}
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def __enter__(self) -> _MeanHooks:
-        for layer in range(self.adapter.layout.n_layers):
-            self.handles.append(self.adapter.out_proj(layer).register_forward_pre_hook(self._hook(layer)))
-        return self
-
-    def _hook(self, layer: int) -> Any:
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            x = args[0]  # (1, T, n_heads * head_dim)
-            self.means[layer] = x.detach().mean(dim=1)[0]
-
-        return hook
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-
 @torch.inference_mode()
 def analyse(loaded: Loaded, text: str, token_ids: list[int] | None = None) -> Run:
     """Run the model once on `text`, keeping queries/keys of every layer, head means and the final hidden state.
@@ -100,10 +73,11 @@ def analyse(loaded: Loaded, text: str, token_ids: list[int] | None = None) -> Ru
     ids = encode(loaded.tokenizer, text) if token_ids is None else token_ids
     input_ids = torch.tensor([ids], device=loaded.device)
     inputs: dict[int, torch.Tensor] = {}
+    means: dict[int, torch.Tensor] = {}  # per layer, each head's mean output over positions
     with (
         capture.recording() as rec,
-        _MeanHooks(loaded.adapter) as means,
-        recording_inputs(loaded.adapter, inputs),
+        recording_head_outputs(loaded.adapter, means, keep=lambda x: x.detach().mean(dim=1)[0]),
+        recording_block_inputs(loaded.adapter, inputs),
     ):
         out = loaded.adapter.backbone()(input_ids=input_ids, use_cache=False)
     hidden = out.last_hidden_state[0]  # (T, d_model)
@@ -114,7 +88,7 @@ def analyse(loaded: Loaded, text: str, token_ids: list[int] | None = None) -> Ru
         tokens=token_strings(loaded.tokenizer, ids),
         qk=rec.captured,
         hidden=hidden,
-        head_means=means.means,
+        head_means=means,
         layer_inputs=inputs,
     )
 
@@ -226,3 +200,11 @@ class RunCache:
 
     def __len__(self) -> int:
         return len(self._runs)
+
+
+def layer_inputs(loaded: Loaded, run: Run) -> dict[int, torch.Tensor]:
+    """The residual stream entering every block for the run's text, (1, T, d_model) each (kept on the run)."""
+    if not run.layer_inputs:
+        with torch.inference_mode(), recording_block_inputs(loaded.adapter, run.layer_inputs):
+            loaded.adapter.backbone()(input_ids=torch.tensor([run.token_ids], device=loaded.device), use_cache=False)
+    return run.layer_inputs

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from app.inspect.adapters import Layout
-from app.inspect.runs import Run
+from app.inspect.engine.runs import Run
+from app.inspect.model.families import Layout
 
 
 def attention_from(run: Run, layout: Layout, query_pos: int) -> torch.Tensor:

@@ -1,27 +1,27 @@
 """The pruning curve (Michel et al. 2019, Voita et al. 2019): the loss as heads are zero-ablated one order at a time.
 
 An order lists every head: least to most important by gradient importance, or a seeded random permutation.
-Point k of a curve switches off the first n_pruned[k] heads of the order. Every set of heads is one gate row
-(app.inspect.gates); rows are grouped by the first block they switch off and each group runs from there on
-the run's cached residual stream (app.inspect.resume), at most SLICE_TOKENS rows × tokens per forward. The
-loss is importance's own next-token loss. What crosses the boundary: `Curve`, and generators that yield
-`PruneProgress` between forwards (the model worker serves other requests there; nothing is hooked then).
+Point k of a curve switches off the first n_pruned[k] heads of the order. Every set of heads is one row of
+the engine (app.inspect.engine.rows): a gate row, run from the first block it switches off on the run's cached
+residual stream. The loss is the mean next-token loss. What crosses the boundary: `Curve`, and generators that
+yield `Progress` between forwards (the model worker serves other requests there; nothing is hooked then).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
-from app.inspect.gates import gate_tensor, head_gates
-from app.inspect.importance import SLICE_TOKENS, _next_token_stats, gradient_importance, run_layer_inputs
-from app.inspect.loading import Loaded
-from app.inspect.nexttoken import Scratch
-from app.inspect.resume import starting_at
-from app.inspect.runs import Run, analyse
+from app.inspect.engine import runs
+from app.inspect.engine.nexttoken import Scratch, next_token
+from app.inspect.engine.rows import Base, gated, run_rows
+from app.inspect.engine.runs import Run, analyse
+from app.inspect.engine.steps import Progress, Steps
+from app.inspect.intervene.importance import gradient_importance
+from app.inspect.model.loaded import Loaded
 
 Order = Literal["importance", "random"]
 Head = tuple[int, int]  # (layer, head)
@@ -30,12 +30,7 @@ RISE = 0.1  # nats: the loss increase that marks how many heads can go
 MEMO = "pruned_losses"  # run.extras key: frozenset of heads → loss, so a second curve on the text reuses rows
 
 
-@dataclass
-class PruneProgress:
-    """Rows (sets of heads) evaluated so far, of `total` known so far."""
-
-    done: int
-    total: int
+PruneProgress = Progress  # rows (sets of heads) evaluated so far, of `total` known so far
 
 
 @dataclass(frozen=True)
@@ -103,50 +98,36 @@ class Pruner:
         self.run = run
         self.memo: dict[HeadSet, float] = {} if memo is None else memo
         self.blocks = 0  # blocks run over all rows (cost)
-        self.rows_per_forward = max(1, SLICE_TOKENS // run.n_tokens)
         self.scratch = Scratch()  # one logits buffer for every batched forward
         with torch.inference_mode():
             self.targets = torch.tensor(run.token_ids[1:], device=loaded.device)
-            self.inputs = run_layer_inputs(loaded, run)
+            self.base = Base.of_ids(loaded, run.token_ids, runs.layer_inputs(loaded, run))
             if frozenset() not in self.memo:  # the unchanged model: its cached final hidden state, no forward
-                self.memo[frozenset()] = float(_next_token_stats(loaded, run.hidden[None], self.targets)[0][0])
+                self.memo[frozenset()] = float(self._loss(run.hidden[None])[0])
 
-    def losses(self, sets: Sequence[HeadSet]) -> Generator[PruneProgress, None, list[float]]:
+    def _loss(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The mean next-token loss of each row of (B, T, d) final hidden states: (B,)."""
+        return next_token(self.loaded.adapter.lm_head(), hidden, self.targets, scratch=self.scratch).loss
+
+    def losses(self, sets: Sequence[HeadSet]) -> Steps[Progress, list[float]]:
         """The mean next-token loss with each set of heads off; yields before every batched forward."""
         todo = list(dict.fromkeys(s for s in sets if s not in self.memo))
-        by_start: dict[int, list[HeadSet]] = {}
-        for heads in todo:
-            by_start.setdefault(min(layer for layer, _ in heads), []).append(heads)
-        done = 0
-        for start in sorted(by_start):
-            group = by_start[start]
-            for i in range(0, len(group), self.rows_per_forward):
-                yield PruneProgress(done, len(todo))
-                chunk = group[i : i + self.rows_per_forward]
-                for heads, loss in zip(chunk, self._forward(start, chunk), strict=True):
-                    self.memo[heads] = loss
-                done += len(chunk)
+        found = yield from run_rows(
+            self.loaded,
+            self.base,
+            todo,
+            start=first_layer,
+            install=gated(self.loaded, sorted),
+            read=lambda hidden, batch: self._loss(hidden).double().cpu().tolist(),
+        )
+        self.memo.update(zip(todo, found, strict=True))
+        self.blocks += sum(self.loaded.adapter.layout.n_layers - first_layer(heads) for heads in todo)
         return [self.memo[s] for s in sets]
 
-    def _forward(self, start: int, chunk: list[HeadSet]) -> list[float]:
-        """One batched forward from block `start`: a gate row per set (every set switches a head off there)."""
-        loaded, layout = self.loaded, self.loaded.adapter.layout
-        gates = gate_tensor(len(chunk), layout.n_layers, layout.n_heads, [sorted(s) for s in chunk], loaded.device)
-        ids = torch.tensor([self.run.token_ids], device=loaded.device).expand(len(chunk), -1)  # (B, T)
-        # gates first: they find their blocks by index, before starting_at shortens the block list
-        with (
-            torch.inference_mode(),
-            head_gates(loaded.adapter, gates, "zero"),
-            starting_at(loaded.adapter, start, self.inputs[start]),
-        ):
-            hidden = loaded.adapter.backbone()(input_ids=ids, use_cache=False).last_hidden_state  # (B, T, d)
-            loss, _ = _next_token_stats(loaded, hidden, self.targets, self.scratch)  # (B,)
-        self.blocks += len(chunk) * (layout.n_layers - start)
-        return [float(x) for x in loss.double().cpu()]
 
-
-def _prefixes(order: list[Head], counts: list[int]) -> list[HeadSet]:
-    return [frozenset(order[:n]) for n in counts]
+def first_layer(heads: HeadSet) -> int:
+    """The first block a set of heads changes."""
+    return min(layer for layer, _ in heads)
 
 
 def thresholds(counts: list[int], losses: torch.Tensor, rise: float) -> list[tuple[int, int | None]]:
@@ -159,12 +140,12 @@ def thresholds(counts: list[int], losses: torch.Tensor, rise: float) -> list[tup
     return out
 
 
-Evaluate = Callable[[list[HeadSet]], Generator[PruneProgress, None, list[float]]]
+Evaluate = Callable[[list[HeadSet]], Steps[Progress, list[float]]]
 
 
 def _bisect(
     evaluate: Evaluate, orders: list[list[Head]], bounds: list[tuple[int, int]], limit: float
-) -> Generator[PruneProgress, None, list[int]]:
+) -> Steps[Progress, list[int]]:
     """Per order, a count n in [lo, hi) with loss(n) ≤ limit < loss(n + 1), given loss(lo) ≤ limit < loss(hi).
 
     All orders step together: one batched forward per step holds a row per order still open.
@@ -195,7 +176,7 @@ def _curve(
     seeds: list[int],
     rise: float,
     refine: bool,
-) -> Generator[PruneProgress, None, Curve]:
+) -> Steps[Progress, Curve]:
     """Every point of every order (one batch of sets), then each order's threshold (bisected when `refine`)."""
     layout = loaded.adapter.layout
     counts = prune_counts(layout.n_layers * layout.n_heads, steps)
@@ -235,12 +216,12 @@ def text_curve(
     seeds: Sequence[int] = range(5),
     rise: float = RISE,
     refine: bool = False,
-) -> Generator[PruneProgress, None, Curve]:
+) -> Steps[Progress, Curve]:
     """The pruning curve of one text (its cached run); losses are memoised on the run for later curves.
 
     Args:
         loaded: the model.
-        run: the text's run (app.inspect.runs.analyse); needs at least 2 tokens.
+        run: the text's run (app.inspect.engine.runs.analyse); needs at least 2 tokens.
         order: "importance" (ascending gradient importance on this text) or "random" (one order per seed).
         steps: points on the curve, from 0 heads off to every head off.
         seeds: random orders' seeds.
@@ -266,7 +247,7 @@ def dataset_curve(
     steps: int = 10,
     seeds: Sequence[int] = range(5),
     rise: float = RISE,
-) -> Generator[PruneProgress, None, Curve]:
+) -> Steps[Progress, Curve]:
     """The pruning curve of a set of texts: importance and loss are means over the texts (each ≥ 2 tokens).
 
     Importance is each text's gradient importance averaged over the texts (a corpus job's `importance`
@@ -286,7 +267,7 @@ def dataset_curve(
         scores = total / len(token_lists)
     blocks = 0
 
-    def mean_losses(sets: list[HeadSet]) -> Generator[PruneProgress, None, list[float]]:
+    def mean_losses(sets: list[HeadSet]) -> Steps[Progress, list[float]]:
         nonlocal blocks
         total = torch.zeros(len(sets), dtype=torch.float64)
         for ids in token_lists:
@@ -301,13 +282,3 @@ def dataset_curve(
     curve.n_texts = len(token_lists)
     curve.forwards = blocks / layout.n_layers
     return curve
-
-
-def run_curve(steps: Generator[PruneProgress, None, Curve]) -> Curve:
-    """Drive a curve generator to its end (scripts, tests, the bench)."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            curve: Curve = stop.value
-            return curve

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from app.inspect import capture
-from app.inspect.gates import Mode, gate_tensor, head_gates
-from app.inspect.loading import Loaded
-from app.inspect.nexttoken import next_token
-from app.inspect.resume import starting_at
-from app.inspect.runs import Prediction, Run, baseline, baseline_chunks, summarise, targets
+from app.inspect.engine.gates import Mode
+from app.inspect.engine.nexttoken import next_token
+from app.inspect.engine.rows import Base, Batch, gated, run_rows
+from app.inspect.engine.runs import Prediction, Run, baseline, baseline_chunks, summarise, targets
+from app.inspect.engine.steps import drain
+from app.inspect.model import capture
+from app.inspect.model.capture import LayerQK
+from app.inspect.model.loaded import Loaded
 
 Head = tuple[int, int]
 
@@ -73,20 +77,27 @@ def ablate(
         map_heads: heads whose maps under the ablation to return.
     """
     layout = loaded.adapter.layout
-    gates = gate_tensor(1, layout.n_layers, layout.n_heads, [heads], device=loaded.device)
     want = frozenset(layer for layer, _ in map_heads or [])
-    input_ids = torch.tensor([run.token_ids], device=loaded.device)
     # Nothing before the first switched-off head changes (nor any map asked for there): start at that block.
     first = min([layer for layer, _ in heads] + [layer for layer, _ in map_heads or []], default=0)
+    captured: dict[int, LayerQK] = {}
+    gates = gated(loaded, _same, mode=mode, means=run.head_means)
+
+    @contextmanager
+    def install(batch: Batch[list[Head]]) -> Iterator[None]:
+        with capture.recording(layers=want) as rec, gates(batch):
+            yield
+        captured.update(rec.captured)
+
+    base = Base.of_ids(loaded, run.token_ids, run.layer_inputs)
     start = first if run.layer_inputs else 0
-    with (
-        capture.recording(layers=want) as rec,
-        head_gates(loaded.adapter, gates, mode, run.head_means),
-        starting_at(loaded.adapter, start, run.layer_inputs.get(start, run.hidden)),
-    ):
-        hidden = loaded.adapter.backbone()(input_ids=input_ids, use_cache=False).last_hidden_state[0]
+    (hidden,) = drain(run_rows(loaded, base, [heads], lambda _: start, install, lambda hidden, _: [hidden[0]]))
     maps = {
-        (layer, head): capture.attention_maps(rec.captured[layer], [head], layout.group_size)[0, 0]
+        (layer, head): capture.attention_maps(captured[layer], [head], layout.group_size)[0, 0]
         for layer, head in map_heads or []
     }
     return compare(loaded, run, hidden, k, maps)
+
+
+def _same(heads: list[Head]) -> list[Head]:
+    return heads

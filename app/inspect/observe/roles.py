@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from app.inspect import metrics
-from app.inspect.adapters import Layout
-from app.inspect.capture import LayerQK
-from app.inspect.loading import Loaded
-from app.inspect.runs import Run, analyse
+from app.inspect.engine.runs import Run, analyse
+from app.inspect.model.capture import LayerQK
+from app.inspect.model.families import Layout
+from app.inspect.model.loaded import Loaded
+from app.inspect.observe import metrics
 
 ROW_CHUNK = 128  # most query rows per step: a chunk of c rows also scores the c²/2 masked cells above its diagonal
 BLOCK = 1 << 20  # scores per step (4 MB): small enough to stay in cache across a chunk's passes

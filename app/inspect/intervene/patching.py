@@ -1,26 +1,26 @@
 """Activation patching: run one prompt with some activations taken from another, read a logit difference.
 
-A site is a head's output (its slice of the output-projection input, as app.inspect.gates sees it) or
-the residual stream entering a block, at one position or all. Each patched run is a batch row; rows
-whose first patched block is the same run together, starting there from the target run's cached
-residual stream (app.inspect.resume). Only positions up to the one read can matter (causality), so
+A site is a head's output (its slice of the output-projection input, as app.inspect.engine.gates sees it) or
+the residual stream entering a block, at one position or all. Each patched run is a row of the engine
+(app.inspect.engine.rows): rows whose first patched block is the same run together, starting there from
+the target run's cached residual stream. Only positions up to the one read can matter (causality), so
 the runs stop there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from torch import nn
 
-from app.inspect.importance import run_layer_inputs
-from app.inspect.loading import Loaded
-from app.inspect.resume import starting_at
-from app.inspect.runs import Run
+from app.inspect.engine import runs
+from app.inspect.engine.hooks import Edit, editing_block_inputs, editing_head_outputs, recording_head_outputs
+from app.inspect.engine.rows import MAX_ROWS, Base, Batch, run_rows
+from app.inspect.engine.runs import Run
+from app.inspect.engine.steps import drain
+from app.inspect.model.loaded import Loaded
 
 Direction = Literal["denoise", "noise"]
 HEAD_OUTPUTS_CACHE_BYTES = 256 << 20  # keep a run's head outputs on it when they fit
@@ -51,24 +51,10 @@ def head_outputs(loaded: Loaded, run: Run) -> dict[int, torch.Tensor]:
     cached = run.extras.get("head_outputs")
     if isinstance(cached, dict):
         return cached
-    outputs: dict[int, torch.Tensor] = {}
-
-    def make_hook(layer: int) -> Any:
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            outputs[layer] = args[0][0].detach()  # (T, n_heads * head_dim)
-
-        return hook
-
+    outputs: dict[int, torch.Tensor] = {}  # per layer (T, n_heads * head_dim)
     adapter = loaded.adapter
-    handles = [
-        adapter.out_proj(layer).register_forward_pre_hook(make_hook(layer)) for layer in range(len(adapter.layers))
-    ]
-    try:
-        with torch.inference_mode():
-            adapter.backbone()(input_ids=torch.tensor([run.token_ids], device=loaded.device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with torch.inference_mode(), recording_head_outputs(adapter, outputs, keep=lambda x: x[0].detach()):
+        adapter.backbone()(input_ids=torch.tensor([run.token_ids], device=loaded.device), use_cache=False)
     size = sum(x.numel() * x.element_size() for x in outputs.values())
     if size <= HEAD_OUTPUTS_CACHE_BYTES:
         run.extras["head_outputs"] = outputs
@@ -104,25 +90,15 @@ def logit_diff(loaded: Loaded, hidden: torch.Tensor, answer: int, wrong: int) ->
     return capped[:, 0] - capped[:, 1]
 
 
-@contextmanager
 def _patched(
-    loaded: Loaded,
-    blocks: list[nn.Module],
-    rows: list[Row],
-    source: Run,
-    n: int,
-    source_heads: dict[int, torch.Tensor] | None,
-) -> Iterator[None]:
-    """Hooks that put the source's activations at each row's sites; removed on exit.
-
-    Entered inside starting_at, so a residual patch on the first block follows its input swap; `blocks`
-    is the full block list, taken before starting_at shortens it.
-    """
-    fam, layout = loaded.adapter.family, loaded.adapter.layout
-    b, hd = len(rows), layout.head_dim
+    loaded: Loaded, batch: Batch[Row], source: Run, n: int, source_heads: dict[int, torch.Tensor] | None
+) -> ExitStack:
+    """The hook contexts that put the source's activations at each row's sites (engine.rows' `install`)."""
+    layout = loaded.adapter.layout
+    b = len(batch.rows)
     head_masks: dict[int, torch.Tensor] = {}  # layer → (B, n, n_heads) bool
     resid_masks: dict[int, torch.Tensor] = {}  # layer → (B, n) bool
-    for r, row in enumerate(rows):
+    for r, row in enumerate(batch.rows):
         for s in row:
             where = slice(None) if s.position is None else slice(s.position, s.position + 1)
             if s.head is None:
@@ -132,42 +108,22 @@ def _patched(
                     r, where, s.head
                 ] = True
 
-    def head_hook(layer: int) -> Any:
+    def head_edit(layer: int) -> Edit:
         mask = head_masks[layer].to(loaded.device)[..., None]  # (B, n, n_heads, 1)
         assert source_heads is not None
-        src = source_heads[layer][:n].view(1, n, layout.n_heads, hd)
+        src = source_heads[layer][:n].view(1, n, layout.n_heads, layout.head_dim)
+        return lambda x: torch.where(mask, src.to(x.dtype), x)  # x (B, n, n_heads, head_dim)
 
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            x = args[0]  # (B, n, n_heads * head_dim)
-            patched = torch.where(mask, src.to(x.dtype), x.view(b, n, layout.n_heads, hd))
-            return (patched.reshape(b, n, -1), *args[1:])
-
-        return hook
-
-    def resid_hook(layer: int) -> Any:
+    def resid_edit(layer: int) -> Edit:
         mask = resid_masks[layer].to(loaded.device)[..., None]  # (B, n, 1)
         src = source.layer_inputs[layer][:, :n]  # (1, n, d)
+        return lambda x: torch.where(mask, src.to(x.dtype), x)  # x (B, n, d)
 
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
-            x = args[0] if args else kwargs["hidden_states"]
-            patched = torch.where(mask, src.to(x.dtype), x)
-            if args:
-                return (patched, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": patched}
-
-        return hook
-
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-    try:
-        for layer in head_masks:
-            out_proj = getattr(getattr(blocks[layer], fam.attention), fam.out_proj)
-            handles.append(out_proj.register_forward_pre_hook(head_hook(layer)))
-        for layer in resid_masks:  # after starting_at's own input swap on the first block
-            handles.append(blocks[layer].register_forward_pre_hook(resid_hook(layer), with_kwargs=True))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    stack = ExitStack()
+    stack.enter_context(editing_head_outputs(loaded.adapter, {layer: head_edit(layer) for layer in head_masks}))
+    blocks = dict(enumerate(loaded.adapter.layers))
+    stack.enter_context(editing_block_inputs(blocks, {layer: resid_edit(layer) for layer in resid_masks}))
+    return stack
 
 
 @torch.inference_mode()
@@ -179,7 +135,7 @@ def patched_logit_diffs(
     position: int,
     answer: int,
     wrong: int,
-    batch_size: int = 16,
+    batch_size: int = MAX_ROWS,
 ) -> torch.Tensor:
     """logit[answer] − logit[wrong] at `position` of the target run with each row's sites patched from the source.
 
@@ -190,7 +146,7 @@ def patched_logit_diffs(
         rows: one patched run each; a row without sites at or before `position` is the target itself.
         position: the query position read, 0 ≤ position < n_tokens.
         answer, wrong: token ids.
-        batch_size: rows per batched forward.
+        batch_size: rows per batched forward (no token budget: this runs as one request, not in slices).
 
     Returns:
         (len(rows),) float64 on the CPU.
@@ -199,29 +155,30 @@ def patched_logit_diffs(
     base = logit_diff(loaded, target.hidden[position : position + 1], answer, wrong)[0]
     out = torch.full((len(rows),), float(base), dtype=torch.float64)
     rows = [tuple(s for s in row if s.position is None or s.position < n) for row in rows]
-    by_start: dict[int, list[int]] = {}
-    for i, row in enumerate(rows):
-        if row:
-            by_start.setdefault(min(s.layer for s in row), []).append(i)
-    if not by_start:
+    todo = [i for i, row in enumerate(rows) if row]
+    if not todo:
         return out
-    inputs = run_layer_inputs(loaded, target)
-    needs_heads = any(s.head is not None for row in rows for s in row)
-    src_heads = head_outputs(loaded, source) if needs_heads else None
-    if not source.layer_inputs and any(s.head is None for row in rows for s in row):
-        source.layer_inputs.update(run_layer_inputs(loaded, source))
-    ids = torch.tensor([target.token_ids[:n]], device=loaded.device)
-    blocks = list(loaded.adapter.layers)
-    for start, members in sorted(by_start.items()):
-        for i in range(0, len(members), batch_size):
-            chunk = members[i : i + batch_size]
-            batch = [rows[j] for j in chunk]
-            with ExitStack() as stack:
-                stack.enter_context(starting_at(loaded.adapter, start, inputs[start][:, :n]))
-                stack.enter_context(_patched(loaded, blocks, batch, source, n, src_heads))
-                hidden = loaded.adapter.backbone()(input_ids=ids.expand(len(batch), -1), use_cache=False)
-            diffs = logit_diff(loaded, hidden.last_hidden_state[:, -1], answer, wrong)
-            out[chunk] = diffs.double().cpu()
+    inputs = runs.layer_inputs(loaded, target)
+    src_heads = head_outputs(loaded, source) if any(s.head is not None for row in rows for s in row) else None
+    if any(s.head is None for row in rows for s in row):
+        runs.layer_inputs(loaded, source)
+
+    def read(hidden: torch.Tensor, batch: Batch[Row]) -> list[float]:
+        return logit_diff(loaded, hidden[:, -1], answer, wrong).double().cpu().tolist()
+
+    found = drain(
+        run_rows(
+            loaded,
+            Base.of_ids(loaded, target.token_ids[:n], inputs),
+            [rows[i] for i in todo],
+            start=lambda row: min(s.layer for s in row),
+            install=lambda batch: _patched(loaded, batch, source, n, src_heads),
+            read=read,
+            token_budget=1 << 62,
+            max_rows=batch_size,
+        )
+    )
+    out[todo] = torch.tensor(found, dtype=torch.float64)
     return out
 
 
@@ -246,7 +203,7 @@ def patch(
     direction: Direction = "denoise",
     by_position: list[tuple[int, int]] | None = None,
     residual: bool = False,
-    batch_size: int = 16,
+    batch_size: int = MAX_ROWS,
 ) -> PatchResult:
     """Patch every head (and optionally chosen heads per position, and the residual stream per block and position).
 

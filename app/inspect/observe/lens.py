@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from app.inspect.loading import Loaded
-from app.inspect.nexttoken import Scratch
-from app.inspect.runs import LOGIT_CHUNK, Run
+from app.inspect.engine.nexttoken import Scratch
+from app.inspect.engine.runs import LOGIT_CHUNK, Run
+from app.inspect.model.loaded import Loaded
 
 
 @dataclass

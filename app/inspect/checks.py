@@ -1,20 +1,23 @@
-"""Which attention variant each layer runs, and the start-time check that capture reproduces it.
+"""The start-up checks: a model is served only if its maps, logits and tracing are reproduced exactly.
 
 A family is served only if one short forward shows every layer's attention going through HeadScope's
 function (transformers' AttentionInterface) with nothing the maps would ignore; otherwise it is refused
-at start with a message naming what is missing, never served with wrong maps.
+at start with a message naming what is missing, never served with wrong maps. The tracing gaps (logits
+lm_head() does not reproduce, a block layout DLA cannot decompose) are found here too, by probe forwards,
+and kept on the adapter. This module sits above the model, engine and observation packages it checks.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 
-from app.inspect import capture
-from app.inspect.adapters import Adapter, UnsupportedArchitecture
+from app.inspect.model import capture
+from app.inspect.model.adapters import Adapter
+from app.inspect.model.families import UnsupportedArchitecture
+from app.inspect.observe import dla as attribution
 
 PROBE_TOKENS = 4
 log = logging.getLogger(__name__)
@@ -61,50 +64,40 @@ def check_served(model: PreTrainedModel, adapter: Adapter) -> None:
     # found here, at start, by probe forwards (cached on the adapter), never later beside the model worker:
     # logits lm_head() does not reproduce would make every prediction, loss and score wrong — refused;
     # a block layout DLA cannot decompose only makes /api/dla answer 422 with the reason
-    readout = adapter.tracing_gaps(dla=False)
+    readout = tracing_gaps(adapter, dla=False)
     if readout is not None:
         raise UnsupportedArchitecture(f"architecture {model_type!r}: {readout}")
-    gap = adapter.tracing_gaps(dla=True)
+    gap = tracing_gaps(adapter, dla=True)
     if gap is not None:
         log.warning("%s", gap)
 
 
-@dataclass(frozen=True)
-class LayerVariant:
-    """What one layer's attention map is: local (a sliding window) or global, soft-capped, with sinks."""
+def tracing_gaps(adapter: Adapter, dla: bool = False) -> str | None:
+    """Why causal tracing would not be exact on this model (None: it is); checked once on a probe.
 
-    window: int | None  # tokens a query sees back (itself included), None for a global layer
-    softcap: float | None  # Gemma 2: scores ← tanh(scores / cap) · cap
-    sinks: bool  # GPT-OSS: a learned logit per head takes part of each row's mass
-
-    @property
-    def label(self) -> str:
-        """ "local 4096", "global", plus ", soft-cap 50" and ", sinks"."""
-        parts = [f"local {self.window}" if self.window is not None else "global"]
-        if self.softcap is not None:
-            parts.append(f"soft-cap {self.softcap:g}")
-        if self.sinks:
-            parts.append("sinks")
-        return ", ".join(parts)
+    Patching and the logit lens read logits as lm_head()(final_norm(h)) (readout included): the probe checks
+    that equals the model's own logits. DLA also checks its decomposition (app.inspect.observe.dla.check).
+    """
+    if False not in adapter.gaps:
+        adapter.gaps[False] = _readout_gap(adapter)
+    if adapter.gaps[False] is not None or not dla:
+        return adapter.gaps[False]
+    if True not in adapter.gaps:
+        adapter.gaps[True] = attribution.check(adapter)
+    return adapter.gaps[True]
 
 
-def variants_of(model: PreTrainedModel, adapter: Adapter) -> list[LayerVariant]:
-    """Per layer, its attention variant, from the config (the mask transformers builds per layer type)."""
-    config = model.config
-    layer_types = getattr(config, "layer_types", None)
-    window = getattr(config, "sliding_window", None)
-    softcap = getattr(config, "attn_logit_softcapping", None)
-    out = []
-    for layer in range(adapter.layout.n_layers):
-        local = window is not None and (layer_types is None or layer_types[layer] == "sliding_attention")
-        if getattr(config, "use_sliding_window", True) is False:
-            local = False
-        sinks = getattr(adapter.attention(layer), "sinks", None) is not None
-        size = int(window) if local and window is not None else None
-        out.append(LayerVariant(size, float(softcap) if softcap else None, sinks))
-    return out
-
-
-def layer_variants(model: PreTrainedModel, adapter: Adapter) -> list[str]:
-    """Per layer, what its attention map is: "global", "local 4096", plus "soft-cap 50" and "sinks"."""
-    return [variant.label for variant in variants_of(model, adapter)]
+def _readout_gap(adapter: Adapter) -> str | None:
+    """None when lm_head()(backbone(ids)) reproduces the CausalLM's logits on a probe."""
+    device = next(adapter.model.parameters()).device
+    ids = torch.arange(3, 9, device=device)[None] % adapter.layout.vocab_size  # (1, 6)
+    with torch.inference_mode():
+        expected = adapter.model(input_ids=ids, use_cache=False).logits.float()
+        hidden = adapter.backbone()(input_ids=ids, use_cache=False).last_hidden_state
+        got = adapter.lm_head()(hidden).float()
+    if torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * (1 + float(expected.abs().max()))):
+        return None
+    return (
+        f"{adapter.layout.architecture} computes its logits in a way tracing does not reproduce "
+        "(not lm_head(final norm) with a logit scale and final soft-cap)"
+    )

@@ -2,101 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import reduce
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-
-class UnsupportedArchitecture(ValueError):
-    """The model's architecture has no adapter."""
-
-
-@dataclass(frozen=True)
-class Family:
-    """Where one architecture family keeps its decoder layers and attention output projection."""
-
-    name: str
-    layers: str  # dotted path from the CausalLM to the ModuleList of blocks
-    attention: str  # attribute of a block holding the attention module
-    out_proj: str  # attribute of the attention module: input is (B, T, n_heads * head_dim)
-    final_norm: str  # dotted path from the CausalLM to the norm before the LM head
-    attn_norm: str  # attribute of a block: the norm before attention
-    mlp_norm: str  # attribute of a block: the norm before the MLP
-    mlp_out: str  # dotted path from a block to the MLP's output projection (its bias goes to DLA's `other`)
-
-
-_LLAMA = Family(
-    "llama",
-    "model.layers",
-    "self_attn",
-    "o_proj",
-    "model.norm",
-    "input_layernorm",
-    "post_attention_layernorm",
-    "mlp.down_proj",
-)
-FAMILIES: dict[str, Family] = {
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": _LLAMA,
-    "gpt2": Family("gpt2", "transformer.h", "attn", "c_proj", "transformer.ln_f", "ln_1", "ln_2", "mlp.c_proj"),
-    "gpt_neox": Family(
-        "gpt_neox",
-        "gpt_neox.layers",
-        "attention",
-        "dense",
-        "gpt_neox.final_layer_norm",
-        "input_layernorm",
-        "post_attention_layernorm",
-        "mlp.dense_4h_to_h",
-    ),
-}
-
-# attributes of the attention module holding the query, key and value projections: three, or one fused
-# (its output features are q, then k, then v by size: GPT-2's c_attn columns, GPT-NeoX's per-head rows)
-QKV: dict[str, tuple[str, ...]] = {
-    "llama": ("q_proj", "k_proj", "v_proj"),
-    "gpt2": ("c_attn",),
-    "gpt_neox": ("query_key_value",),
-}
-QKV_FOUND = (QKV["llama"], ("qkv_proj",), ("Wqkv",), QKV["gpt2"], QKV["gpt_neox"])  # for discovered families
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The head layout of a model, as the API reports it."""
-
-    architecture: str
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    d_model: int
-    vocab_size: int
-    max_positions: int
-
-    @property
-    def group_size(self) -> int:
-        """Query heads per KV head."""
-        return self.n_heads // self.n_kv_heads
-
-    def kv_head(self, head: int) -> int:
-        """The KV head that query head `head` reads (transformers' repeat_kv order)."""
-        return head // self.group_size
-
-    def kv_groups(self) -> list[list[int]]:
-        """Per KV head, the query heads that share it."""
-        g = self.group_size
-        return [list(range(k * g, (k + 1) * g)) for k in range(self.n_kv_heads)]
-
-    def kv_cache_bytes_per_token(self, bytes_per_value: int, kv_heads: int | None = None) -> int:
-        """K and V for every layer of one token; `kv_heads` overrides (n_heads = MHA, 1 = MQA)."""
-        heads = self.n_kv_heads if kv_heads is None else kv_heads
-        return 2 * self.n_layers * heads * self.head_dim * bytes_per_value
+from app.inspect.model.discovery import discover
+from app.inspect.model.families import FAMILIES, QKV, QKV_FOUND, Layout
 
 
 class Adapter:
@@ -108,12 +21,10 @@ class Adapter:
         self.layout = _layout(model, model_type)
         family = FAMILIES.get(model_type)
         if family is None:  # found from the modules; capture.check_served then checks the maps can be reproduced
-            from app.inspect.discovery import discover  # discovery builds Family objects: import here, not at top
-
             lay = self.layout
             family = discover(model, lay.n_heads, lay.head_dim, lay.d_model, lay.n_layers)
         self.family = family
-        self._gaps: dict[bool, str | None] = {}  # tracing_gaps, by `dla`, found once
+        self.gaps: dict[bool, str | None] = {}  # app.inspect.checks.tracing_gaps, by `dla`, found once
         self._readout_head: nn.Module | None = None  # lm_head()'s wrapper, made once
 
     @property
@@ -178,37 +89,6 @@ class Adapter:
         scale, cap = self.logit_scale(), self.final_softcap()
         out = logits * scale if scale != 1.0 else logits
         return torch.tanh(out / cap) * cap if cap is not None else out
-
-    def tracing_gaps(self, dla: bool = False) -> str | None:
-        """Why causal tracing would not be exact on this model (None: it is); checked once on a probe.
-
-        Patching and the logit lens read logits as lm_head()(final_norm(h)) (readout included): the probe checks
-        that equals the model's own logits. DLA also checks its decomposition (app.inspect.dla.check).
-        """
-        if False not in self._gaps:
-            self._gaps[False] = self._readout_gap()
-        if self._gaps[False] is not None or not dla:
-            return self._gaps[False]
-        if True not in self._gaps:
-            from app.inspect import dla as attribution  # dla imports this module: import here, not at top
-
-            self._gaps[True] = attribution.check(self)
-        return self._gaps[True]
-
-    def _readout_gap(self) -> str | None:
-        """None when lm_head()(backbone(ids)) reproduces the CausalLM's logits on a probe."""
-        device = next(self.model.parameters()).device
-        ids = torch.arange(3, 9, device=device)[None] % self.layout.vocab_size  # (1, 6)
-        with torch.inference_mode():
-            expected = self.model(input_ids=ids, use_cache=False).logits.float()
-            hidden = self.backbone()(input_ids=ids, use_cache=False).last_hidden_state
-            got = self.lm_head()(hidden).float()
-        if torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * (1 + float(expected.abs().max()))):
-            return None
-        return (
-            f"{self.layout.architecture} computes its logits in a way tracing does not reproduce "
-            "(not lm_head(final norm) with a logit scale and final soft-cap)"
-        )
 
     def parallel_residual(self, layer: int) -> bool:
         """Whether the block adds attention and MLP to the same input (GPT-NeoX's default)."""

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
-from torch import nn
 
-from app.inspect.adapters import Adapter
+from app.inspect.engine.hooks import Edit, editing_head_outputs
+from app.inspect.model.adapters import Adapter
 
 Mode = Literal["zero", "mean"]
 
@@ -48,34 +48,22 @@ def head_gates(
     """
     if mode == "mean" and means is None:
         raise ValueError("mean ablation needs the per-layer head means of the text")
-    n_heads, head_dim = adapter.layout.n_heads, adapter.layout.head_dim
     if layers is None:
         layers = list(range(adapter.layout.n_layers))
         if not gates.requires_grad:
             layers = [layer for layer in layers if bool((gates[:, layer] != 1).any())]
-    handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def make_hook(layer: int) -> object:
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-            x = args[0]  # (B, T, n_heads * head_dim)
-            b, t, _ = x.shape
-            g = gates[:, layer].to(x.dtype)  # (B|1, n_heads)
-            g = g.expand(b, n_heads)[:, None, :, None]  # (B, 1, n_heads, 1)
-            heads = x.view(b, t, n_heads, head_dim)
+    def edit(layer: int) -> Edit:
+        def gated(heads: torch.Tensor) -> torch.Tensor:  # (B, T, n_heads, head_dim)
+            g = gates[:, layer].to(heads.dtype)  # (B|1, n_heads)
+            g = g.expand(heads.shape[0], -1)[:, None, :, None]  # (B, 1, n_heads, 1)
             if mode == "zero":
-                gated = heads * g
-            else:
-                assert means is not None
-                mean = means[layer].to(x.dtype).view(1, 1, n_heads, head_dim)
-                gated = heads * g + mean * (1 - g)
-            return (gated.reshape(b, t, n_heads * head_dim), *args[1:])
+                return heads * g
+            assert means is not None
+            mean = means[layer].to(heads.dtype).view(1, 1, *heads.shape[2:])
+            return heads * g + mean * (1 - g)
 
-        return hook
+        return gated
 
-    try:
-        for layer in layers:
-            handles.append(adapter.out_proj(layer).register_forward_pre_hook(make_hook(layer)))  # type: ignore[arg-type]
+    with editing_head_outputs(adapter, {layer: edit(layer) for layer in layers}):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()

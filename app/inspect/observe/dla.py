@@ -5,7 +5,7 @@ linear in the residual stream, which is the embeddings plus every attention and 
 recomputed at that one position from the run's cached block inputs and queries/keys (the attention row
 from the captured q·kᵀ mixes the normed block inputs, which are then projected to values), so no
 forward runs. Block wiring (parallel blocks, norms on the attention and MLP outputs, Granite's residual
-multiplier) comes from app.inspect.blocks: a norm on the attention output (Gemma 2/3, OLMo 2) is frozen
+multiplier) comes from app.inspect.model.blocks: a norm on the attention output (Gemma 2/3, OLMo 2) is frozen
 at the layer's whole attention output, so each head's write is that frozen linear map of its own output
 and the heads' writes still sum to the norm's output. MoE MLPs are one term per layer.
 A logit scale (Cohere, Granite) is linear and folded in. A final soft-cap (Gemma 2: cap·tanh(z/cap)) is
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from app.inspect import capture
-from app.inspect.adapters import Adapter
-from app.inspect.blocks import UnknownNorm, block_plan, freeze, part
-from app.inspect.loading import Loaded
-from app.inspect.resume import recording_inputs
-from app.inspect.runs import Run
+from app.inspect.engine.hooks import recording_block_inputs, recording_head_outputs
+from app.inspect.engine.runs import Run
+from app.inspect.model import capture
+from app.inspect.model.adapters import Adapter
+from app.inspect.model.blocks import UnknownNorm, block_plan, freeze, part
+from app.inspect.model.loaded import Loaded
 
 PROBE_TOKENS = 8
 
@@ -228,19 +228,12 @@ def check(adapter: Adapter) -> str | None:
     inputs: dict[int, torch.Tensor] = {}
     hooked: dict[int, torch.Tensor] = {}
 
-    def keep(layer: int):  # type: ignore[no-untyped-def]
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            hooked[layer] = args[0][0].detach()  # (T, n_heads * head_dim)
-
-        return hook
-
-    handles = [adapter.out_proj(layer).register_forward_pre_hook(keep(layer)) for layer in range(layout.n_layers)]
-    try:
-        with capture.recording() as rec, recording_inputs(adapter, inputs):
-            out = adapter.backbone()(input_ids=torch.tensor([ids], device=device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with (
+        capture.recording() as rec,
+        recording_block_inputs(adapter, inputs),
+        recording_head_outputs(adapter, hooked, keep=lambda x: x[0].detach()),  # (T, n_heads * head_dim)
+    ):
+        out = adapter.backbone()(input_ids=torch.tensor([ids], device=device), use_cache=False)
     if len(rec.captured) != layout.n_layers:
         return "direct logit attribution needs every layer's attention captured"
     run = Run("probe", "", ids, [""] * len(ids), rec.captured, out.last_hidden_state[0], {}, inputs)

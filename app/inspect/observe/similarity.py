@@ -7,9 +7,9 @@ from typing import Literal
 
 import torch
 
-from app.inspect import metrics
-from app.inspect.adapters import Layout
-from app.inspect.runs import Run
+from app.inspect.engine.runs import Run
+from app.inspect.model.families import Layout
+from app.inspect.observe import metrics
 
 Metric = Literal["js", "cosine"]
 MAX_CELLS = 32_000_000  # maps kept at once: heads × rows × T floats

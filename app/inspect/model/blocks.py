@@ -21,7 +21,7 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import nn
 
-from app.inspect.adapters import Adapter
+from app.inspect.model.adapters import Adapter
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from typing import Literal
 
 from torch import nn
 
-from app.inspect.adapters import Adapter, Layout
+from app.inspect.model.adapters import Adapter
+from app.inspect.model.families import Layout
 
 Kind = Literal["MHA", "GQA", "MQA"]
 MIN_HEAD_DIM = 8  # narrower heads are not a design anyone uses: the table stops there

@@ -1,0 +1,1 @@
+"""Interventions: rows run by the engine (ablation, the sweep, importance, pruning, patching) and generation."""

@@ -1,0 +1,1 @@
+"""The model: families and layouts, discovery, the Adapter, block plans, attention capture and its variants."""
