@@ -19,6 +19,7 @@ from app.config import Settings
 from app.errors import Busy, Cancelled, ClientGone, NotReady, OutOfMemory
 from app.inspect.engine import runs
 from app.inspect.engine.runs import Run, RunCache
+from app.inspect.engine.steps import is_oom
 from app.inspect.loading import load
 from app.inspect.model.loaded import Loaded
 from app.inspect.observe import roles
@@ -26,10 +27,6 @@ from app.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError | torch.OutOfMemoryError)
 
 
 MODEL_THREAD_NICE = 10
@@ -344,7 +341,7 @@ class Service:
         try:
             return fn(*args)
         except Exception as exc:
-            if _is_oom(exc):
+            if is_oom(exc):
                 self.telemetry.ooms.inc()
                 self.release_memory()
                 raise OutOfMemory("the model ran out of memory on this input; try a shorter text") from exc

@@ -34,6 +34,7 @@ import torch
 
 from app.corpus.measure import BatchResult, measure_batch_steps
 from app.inspect.engine.hooks import before_every_block
+from app.inspect.engine.steps import is_oom
 from app.inspect.loading import load, resolve
 from app.inspect.model.loaded import Loaded
 
@@ -109,7 +110,9 @@ class Worker:
             return piece, done.value
         except Stopped:
             return piece, "stopped"
-        except (MemoryError, torch.OutOfMemoryError):
+        except Exception as exc:
+            if not is_oom(exc):
+                raise
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -27,8 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from app.corpus.cluster import Cluster, ClusterLost, DriverTask, Items, tokenizer_copy
 from app.corpus.datasets import DatasetStore
 from app.corpus.jobstore import JobRecord, JobStore, now_iso
@@ -36,6 +34,7 @@ from app.corpus.measure import BatchResult, length_batches, measure_batch_steps
 from app.corpus.results import Results
 from app.errors import Conflict, InvalidInput, NotReady
 from app.inspect.engine.runs import encode
+from app.inspect.engine.steps import is_oom
 from app.inspect.model.loaded import Loaded
 from app.service import Service, Sliced
 
@@ -81,10 +80,6 @@ def progress(job: JobRecord) -> Progress:
 
 class OutOfMemoryInBatch(Exception):
     """A single text did not fit in memory even alone."""
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError | torch.OutOfMemoryError)
 
 
 class Jobs:
@@ -373,7 +368,7 @@ class Jobs:
             self.forwards += 1
             result = yield from measure_batch_steps(loaded, items, frozenset(job.analyses), job.importance)
         except Exception as exc:
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
             self.service.release_memory()
             if len(piece) == 1:
