@@ -6,7 +6,7 @@ import statistics
 
 from app.inspect.engine.runs import Run, analyse
 from app.inspect.engine.steps import drain
-from app.inspect.intervene.pruning import MEMO, Curve, text_curve
+from app.inspect.intervene.pruning import GRADIENT_IMPORTANCE, MEMO, Curve, text_curve
 from app.inspect.model.loaded import Loaded
 from bench import inputs, models
 from bench.report import Row, seconds
@@ -15,8 +15,8 @@ from bench.timing import timed
 
 def _both(loaded: Loaded, run: Run, steps: int, seeds: int) -> list[Curve]:
     """The page's two requests on a cached run, from scratch (no memoised rows, no cached gradient)."""
-    run.extras.pop(MEMO, None)
-    run.extras.pop("gradient_importance", None)
+    run.memo.pop(MEMO)
+    run.memo.pop(GRADIENT_IMPORTANCE)
     return [
         drain(text_curve(loaded, run, "importance", steps)),
         drain(text_curve(loaded, run, "random", steps, range(seeds))),

@@ -35,7 +35,7 @@ def patch_row(loaded: Loaded, n: int, reps: int, target: float = 0.35) -> Row:
     x = models.input_ids(loaded, clean.token_ids)
 
     def sweep() -> None:
-        clean.extras.pop("head_outputs", None)  # count the capture forward too
+        clean.memo.pop(patching.HEAD_OUTPUTS)  # count the capture forward too
         patching.patch(loaded, clean, corrupted, n - 1, answer, wrong)
 
     if loaded.device.type == "cuda":

@@ -7,6 +7,7 @@ import torch
 
 from app.inspect.engine import runs
 from app.inspect.engine.gates import gate_tensor, head_gates
+from app.inspect.engine.memo import Memo
 from app.inspect.intervene.ablation import ablate
 from app.inspect.model import capture
 from tests.helpers import hook_count, tiny_loaded
@@ -114,7 +115,7 @@ def test_resuming_at_the_first_ablated_block_equals_the_full_forward(arch: str) 
 
     loaded = tiny_loaded(arch, seed=5)
     run = runs.analyse(loaded, TEXT)
-    full = dataclasses.replace(run, layer_inputs={}, extras={})  # no cached block inputs: full forward
+    full = dataclasses.replace(run, layer_inputs={}, memo=Memo())  # no cached block inputs: full forward
     for heads in ([(1, 2)], [(1, 0), (1, 3)], [(0, 1), (1, 1)]):
         fast = ablate(loaded, run, heads, "zero", 5, [(1, 1)])
         slow = ablate(loaded, full, heads, "zero", 5, [(1, 1)])

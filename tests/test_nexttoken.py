@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from app.inspect.engine import nexttoken, runs
+from app.inspect.engine.memo import Memo
 from app.inspect.intervene import ablation, importance
 from tests.helpers import tiny_loaded
 from tests.tiny import ARCHS
@@ -73,7 +74,8 @@ def test_comparison_equals_the_float64_definitions(
     ablated = run.hidden + 5.0 * torch.randn(run.hidden.shape, generator=gen)  # (T, d): some other hidden state
     for _ in range(2):  # the first comparison computes the baseline, the second reads it from the run
         cmp = ablation.compare(loaded, run, ablated, 4)
-        assert ("baseline" in run.extras) and (run.extras["baseline"].chunks is not None) == kept
+        kept_base = run.memo.get(runs.BASELINE)
+        assert kept_base is not None and (kept_base.chunks is not None) == kept
         p, q = _reference_logprobs(loaded, run.hidden), _reference_logprobs(loaded, ablated)  # (T, V) each
         kl = (p.exp() * (p - q)).sum(-1)  # (T,) KL(baseline ‖ ablated)
         assert float(kl.min()) > 1e-3  # the perturbation does change every position
@@ -138,9 +140,9 @@ def test_the_sweep_reads_the_runs_baseline() -> None:
     """The sweep's baseline loss is the prediction's (one cached computation, not a second loop)."""
     loaded = tiny_loaded("llama", seed=1)
     run = runs.analyse(loaded, TEXT)
-    fresh = dataclasses.replace(run, extras={})
+    fresh = dataclasses.replace(run, memo=Memo())
     sweep = importance.ablation_sweep(loaded, fresh, batch_size=4)
-    assert "baseline" in fresh.extras
+    assert runs.BASELINE in fresh.memo
     base_loss = runs.predict(loaded.adapter.lm_head(), fresh, 1).loss
     one = ablation.ablate(loaded, run, [(1, 2)], "zero", 1)
     assert one.baseline.loss == pytest.approx(base_loss, abs=0)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from app.inspect.engine.hooks import recording_block_inputs, recording_head_outputs
+from app.inspect.engine.memo import Key, Memo
 from app.inspect.engine.nexttoken import LOGIT_CHUNK as LOGIT_CHUNK  # re-exported: the logit lens chunks alike
 from app.inspect.engine.nexttoken import NextToken, Reference, next_token, references
 from app.inspect.model import capture
@@ -31,8 +32,7 @@ class Run:
     hidden: torch.Tensor  # (T, d_model), after the final norm
     head_means: dict[int, torch.Tensor]  # per layer, (n_heads * head_dim,): mean head output over positions
     layer_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer (1, T, d): block input
-    extras: dict[str, Any] = field(default_factory=dict)  # derived results (head stats, thumbnails)
-    extra_bytes: int = 0  # memory held by large tensors in extras (counted by the cache)
+    memo: Memo = field(default_factory=Memo)  # what analyses derive from the run and keep (counted by the cache)
 
     @property
     def n_tokens(self) -> int:
@@ -47,7 +47,7 @@ class Run:
         size = sum(qk.nbytes for qk in self.qk.values())
         size += self.hidden.numel() * self.hidden.element_size()
         size += sum(x.numel() * x.element_size() for x in self.layer_inputs.values())
-        return size + sum(m.numel() * m.element_size() for m in self.head_means.values()) + self.extra_bytes
+        return size + sum(m.numel() * m.element_size() for m in self.head_means.values()) + self.memo.nbytes
 
 
 def token_strings(tokenizer: Any, ids: list[int]) -> list[str]:
@@ -122,11 +122,8 @@ class Baseline:
     stats: NextToken  # B = 1
     chunks: list[Reference] | None  # (log-probs, probs) per LM-head chunk, (c, vocab) each; None: not kept
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for chunk in self.chunks or [] for t in chunk)
 
-
+BASELINE = Key[Baseline]("baseline")
 # Keep a run's baseline (log-probs, probs) when they fit (512 tokens of a 49k vocabulary: 200 MB): a toggle
 # then costs one LM head and, per position, a subtraction, a product and a sum in place.
 BASELINE_CACHE_BYTES = 256 << 20
@@ -144,15 +141,12 @@ def baseline(lm_head: nn.Module, run: Run) -> Baseline:
     Its (log-probs, probs) are kept too when they fit in BASELINE_CACHE_BYTES; otherwise `baseline_chunks`
     computes them a chunk at a time, so a long text never holds more than one chunk of vocabulary-wide rows.
     """
-    cached = run.extras.get("baseline")
-    if isinstance(cached, Baseline):
+    cached = run.memo.get(BASELINE)
+    if cached is not None:
         return cached
     vocab = int(lm_head.weight.shape[0])  # type: ignore[index]
     keep: list[Reference] | None = [] if run.n_tokens * vocab * 8 <= BASELINE_CACHE_BYTES else None
-    base = Baseline(next_token(lm_head, run.hidden[None], targets(run), keep=keep), keep)
-    run.extras["baseline"] = base
-    run.extra_bytes += base.nbytes
-    return base
+    return run.memo.put(BASELINE, Baseline(next_token(lm_head, run.hidden[None], targets(run), keep=keep), keep))
 
 
 def baseline_chunks(lm_head: nn.Module, run: Run) -> Iterable[Reference]:
@@ -189,10 +183,19 @@ class RunCache:
         with self._lock:
             self._runs[(run.model_name, run.text)] = run
             self._runs.move_to_end((run.model_name, run.text))
-            while len(self._runs) > 1 and (
-                len(self._runs) > self.max_entries or sum(r.nbytes for r in self._runs.values()) > self.max_bytes
-            ):
-                self._runs.popitem(last=False)
+            run.memo.on_grow = self._trim  # a run that grows (derived data kept on it) counts at once
+            self._evict()
+
+    def _trim(self) -> None:
+        with self._lock:
+            self._evict()
+
+    def _evict(self) -> None:
+        """Drop the least recently used runs until the rest fit (the newest always stays); caller holds the lock."""
+        while len(self._runs) > 1 and (
+            len(self._runs) > self.max_entries or sum(r.nbytes for r in self._runs.values()) > self.max_bytes
+        ):
+            self._runs.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ import torch
 
 from app.inspect.engine import runs
 from app.inspect.engine.hooks import Edit, editing_block_inputs, editing_head_outputs, recording_head_outputs
+from app.inspect.engine.memo import Key
 from app.inspect.engine.rows import MAX_ROWS, Base, Batch, run_rows
 from app.inspect.engine.runs import Run
 from app.inspect.engine.steps import drain
@@ -24,6 +25,7 @@ from app.inspect.model.loaded import Loaded
 
 Direction = Literal["denoise", "noise"]
 HEAD_OUTPUTS_CACHE_BYTES = 256 << 20  # keep a run's head outputs on it when they fit
+HEAD_OUTPUTS = Key[dict[int, torch.Tensor]]("head_outputs")  # per layer (T, n_heads * head_dim)
 
 
 class NothingToRecover(ValueError):
@@ -46,10 +48,10 @@ Row = tuple[Site, ...]  # the sites patched together in one run
 def head_outputs(loaded: Loaded, run: Run) -> dict[int, torch.Tensor]:
     """Every block's output-projection input for the run's text: per layer (T, n_heads * head_dim).
 
-    One forward; kept on the run (run.extras) when it fits HEAD_OUTPUTS_CACHE_BYTES.
+    One forward; kept on the run (its memo) when it fits HEAD_OUTPUTS_CACHE_BYTES.
     """
-    cached = run.extras.get("head_outputs")
-    if isinstance(cached, dict):
+    cached = run.memo.get(HEAD_OUTPUTS)
+    if cached is not None:
         return cached
     outputs: dict[int, torch.Tensor] = {}  # per layer (T, n_heads * head_dim)
     adapter = loaded.adapter
@@ -57,8 +59,7 @@ def head_outputs(loaded: Loaded, run: Run) -> dict[int, torch.Tensor]:
         adapter.backbone()(input_ids=torch.tensor([run.token_ids], device=loaded.device), use_cache=False)
     size = sum(x.numel() * x.element_size() for x in outputs.values())
     if size <= HEAD_OUTPUTS_CACHE_BYTES:
-        run.extras["head_outputs"] = outputs
-        run.extra_bytes += size
+        run.memo.put(HEAD_OUTPUTS, outputs)
     return outputs
 
 

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from app.inspect.engine import runs
+from app.inspect.engine.memo import Key
 from app.inspect.engine.nexttoken import Scratch, next_token
 from app.inspect.engine.rows import Base, gated, run_rows
 from app.inspect.engine.runs import Run, analyse
@@ -27,7 +28,8 @@ Order = Literal["importance", "random"]
 Head = tuple[int, int]  # (layer, head)
 HeadSet = frozenset[Head]
 RISE = 0.1  # nats: the loss increase that marks how many heads can go
-MEMO = "pruned_losses"  # run.extras key: frozenset of heads → loss, so a second curve on the text reuses rows
+MEMO = Key[dict[HeadSet, float]]("pruned_losses")  # heads switched off → loss: a second curve reuses rows
+GRADIENT_IMPORTANCE = Key[torch.Tensor]("gradient_importance")  # (n_layers, n_heads)
 
 
 PruneProgress = Progress  # rows (sets of heads) evaluated so far, of `total` known so far
@@ -231,10 +233,11 @@ def text_curve(
     scores = None
     if order == "importance":
         yield PruneProgress(0, 0)
-        cached = run.extras.get("gradient_importance")
-        scores = cached if isinstance(cached, torch.Tensor) else gradient_importance(loaded, run.token_ids)
-        run.extras["gradient_importance"] = scores
-    pruner = Pruner(loaded, run, run.extras.setdefault(MEMO, {}))
+        scores = run.memo.get(GRADIENT_IMPORTANCE)
+        if scores is None:
+            scores = run.memo.put(GRADIENT_IMPORTANCE, gradient_importance(loaded, run.token_ids))
+    memo = run.memo.get(MEMO)
+    pruner = Pruner(loaded, run, memo if memo is not None else run.memo.put(MEMO, {}))
     curve = yield from _curve(loaded, pruner.losses, order, scores, steps, list(seeds), rise, refine)
     curve.forwards = pruner.blocks / loaded.adapter.layout.n_layers
     return curve

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app.inspect.engine.memo import Key
 from app.inspect.engine.runs import Run, analyse
 from app.inspect.model.capture import LayerQK
 from app.inspect.model.families import Layout
@@ -202,8 +203,8 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None, visit: ChunkV
     n_heads × ROW_CHUNK × T is held at once. Cached on the run per thumbnail size. `visit`, if given,
     sees every chunk's maps in the same pass (corpus mode finds where each head does each role there).
     """
-    key = f"head_stats:{thumb}"
-    cached = run.extras.get(key)
+    key = Key[HeadStats](f"head_stats:{thumb}")
+    cached = run.memo.get(key)
     if isinstance(cached, HeadStats) and visit is None:
         return cached
     t = run.n_tokens
@@ -256,7 +257,7 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None, visit: ChunkV
         thumbnails=thumbs,
         text_induction=score["prefix"] / dup_rows if n_dup_rows else None,
     )
-    run.extras[key] = stats
+    run.memo.put(key, stats)
     return stats
 
 
