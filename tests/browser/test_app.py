@@ -95,7 +95,7 @@ def test_float16_decoder_matches_numpy(page: Any, tiny_server: Server) -> None:
     open_app(page, tiny_server.url)
     values = np.array([0, 1, 0.5, 1 / 3, 6.1e-5, 6e-8, 3e-6, 65504, -2.5, -0.0, 1e-9], dtype="<f2")
     b64 = base64.b64encode(values.tobytes()).decode()
-    got = page.evaluate("async (b) => Array.from((await import('/static/js/f16.js')).decodeF16(b))", b64)
+    got = page.evaluate("async (b) => Array.from((await import('/static/js/lib/decode.js')).decodeF16(b))", b64)
     assert got == [float(v) for v in values.astype(np.float32)]  # subnormals, the largest half and signs exact
 
 

@@ -46,7 +46,7 @@ def open_corpus(page: Any, base: str, search: str = "") -> None:
 
 
 def fmt(x: float) -> str:
-    """util.js fmt(x, 3): three decimals, or one-digit exponent notation below 1e-3."""
+    """lib/util.js fmt(x, 3): three decimals, or one-digit exponent notation below 1e-3."""
     if x != 0 and abs(x) < 1e-3:
         mantissa, exponent = f"{x:.1e}".split("e")
         return f"{mantissa}e{int(exponent)}"

@@ -65,7 +65,8 @@ def test_el_refuses_markup_and_the_map_cache_is_bounded(page: Any, tiny_server: 
     open_app(page, tiny_server.url)
     out = page.evaluate(
         """async () => {
-          const { el, BoundedCache } = await import('/static/js/util.js');
+          const { el } = await import('/static/js/lib/util.js');
+          const { BoundedCache } = await import('/static/js/lib/cache.js');
           const refused = [];
           for (const key of ['innerHTML', 'outerHTML', 'srcdoc']) {
             try { el('div', { [key]: '<b>x</b>' }); } catch (e) { refused.push(key); }

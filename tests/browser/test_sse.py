@@ -1,4 +1,4 @@
-"""static/js/sse.js, the one Server-Sent Events reader of the pages, against the text/event-stream format: fields
+"""static/js/lib/sse.js, the one Server-Sent Events reader of the pages, against the text/event-stream format: fields
 split across chunks (CRLF and multi-byte characters included), comments, multi-line data, and an early stop."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tests.server import Server
 pytestmark = pytest.mark.browser
 
 READ = """async ({ chunks, stopAfter }) => {
-  const { readEvents } = await import("/static/js/sse.js");
+  const { readEvents } = await import("/static/js/lib/sse.js");
   const bytes = chunks.map((c) => Uint8Array.from(c));
   let cancelled = false;
   const body = new ReadableStream({

@@ -1,0 +1,141 @@
+// Entry point of the Lecture page: the pruning curve (importance vs random orders, on a text or a dataset) and the
+// head-count trade-off, driven by one state that lives in the URL.
+import { headsURL } from "../heads/state.js";
+import * as api from "../lib/api.js";
+import { showError, showModel, wireChrome } from "../lib/chrome.js";
+import { panelTask } from "../lib/paneltask.js";
+import { el, fill } from "../lib/util.js";
+import { drawCurve, headsAt, renderSummary } from "./curve.js";
+import * as store from "./state.js";
+import { drawTradeoff, renderTable, renderTradeoffSummary } from "./tradeoff.js";
+
+const $ = (id) => document.getElementById(id);
+let S = store.fromURL();
+let ctl = null;
+let curves = null; // {importance, random, state}: what is drawn
+
+// -- status, errors, stale panels ----------------------------------------------------------------
+
+const task = (panel, label, work) => panelTask(panel, label, work, ".lprogress");
+
+// -- state ↔ controls ----------------------------------------------------------------------------
+
+function readInputs() {
+  S.text = $("text").value;
+  S.dataset = $("dataset").value || S.dataset;
+  const n = (id, fallback) => (Number.isInteger(Number(id.value)) && id.value !== "" ? Number(id.value) : fallback);
+  S.texts = n($("max-texts"), S.texts);
+  S.tokens = n($("max-tokens"), S.tokens);
+  S.steps = n($("steps"), S.steps);
+  S.seeds = n($("seeds"), S.seeds);
+  S.exact = $("exact").checked;
+}
+
+function syncInputs() {
+  $("text").value = S.text;
+  if (![...$("dataset").options].some((o) => o.value === S.dataset)) {
+    $("dataset").append(el("option", { value: S.dataset }, S.dataset));
+  }
+  $("dataset").value = S.dataset;
+  $("max-texts").value = String(S.texts);
+  $("max-tokens").value = String(S.tokens);
+  $("steps").value = String(S.steps);
+  $("seeds").value = String(S.seeds);
+  $("exact").checked = S.exact;
+  $("exact").disabled = S.src === "dataset";
+  for (const b of $("source").querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.src === S.src));
+  $("text-fields").hidden = S.src !== "text";
+  $("dataset-fields").hidden = S.src !== "dataset";
+}
+
+// -- the curve -----------------------------------------------------------------------------------
+
+async function prune(push = false) {
+  readInputs();
+  syncInputs();
+  store.save(S, { push });
+  ctl?.abort();
+  ctl = new AbortController();
+  const { signal } = ctl;
+  const state = { ...S };
+  await task($("curve-panel"), "pruning", async () => {
+    const [importance, random] = await Promise.all(
+      ["importance", "random"].map((order) => api.pruneCurve(store.curveBody(state, order), { signal })),
+    );
+    if (signal.aborted) return;
+    curves = { importance, random, state };
+    renderSummary($("curve-summary"), importance, random);
+    drawCurve($("curve-plot"), importance, random, pick);
+  });
+}
+
+/** A clicked point: the main page on the text (a dataset's first text) with exactly those heads off. */
+async function pick(order, k, n) {
+  if (!curves) return;
+  const heads = headsAt(curves[order], k, n);
+  let text = curves.state.text;
+  if (curves.state.src === "dataset") {
+    try {
+      text = (await api.datasetTexts(curves.state.dataset, 0, 1)).texts[0].text;
+    } catch (err) {
+      showError(err);
+      return;
+    }
+  }
+  location.assign(headsURL({ text, mask: heads }));
+}
+
+// -- start ---------------------------------------------------------------------------------------
+
+async function start() {
+  wireChrome();
+  $("curve-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    prune(true);
+  });
+  $("text").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey) {
+      ev.preventDefault();
+      prune(true);
+    }
+  });
+  for (const b of $("source").querySelectorAll("button")) {
+    b.addEventListener("click", () => {
+      S.src = b.dataset.src;
+      syncInputs();
+    });
+  }
+  window.addEventListener("popstate", () => {
+    S = store.fromURL();
+    syncInputs();
+    prune(false);
+  });
+  syncInputs();
+  let model;
+  try {
+    [model] = await Promise.all([api.model(), loadDatasets()]);
+  } catch (err) {
+    showError(err);
+    return;
+  }
+  showModel(model, "heads");
+  syncInputs();
+  document.body.dataset.ready = "1";
+  task($("tradeoff-panel"), "counting", async () => {
+    const t = await api.headTradeoff();
+    renderTradeoffSummary($("tradeoff-summary"), t);
+    renderTable($("tradeoff-table"), t);
+    drawTradeoff($("tradeoff-plot"), t);
+  });
+  prune(false);
+}
+
+async function loadDatasets() {
+  const { datasets } = await api.datasets();
+  fill(
+    $("dataset"),
+    datasets.map((d) => el("option", { value: d.id }, `${d.name} (${d.n_texts} texts)`)),
+  );
+}
+
+start();

@@ -1,0 +1,124 @@
+// The logit lens, drawn: the target's probability and rank after each block, the top tokens per layer,
+// and on demand the layers × positions top-1 grid.
+import { BLUES, el, fill, percent, plotlyText, rgb, visible } from "../lib/util.js";
+import { draw, layerNames, layout, tokenCats, tokenTicks } from "./plot.js";
+
+const PROB = "#2563eb";
+const RANK = "#d97706";
+
+/** A log axis for ranks, 1 on top, ticked at 1-2-5 steps up to the worst rank shown. */
+function rankAxis(layers) {
+  const worst = Math.max(2, ...layers.map((r) => r.target_rank));
+  const ticks = [];
+  for (let decade = 1; decade <= worst * 10; decade *= 10) {
+    for (const m of [1, 2, 5]) if (decade * m <= worst * 2) ticks.push(decade * m);
+  }
+  return {
+    type: "log",
+    overlaying: "y",
+    side: "right",
+    range: [Math.log10(worst * 1.3), -0.05],
+    tickvals: ticks,
+    ticktext: ticks.map(String),
+    fixedrange: true,
+    showgrid: false,
+  };
+}
+
+/** Target probability (left axis) and rank (right axis, log, rank 1 on top) per layer. */
+export function drawLens(div, res, height = 240) {
+  const layers = res.layers.map((r) => r.layer);
+  const hover = res.layers.map((r) =>
+    r.top_k.map((t) => `${plotlyText(visible(t.token))} ${percent(t.prob)}`).join("<br>"),
+  );
+  const target = plotlyText(visible(res.target.token));
+  const prob = {
+    type: "scatter",
+    mode: "lines+markers",
+    name: `p(${target})`,
+    x: layers,
+    y: res.layers.map((r) => r.target_prob),
+    line: { color: PROB, width: 2 },
+    marker: { size: 5 },
+    customdata: hover,
+    hovertemplate: `L%{x}: p(${target}) = %{y:.3f}<br><b>top</b><br>%{customdata}<extra></extra>`,
+  };
+  const rank = {
+    type: "scatter",
+    mode: "lines",
+    name: `rank of ${target}`,
+    x: layers,
+    y: res.layers.map((r) => r.target_rank),
+    yaxis: "y2",
+    line: { color: RANK, width: 1.5, dash: "dot" },
+    hovertemplate: `L%{x}: rank %{y}<extra></extra>`,
+  };
+  const lay = layout(height, {
+    xaxis: { title: { text: "layer", standoff: 2 }, dtick: layers.length > 16 ? 4 : 1, fixedrange: true, gridcolor: "#eef0f4" },
+    yaxis: { range: [0, 1.02], title: { text: "probability", font: { color: PROB } }, fixedrange: true, gridcolor: "#eef0f4" },
+    yaxis2: { ...rankAxis(res.layers), title: { text: "rank", font: { color: RANK } } },
+    legend: { orientation: "h", x: 0, y: 1.14, font: { size: 11 } },
+    margin: { l: 48, r: 44, t: 22, b: 36 },
+    hovermode: "x",
+  });
+  return draw(div, [prob, rank], lay);
+}
+
+/** One row per layer: its top tokens with probabilities, the target's rank. */
+export function renderLensTable(node, res) {
+  const targetId = res.target.id;
+  fill(
+    node,
+    el("thead", {}, el("tr", {}, el("th", {}, "layer"), el("th", {}, "rank"), el("th", {}, "top tokens"))),
+    el(
+      "tbody",
+      {},
+      [...res.layers].reverse().map((r) =>
+        el(
+          "tr",
+          {},
+          el("td", { class: "num" }, `L${r.layer}`),
+          el("td", { class: "num" }, String(r.target_rank)),
+          el(
+            "td",
+            {},
+            r.top_k.map((t) =>
+              el("span", { class: t.id === targetId ? "lens-tok target" : "lens-tok", title: `${percent(t.prob)}` }, visible(t.token), el("small", {}, percent(t.prob))),
+            ),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
+/** Layers × positions: the top-1 token after each block at each position, shaded by its probability. */
+export function drawLensGrid(div, res) {
+  const g = res.grid;
+  const tokens = res.tokens;
+  const width = div.clientWidth || 400;
+  const nLayers = g.top_ids.length;
+  const label = g.top_tokens.map((row) => row.map((t) => plotlyText(visible(t))));
+  const trace = {
+    type: "heatmap",
+    z: g.top_probs,
+    x: tokenCats(tokens),
+    y: layerNames(nLayers),
+    text: label,
+    texttemplate: tokens.length <= 24 ? "%{text}" : "",
+    textfont: { size: 9 },
+    hovertemplate: "%{y} · %{x}: top-1 %{text} (%{z:.3f})<extra></extra>",
+    colorscale: BLUES.map((c, i) => [i / (BLUES.length - 1), rgb(c)]),
+    zmin: 0,
+    zmax: 1,
+    xgap: 1,
+    ygap: 1,
+    colorbar: { title: { text: "p(top-1)", side: "right" }, thickness: 10, outlinewidth: 0 },
+  };
+  const lay = layout(Math.min(760, Math.max(260, nLayers * 18 + 110)), {
+    xaxis: { ...tokenTicks(tokens, width - 90), fixedrange: true },
+    yaxis: { type: "category", autorange: "reversed", fixedrange: true },
+    margin: { l: 40, r: 8, t: 6, b: 8 },
+  });
+  return draw(div, [trace], lay);
+}

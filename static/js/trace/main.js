@@ -1,0 +1,391 @@
+// Entry point of the Trace page: two prompts, activation patching, direct logit attribution, the logit lens
+// and the token view, all driven by one state that lives in the URL.
+import { headsURL } from "../heads/state.js";
+import * as api from "../lib/api.js";
+import { BoundedCache } from "../lib/cache.js";
+import { hideError, showError, showModel, wireChrome } from "../lib/chrome.js";
+import { panelTask } from "../lib/paneltask.js";
+import { el, fill, fmt, headLabel, isAbort, parseHead, sameHead, signed, visible } from "../lib/util.js";
+import { clearDLA, drawHeads, drawLayers, renderSummary } from "./dlaview.js";
+import { drawLens, drawLensGrid, renderLensTable } from "./lensview.js";
+import { drawPatch, drawResidual, drawRows, rank, renderTopHeads } from "./patchview.js";
+import { clear } from "./plot.js";
+import { renderPicker, renderStrip, wireStrip } from "./promptview.js";
+import * as store from "./state.js";
+import { drawLayerHeads, renderControls, renderHighlight } from "./tokenview.js";
+
+const EXAMPLES = [
+  {
+    name: "Indirect object",
+    clean: "When Mary and John went to the store, John gave a drink to",
+    corrupted: "When Mary and John went to the store, Mary gave a drink to",
+    answer: " Mary",
+    wrong: " John",
+  },
+];
+
+const $ = (id) => document.getElementById(id);
+let S = store.fromURL();
+let model = null;
+let runs = null; // {clean, corrupted}: each prompt's lens result at the read-out position (tokens, top-k)
+let att = null; // the token view's /api/attention_from result
+let mainCtl = null;
+let tokenCtl = null;
+let patched = null; // the last /api/patch result drawn
+
+// -- requests: resolved results are kept (the last 48) so Back/Forward and toggles redraw without asking again
+
+const memo = new BoundedCache(48);
+async function cached(name, body, fn, signal) {
+  const key = name + JSON.stringify(body);
+  if (memo.has(key)) return memo.get(key);
+  const value = await fn(body, { signal });
+  memo.set(key, value);
+  return value;
+}
+
+// -- status, errors, stale panels ----------------------------------------------------------------
+
+const task = (panel, label, work) => panelTask(panel, label, work, ".trace-progress");
+
+// -- state ↔ controls ----------------------------------------------------------------------------
+
+function readInputs() {
+  S.clean = $("clean").value;
+  S.corrupted = $("corrupted").value;
+  S.pos = Number.parseInt($("pos").value, 10);
+  if (Number.isNaN(S.pos)) S.pos = -1;
+  S.res = $("residual").checked;
+}
+
+function syncInputs() {
+  $("clean").value = S.clean;
+  $("corrupted").value = S.corrupted;
+  $("pos").value = String(S.pos);
+  $("residual").checked = S.res;
+  $("rows").value = S.rows.map(headLabel).join(", ");
+  for (const b of $("direction").querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.dir === S.dir));
+  $("grid-toggle").setAttribute("aria-pressed", String(S.grid));
+}
+
+// -- the trace: lens (and pickers) first, then DLA, the lens grid and patching -------------------
+
+/**
+ * Re-run everything the state asks for; `push` records a history entry (a deliberate step). `edited`: the
+ * user typed new prompts, so an answer or wrong token that neither run proposes any more is picked afresh.
+ */
+async function trace(push = false, { edited = false } = {}) {
+  readInputs();
+  syncInputs();
+  mainCtl?.abort();
+  mainCtl = new AbortController();
+  const { signal } = mainCtl;
+  hideError();
+  if (!S.clean.trim() || !S.corrupted.trim()) {
+    store.save(S, { push });
+    return showError(new Error("type a clean and a corrupted prompt (or pick an example)"));
+  }
+  for (const id of ["patch-panel", "dla-panel", "token-panel"]) $(id).classList.add("outdated");
+  store.save(S, { push });
+  runs = null;
+  await task($("lens-panel"), "reading the lens…", async () => {
+    const [clean, corrupted] = await Promise.all([
+      cached("lens", { text: S.clean, position: S.pos, top_k: 10 }, api.logitLens, signal),
+      cached("lens", { text: S.corrupted, position: S.pos, top_k: 10 }, api.logitLens, signal),
+    ]);
+    pickDefaults(clean, corrupted, edited);
+    store.save(S);
+    // the lens of the answer (the first request's target was the model's own top-1)
+    const lens =
+      clean.target.token === S.answer
+        ? clean
+        : await cached("lens", { text: S.clean, position: S.pos, top_k: 10, target: S.answer }, api.logitLens, signal);
+    runs = { clean, corrupted };
+    renderPrompts();
+    await drawLensPanel(lens);
+  });
+  if (!runs || signal.aborted) return;
+  refreshToken();
+  await Promise.all([
+    task($("dla-panel"), "attributing…", () => drawDLA(signal)),
+    task($("lens-panel"), "lens grid…", () => drawGrid(signal)),
+    task($("patch-panel"), patchLabel(), () => drawPatching(signal)),
+  ]);
+}
+
+/** Answer: the clean run's top-1; wrong: the corrupted run's top-1 (or the clean runner-up). */
+function pickDefaults(clean, corrupted, edited) {
+  const top = clean.layers.at(-1).top_k;
+  const topCorr = corrupted.layers.at(-1).top_k;
+  const proposed = (token) => top.some((t) => t.token === token) || topCorr.some((t) => t.token === token);
+  if (edited && !proposed(S.answer)) S.answer = "";
+  if (edited && !proposed(S.wrong)) S.wrong = "";
+  if (!S.answer) S.answer = top[0].token;
+  if (!S.wrong || S.wrong === S.answer) {
+    S.wrong = (topCorr.find((t) => t.token !== S.answer) ?? top.find((t) => t.token !== S.answer)).token;
+  }
+  renderPicker($("answer"), top, topCorr, S.answer);
+  renderPicker($("wrong"), top, topCorr, S.wrong);
+}
+
+function renderPrompts() {
+  const a = runs.clean.tokens;
+  const b = runs.corrupted.tokens;
+  const sel = (which) => (S.tp === which ? S.tok : null);
+  const differing = renderStrip($("clean-tokens"), a, b, { selected: sel("clean"), pos: runs.clean.position });
+  renderStrip($("corrupted-tokens"), b, a, { selected: sel("corrupted"), pos: runs.corrupted.position });
+  fill(
+    $("summary"),
+    a.length === b.length
+      ? `${a.length} tokens each; ${differing} position${differing === 1 ? "" : "s"} differ (marked); read out at position ${runs.clean.position} (${visible(a[runs.clean.position])}).`
+      : el("span", { class: "bad" }, `The prompts have ${a.length} and ${b.length} tokens: patching needs the same number.`),
+  );
+}
+
+async function drawLensPanel(lens) {
+  const t = lens.layers.at(-1);
+  fill(
+    $("lens-summary"),
+    `p(${visible(lens.target.token)}) after each block at position ${lens.position}; the last block is the model's output (rank ${t.target_rank}, p ${fmt(t.target_prob)}).`,
+  );
+  renderLensTable($("lens-table"), { ...lens, layers: lens.layers.map((r) => ({ ...r, top_k: r.top_k.slice(0, 5) })) });
+  await drawLens($("lens-plot"), lens, 250);
+}
+
+async function drawGrid(signal) {
+  $("grid-toggle").setAttribute("aria-pressed", String(S.grid));
+  if (!S.grid) return clear($("lens-grid"));
+  const body = { text: S.clean, position: S.pos, target: S.answer, top_k: 1, grid: true };
+  const res = await cached("lens", body, api.logitLens, signal);
+  await drawLensGrid($("lens-grid"), res);
+}
+
+async function drawDLA(signal) {
+  const body = { text: S.clean, position: S.pos, target: S.answer, contrast: S.wrong };
+  const nodes = { summary: $("dla-summary"), heads: $("dla-heads"), layers: $("dla-layers") };
+  let res;
+  try {
+    res = await cached("dla", body, api.dla, signal);
+  } catch (err) {
+    if (!isAbort(err)) clearDLA(nodes, "no attribution (see the error above)");
+    throw err;
+  }
+  renderSummary(nodes.summary, res);
+  await drawHeads(nodes.heads, res);
+  await drawLayers(nodes.layers, res);
+}
+
+function patchLabel() {
+  const heads = model ? `${model.n_layers * model.n_heads} heads` : "every head";
+  const extra = [S.res ? "the residual stream" : "", S.rows.length ? `${S.rows.length} heads per position` : ""].filter(Boolean);
+  return `patching ${heads}${extra.length ? ` + ${extra.join(" + ")}` : ""}…`;
+}
+
+async function drawPatching(signal) {
+  const body = {
+    clean: S.clean,
+    corrupted: S.corrupted,
+    answer: S.answer,
+    wrong: S.wrong,
+    position: S.pos,
+    direction: S.dir,
+    residual: S.res,
+    by_position: S.rows,
+  };
+  let res;
+  try {
+    res = await cached("patch", body, api.patch, signal);
+  } catch (err) {
+    if (!isAbort(err)) {
+      clear($("patch-plot"), "no patching result (see the error above)");
+      fill($("top-heads"));
+      clear($("rows-plot"));
+      clear($("residual-plot"));
+    }
+    throw err;
+  }
+  const note =
+    res.direction === "denoise"
+      ? "Denoise: each head's clean output patched into the corrupted run. 1 = that head alone restores the clean answer, 0 = no effect."
+      : "Noise: each head's corrupted output patched into the clean run. 0 = that head alone destroys the answer, 1 = no effect.";
+  fill(
+    $("patch-hint"),
+    `logit[${visible(res.answer.token)}] − logit[${visible(res.wrong.token)}]: clean ${signed(res.clean_logit_diff, 2)}, corrupted ${signed(res.corrupted_logit_diff, 2)}. ${note} Click a head to open it in the head view (switched off); Shift-click adds a per-position row.`,
+  );
+  patched = res;
+  await drawPatch($("patch-plot"), res, onHeadClick);
+  renderTopHeads($("top-heads"), res, S.clean);
+  await drawRows($("rows-plot"), res);
+  $("residual-title").hidden = !res.residual_scores;
+  await drawResidual($("residual-plot"), res);
+}
+
+function onHeadClick(h, event) {
+  if (event?.shiftKey) {
+    S.rows = S.rows.some((r) => sameHead(r, h)) ? S.rows.filter((r) => !sameHead(r, h)) : [...S.rows, h];
+    return trace(true);
+  }
+  location.assign(headsURL({ text: S.clean, head: h, mask: [h] }));
+}
+
+// -- the token view -------------------------------------------------------------------------------
+
+const tokenNodes = () => ({ layer: $("token-layer"), heads: $("token-heads") });
+
+function refreshToken() {
+  tokenCtl?.abort();
+  tokenCtl = new AbortController();
+  const { signal } = tokenCtl;
+  if (S.tok === null || !runs) {
+    $("token-body").hidden = true;
+    $("token-panel").classList.remove("outdated");
+    return;
+  }
+  const run = runs[S.tp];
+  if (S.tok >= run.tokens.length) S.tok = run.tokens.length - 1;
+  renderPrompts();
+  return task($("token-panel"), "reading attention…", async () => {
+    const text = run === runs.clean ? S.clean : S.corrupted;
+    const next = run.token_ids[S.tok + 1];
+    const lensBody = { text, position: S.tok, top_k: 5 };
+    if (next !== undefined) lensBody.target_id = next;
+    const [from, lens] = await Promise.all([
+      cached("from", { text, query_pos: S.tok }, (b, o) => api.attentionFrom(b.text, b.query_pos, o), signal),
+      cached("lens", lensBody, api.logitLens, signal),
+    ]);
+    att = from;
+    S.tl = Math.min(S.tl, att.weights.length - 1);
+    if (S.th !== null && S.th >= att.weights[0].length) S.th = null;
+    $("token-body").hidden = false;
+    fill(
+      $("token-caption"),
+      `Attention from ${visible(att.tokens[S.tok])} [${S.tok}] in the ${S.tp} prompt: each token shaded by the weight it gets. ← → move the token; the chips say where each head looks most.`,
+    );
+    drawTokenAttention();
+    fill($("token-lens-caption"), next === undefined ? "(target: the model's top-1)" : `(target: the next token, ${visible(lens.target.token)})`);
+    renderLensTable($("token-lens-table"), lens);
+    await drawLens($("token-lens-plot"), lens, 200);
+  });
+}
+
+function drawTokenAttention() {
+  if (!att) return;
+  renderControls(tokenNodes(), att, S.tl, S.th);
+  renderHighlight($("token-text"), att, S.tl, S.th);
+  drawLayerHeads($("token-layer-plot"), att, S.tl, S.th, (h) => setTokenHead(S.tl, h));
+  $("layer-prev").disabled = S.tl === 0;
+  $("layer-next").disabled = S.tl === att.weights.length - 1;
+}
+
+function pickToken(which, i, push) {
+  S.tok = i;
+  S.tp = which;
+  store.save(S, { push });
+  refreshToken();
+}
+
+function setTokenHead(layer, head) {
+  S.tl = layer;
+  S.th = head;
+  store.save(S);
+  drawTokenAttention();
+}
+
+/** What the main trace depends on (everything but the token view). */
+const traceKey = () => JSON.stringify([S.clean, S.corrupted, S.answer, S.wrong, S.pos, S.dir, S.res, S.rows, S.grid]);
+
+// -- wiring ----------------------------------------------------------------------------------------
+
+function wire() {
+  $("trace-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    trace(true, { edited: true });
+  });
+  for (const id of ["clean", "corrupted"]) {
+    $(id).addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        trace(true, { edited: true });
+      }
+    });
+  }
+  fill(
+    $("examples"),
+    EXAMPLES.map((ex) =>
+      el("button", { type: "button", class: "example", title: `${ex.clean}\n${ex.corrupted}`, onclick: () => {
+        Object.assign(S, { clean: ex.clean, corrupted: ex.corrupted, answer: ex.answer, wrong: ex.wrong, pos: -1 });
+        syncInputs();
+        trace(true);
+      } }, ex.name),
+    ),
+  );
+  wireChrome();
+  for (const id of ["answer", "wrong"]) {
+    $(id).addEventListener("change", () => {
+      S[id] = $(id).value;
+      trace(true);
+    });
+  }
+  $("pos").addEventListener("change", () => trace(true));
+  $("residual").addEventListener("change", () => trace(true));
+  $("direction").addEventListener("click", (e) => {
+    const dir = e.target.closest("button")?.dataset.dir;
+    if (!dir || dir === S.dir) return;
+    S.dir = dir;
+    trace(true);
+  });
+  $("grid-toggle").addEventListener("click", () => {
+    S.grid = !S.grid;
+    trace(true);
+  });
+  $("rows").addEventListener("change", () => {
+    const parts = $("rows").value.split(/[\s,]+/).filter(Boolean);
+    const heads = parts.map(parseHead);
+    const bad = parts.filter((_, i) => !heads[i] || (model && (heads[i].layer >= model.n_layers || heads[i].head >= model.n_heads)));
+    if (bad.length) return showError(new Error(`not a head of this model: ${bad.join(", ")} (write heads as L9H6)`));
+    S.rows = heads;
+    trace(true);
+  });
+  $("rows-top").addEventListener("click", () => {
+    const scores = patched?.scores;
+    if (!scores) return showError(new Error("trace first: the top heads come from the patching result"));
+    S.rows = rank(scores, 5).map(({ layer, head }) => ({ layer, head }));
+    trace(true);
+  });
+  $("rows-clear").addEventListener("click", () => {
+    S.rows = [];
+    trace(true);
+  });
+  wireStrip($("clean-tokens"), () => runs?.clean.tokens.length ?? 0, () => (S.tp === "clean" ? S.tok : null), (i, push) => pickToken("clean", i, push));
+  wireStrip($("corrupted-tokens"), () => runs?.corrupted.tokens.length ?? 0, () => (S.tp === "corrupted" ? S.tok : null), (i, push) => pickToken("corrupted", i, push));
+  wireStrip($("token-text"), () => att?.tokens.length ?? 0, () => S.tok, (i, push) => pickToken(S.tp, i, push));
+  $("token-layer").addEventListener("change", () => setTokenHead(Number($("token-layer").value), S.th));
+  $("layer-prev").addEventListener("click", () => setTokenHead(Math.max(0, S.tl - 1), S.th));
+  $("layer-next").addEventListener("click", () => setTokenHead(Math.min((att?.weights.length ?? 1) - 1, S.tl + 1), S.th));
+  $("token-heads").addEventListener("click", (e) => {
+    const chip = e.target.closest(".head-chip");
+    if (chip) setTokenHead(S.tl, chip.dataset.head === "mean" ? null : Number(chip.dataset.head));
+  });
+  window.addEventListener("popstate", () => {
+    const before = traceKey();
+    S = store.fromURL();
+    syncInputs();
+    if (runs && traceKey() === before) refreshToken(); // only the token view moved
+    else if (S.clean && S.corrupted) trace(false);
+  });
+}
+
+async function start() {
+  wire();
+  if (!S.clean && !S.corrupted) {
+    const ex = EXAMPLES[0];
+    $("clean").value = ex.clean;
+    $("corrupted").value = ex.corrupted;
+  } else syncInputs();
+  model = await api.model();
+  showModel(model, "heads");
+  document.body.dataset.ready = "1";
+  if (S.clean && S.corrupted) await trace(false);
+}
+
+start().catch(showError);
