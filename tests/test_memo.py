@@ -39,5 +39,6 @@ def test_the_cache_evicts_as_soon_as_a_run_grows_past_its_limit() -> None:
     assert len(cache) == 2
     second.memo.put(BIG, torch.zeros(1000))  # 4,000 bytes more: the two no longer fit
     assert len(cache) == 1 and cache.get(loaded.name, "four five six") is second
+    assert first.memo.on_grow is None  # an evicted run no longer reports to the cache
     runs.baseline(loaded.adapter.lm_head(), second)  # a baseline is counted too
     assert second.memo.nbytes > 4000 and runs.BASELINE in second.memo

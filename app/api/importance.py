@@ -9,7 +9,8 @@ from fastapi import APIRouter, Request
 from app.api.deps import ServiceDep, checked_ids
 from app.api.schemas import ERRORS, ImportanceIn, ImportanceOut
 from app.errors import InvalidInput
-from app.inspect.intervene.importance import SweepProgress, gradient_importance, normalise_per_layer, sweep_slices
+from app.inspect.engine.steps import Progress
+from app.inspect.intervene.importance import gradient_importance, normalise_per_layer, sweep_slices
 
 router = APIRouter(prefix="/api", tags=["heads"])
 
@@ -34,7 +35,7 @@ async def importance(body: ImportanceIn, svc: ServiceDep, request: Request) -> I
 
         return await svc.call(gradient, n_tokens=len(ids))
 
-    def sweep() -> Generator[SweepProgress, None, ImportanceOut]:
+    def sweep() -> Generator[Progress, None, ImportanceOut]:
         result = yield from sweep_slices(svc.model, svc.run_for(body.text, ids))
         return ImportanceOut(method="ablation", scores=result.delta_loss.tolist(), kl_last=result.kl_last.tolist())
 

@@ -21,7 +21,8 @@ from app.api.schemas import ERRORS, NOT_FOUND, AttentionParams, Head
 from app.corpus.datasets import DatasetStore
 from app.errors import InvalidInput
 from app.inspect.engine.runs import encode
-from app.inspect.intervene.pruning import Curve, PruneProgress, dataset_curve, text_curve
+from app.inspect.engine.steps import Progress
+from app.inspect.intervene.pruning import Curve, dataset_curve, text_curve
 from app.inspect.observe import tradeoff
 
 router = APIRouter(prefix="/api", tags=["lecture"])
@@ -73,7 +74,7 @@ async def prune_curve(body: PruneCurveIn, svc: ServiceDep, request: Request) -> 
         if len(ids) < 2:
             raise InvalidInput("a pruning curve needs at least 2 tokens: the loss is over next-token predictions")
 
-        def on_text() -> Generator[PruneProgress, None, PruneCurveOut]:
+        def on_text() -> Generator[Progress, None, PruneCurveOut]:
             run = svc.run_for(text, ids)
             curve = yield from text_curve(svc.model, run, body.order, body.steps, seeds, body.rise, body.refine)
             return curve_out(curve, body.rise, len(ids), None)
@@ -97,7 +98,7 @@ async def prune_curve(body: PruneCurveIn, svc: ServiceDep, request: Request) -> 
         raise InvalidInput(f"dataset {dataset!r}: no text of its first {body.max_texts} has 2 tokens or more")
     n_tokens = sum(len(ids) for ids in token_lists)
 
-    def on_dataset() -> Generator[PruneProgress, None, PruneCurveOut]:
+    def on_dataset() -> Generator[Progress, None, PruneCurveOut]:
         curve = yield from dataset_curve(svc.model, token_lists, body.order, body.steps, seeds, body.rise)
         return curve_out(curve, body.rise, n_tokens, dataset)
 

@@ -139,7 +139,7 @@ def text_run(
 
 
 Head = tuple[int, int]
-Steps = Generator[Progress | None, None, BatchResult]  # yields between forwards (nothing hooked then)
+Steps = Generator[Progress, None, BatchResult]  # yields between forwards (nothing hooked then)
 
 
 def measure_batch_steps(

@@ -195,7 +195,8 @@ class RunCache:
         while len(self._runs) > 1 and (
             len(self._runs) > self.max_entries or sum(r.nbytes for r in self._runs.values()) > self.max_bytes
         ):
-            self._runs.popitem(last=False)
+            _, dropped = self._runs.popitem(last=False)
+            dropped.memo.on_grow = None  # no longer this cache's to count
 
     def clear(self) -> None:
         with self._lock:

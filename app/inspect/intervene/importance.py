@@ -15,7 +15,6 @@ from app.inspect.engine.steps import Progress, Steps, drain
 from app.inspect.model.loaded import Loaded
 
 Head = tuple[int, int]
-SweepProgress = Progress  # heads measured so far, of `total`
 
 
 @dataclass

@@ -92,7 +92,11 @@ def logit_diff(loaded: Loaded, hidden: torch.Tensor, answer: int, wrong: int) ->
 
 
 def _patched(
-    loaded: Loaded, batch: Batch[Row], source: Run, n: int, source_heads: dict[int, torch.Tensor] | None
+    loaded: Loaded,
+    batch: Batch[Row],
+    n: int,
+    source_heads: dict[int, torch.Tensor] | None,
+    source_stream: dict[int, torch.Tensor],
 ) -> ExitStack:
     """The hook contexts that put the source's activations at each row's sites (engine.rows' `install`)."""
     layout = loaded.adapter.layout
@@ -117,7 +121,7 @@ def _patched(
 
     def resid_edit(layer: int) -> Edit:
         mask = resid_masks[layer].to(loaded.device)[..., None]  # (B, n, 1)
-        src = source.layer_inputs[layer][:, :n]  # (1, n, d)
+        src = source_stream[layer][:, :n]  # (1, n, d)
         return lambda x: torch.where(mask, src.to(x.dtype), x)  # x (B, n, d)
 
     stack = ExitStack()
@@ -160,9 +164,9 @@ def patched_logit_diffs(
     if not todo:
         return out
     inputs = runs.layer_inputs(loaded, target)
-    src_heads = head_outputs(loaded, source) if any(s.head is not None for row in rows for s in row) else None
-    if any(s.head is None for row in rows for s in row):
-        runs.layer_inputs(loaded, source)
+    sites = [s for row in rows for s in row]
+    src_heads = head_outputs(loaded, source) if any(s.head is not None for s in sites) else None
+    src_stream = runs.layer_inputs(loaded, source) if any(s.head is None for s in sites) else {}
 
     def read(hidden: torch.Tensor, batch: Batch[Row]) -> list[float]:
         return logit_diff(loaded, hidden[:, -1], answer, wrong).double().cpu().tolist()
@@ -173,7 +177,7 @@ def patched_logit_diffs(
             Base.of_ids(loaded, target.token_ids[:n], inputs),
             [rows[i] for i in todo],
             start=lambda row: min(s.layer for s in row),
-            install=lambda batch: _patched(loaded, batch, source, n, src_heads),
+            install=lambda batch: _patched(loaded, batch, n, src_heads, src_stream),
             read=read,
             token_budget=1 << 62,
             max_rows=batch_size,

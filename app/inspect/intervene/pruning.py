@@ -32,9 +32,6 @@ MEMO = Key[dict[HeadSet, float]]("pruned_losses")  # heads switched off → loss
 GRADIENT_IMPORTANCE = Key[torch.Tensor]("gradient_importance")  # (n_layers, n_heads)
 
 
-PruneProgress = Progress  # rows (sets of heads) evaluated so far, of `total` known so far
-
-
 @dataclass(frozen=True)
 class Threshold:
     """Along one order: the largest n_pruned before the loss first exceeds the first point's loss + rise.
@@ -232,7 +229,7 @@ def text_curve(
     """
     scores = None
     if order == "importance":
-        yield PruneProgress(0, 0)
+        yield Progress(0, 0)
         scores = run.memo.get(GRADIENT_IMPORTANCE)
         if scores is None:
             scores = run.memo.put(GRADIENT_IMPORTANCE, gradient_importance(loaded, run.token_ids))
@@ -265,7 +262,7 @@ def dataset_curve(
     if order == "importance":
         total = torch.zeros(layout.n_layers, layout.n_heads)
         for i, ids in enumerate(token_lists):
-            yield PruneProgress(i, len(token_lists))
+            yield Progress(i, len(token_lists))
             total += gradient_importance(loaded, ids)
         scores = total / len(token_lists)
     blocks = 0
@@ -274,7 +271,7 @@ def dataset_curve(
         nonlocal blocks
         total = torch.zeros(len(sets), dtype=torch.float64)
         for ids in token_lists:
-            yield PruneProgress(0, len(sets))
+            yield Progress(0, len(sets))
             pruner = Pruner(loaded, analyse(loaded, "", token_ids=ids))
             found = yield from pruner.losses(sets)
             total += torch.tensor(found, dtype=torch.float64)
