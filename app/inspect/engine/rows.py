@@ -82,7 +82,8 @@ def run_rows(
         start: the first block a row changes (the forward starts there).
         install: the hook contexts of one chunk of rows (gates, patches, recordings); entered before the
             resume point's stand-ins, so a context may find its blocks by index.
-        read: a chunk's final hidden states (len(rows)·n, n_tokens, d_model) → one value per row.
+        read: a chunk's final hidden states (len(rows)·n, n_tokens, d_model) → one value per row; called, as
+            the forward runs, in inference mode (hooks already off).
         token_budget, max_rows: the most batch entries × tokens (default TOKEN_BUDGET), and rows, in one forward.
     """
     budget = TOKEN_BUDGET if token_budget is None else token_budget
@@ -100,7 +101,8 @@ def run_rows(
             # install first: its contexts find their blocks by index, before the resume point swaps blocks out
             with torch.inference_mode(), install(batch), _resumed(loaded, base, first, len(chunk)):
                 hidden = loaded.adapter.backbone()(**base.inputs(len(chunk)), use_cache=False).last_hidden_state
-            out.update(zip(chunk, read(hidden, batch), strict=True))
+            with torch.inference_mode():  # as the forward: readers then take nexttoken's in-place paths
+                out.update(zip(chunk, read(hidden, batch), strict=True))
     return [out[i] for i in range(len(rows))]
 
 
