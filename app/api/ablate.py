@@ -7,20 +7,10 @@ from fastapi.responses import Response
 
 from app.api.deps import ServiceDep, check_map_budget, checked_heads, checked_ids
 from app.api.encode import json_response, maps_json
-from app.api.schemas import ERRORS, AblateIn, AblateOut, PredictionOut, TopToken
-from app.inspect.engine.runs import Prediction
+from app.api.schemas import ERRORS, AblateIn, AblateOut, PredictionOut
 from app.inspect.intervene.ablation import ablate as run_ablation
 
 router = APIRouter(prefix="/api", tags=["ablation"])
-
-
-def prediction_out(pred: Prediction, tokenizer: object) -> PredictionOut:
-    decode = tokenizer.decode  # type: ignore[attr-defined]
-    return PredictionOut(
-        loss=pred.loss,
-        token_logprobs=pred.token_logprobs,
-        top_k=[TopToken(token=decode([i]), id=i, prob=p) for i, p in pred.top_k],
-    )
 
 
 @router.post("/ablate", response_model=AblateOut, responses=ERRORS)
@@ -39,8 +29,8 @@ async def ablate(body: AblateIn, svc: ServiceDep) -> Response:
         out = AblateOut(
             tokens=run.tokens,
             token_ids=run.token_ids,
-            baseline=prediction_out(cmp.baseline, loaded.tokenizer),
-            ablated=prediction_out(cmp.ablated, loaded.tokenizer),
+            baseline=PredictionOut.of(cmp.baseline, loaded.tokenizer),
+            ablated=PredictionOut.of(cmp.ablated, loaded.tokenizer),
             kl_last=cmp.kl_last,
             kl_per_position=cmp.kl_per_position,
             delta_loss=cmp.delta_loss,

@@ -7,9 +7,8 @@ import base64
 import torch
 from fastapi import APIRouter
 
-from app.api.ablate import prediction_out
 from app.api.deps import ServiceDep, checked_ids
-from app.api.schemas import ERRORS, OverviewIn, OverviewOut, RoleGrid
+from app.api.schemas import ERRORS, OverviewIn, OverviewOut, PredictionOut, RoleGrid
 from app.inspect.engine.runs import predict
 from app.inspect.observe.roles import head_stats
 
@@ -55,7 +54,7 @@ async def overview(body: OverviewIn, svc: ServiceDep) -> OverviewOut:
                 induction=_grid(induction),
                 text_induction=None if s.text_induction is None else _grid(s.text_induction),
             ),
-            prediction=prediction_out(pred, loaded.tokenizer),
+            prediction=PredictionOut.of(pred, loaded.tokenizer),
         )
 
     return await svc.call(work, n_tokens=len(ids))

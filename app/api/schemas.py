@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.encode import Encoding
+from app.inspect.engine.runs import Prediction
 from app.inspect.observe.roles import ROLES
 
 
@@ -176,6 +177,16 @@ class PredictionOut(BaseModel):
     loss: float | None = Field(description="mean next-token cross-entropy over the text, nats (None for one token)")
     token_logprobs: list[float] = Field(description="log p(token i+1 | tokens ≤ i), length n_tokens − 1")
     top_k: list[TopToken] = Field(description="most likely next tokens after the text")
+
+    @classmethod
+    def of(cls, pred: Prediction, tokenizer: object) -> PredictionOut:
+        """The response form of a run's prediction, tokens decoded by the model's tokenizer."""
+        decode = tokenizer.decode  # type: ignore[attr-defined]
+        return cls(
+            loss=pred.loss,
+            token_logprobs=pred.token_logprobs,
+            top_k=[TopToken(token=decode([i]), id=i, prob=p) for i, p in pred.top_k],
+        )
 
 
 class AblateIn(TextIn):

@@ -32,7 +32,8 @@ from typing import Any
 
 import torch
 
-from app.corpus.measure import BatchResult, measure_batch_steps
+from app.corpus.measure import measure_batch_steps
+from app.corpus.records import BatchResult
 from app.inspect.engine.hooks import before_every_block
 from app.inspect.engine.steps import is_oom
 from app.inspect.loading import load, resolve

@@ -30,7 +30,8 @@ from typing import Any
 from app.corpus.cluster import Cluster, ClusterLost, DriverTask, Items, tokenizer_copy
 from app.corpus.datasets import DatasetStore
 from app.corpus.jobstore import JobRecord, JobStore, now_iso
-from app.corpus.measure import BatchResult, length_batches, measure_batch_steps
+from app.corpus.measure import length_batches, measure_batch_steps
+from app.corpus.records import BatchResult
 from app.corpus.results import Results
 from app.errors import Conflict, InvalidInput, NotReady
 from app.inspect.engine.runs import encode

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from app.corpus.datasets import connect
-from app.corpus.measure import TextResult
+from app.corpus.records import TextResult
 from app.errors import NotFound
 
 SCHEMA = """

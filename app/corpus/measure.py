@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from app.corpus.records import BatchResult, TextResult
 from app.inspect.engine.gates import head_gates
 from app.inspect.engine.hooks import recording_block_inputs
 from app.inspect.engine.nexttoken import next_token
@@ -47,22 +48,6 @@ _STAT_FIELDS = {
 ROLE_METRICS: tuple[str, ...] = tuple(_STAT_FIELDS)
 CELL_METRICS = ("confidence", "previous_token", "self", "first_token", "duplicate_token", "induction")  # have a cell
 assert {m for m in ROLE_METRICS if m != "induction"} <= {r.name for r in roles.ROLES}
-
-
-@dataclass
-class TextResult:
-    """One text's numbers: every metric per head, and where in the text the head does it most."""
-
-    index: int  # the text's index in the dataset
-    n_tokens: int
-    values: dict[str, np.ndarray]  # metric -> (n_layers, n_heads) float64; NaN = does not count
-    where: dict[str, np.ndarray]  # metric -> (n_layers, n_heads, 2) int64 (query_pos, key_pos); -1 = none
-
-
-@dataclass
-class BatchResult:
-    texts: list[TextResult]
-    similarity_sum: dict[str, np.ndarray]  # "js"/"cosine" -> (n, n) SUM over the batch's texts (mergeable)
 
 
 def length_batches(lengths: list[int], max_batch_tokens: int, max_batch_texts: int) -> list[list[int]]:
