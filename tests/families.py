@@ -220,9 +220,9 @@ def tracing_note(spec: Spec) -> str:
     config = AutoConfig.for_model(spec.model_type, **config_kwargs(spec))
     plan = PLANS.get(spec.model_type)
     notes = []
-    if (plan is not None and plan[4]) or getattr(config, "use_parallel_residual", False):
+    if (plan is not None and plan.parallel) or getattr(config, "use_parallel_residual", False):
         notes.append("parallel block")
-    if plan is not None and plan[1]:
+    if plan is not None and plan.attn_out_norm:
         notes.append("norms on attention/MLP outputs frozen at the run")
     if getattr(config, "residual_multiplier", 1.0) not in (1.0, None):
         notes.append("residual multiplier")

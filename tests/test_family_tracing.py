@@ -4,6 +4,8 @@ recovers the clean run; the start-time checks that refuse tracing can fail."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -119,7 +121,7 @@ def test_dla_check_refuses_a_wiring_it_does_not_reproduce(monkeypatch: pytest.Mo
     monkeypatch.delitem(blocks.PLANS, "gemma2")
     gap = dla.check(Adapter(served("gemma2").model))
     assert gap is not None and "combine attention and MLP" in gap
-    monkeypatch.setitem(blocks.PLANS, "phi", ("input_layernorm", "", "input_layernorm", "", False))
+    monkeypatch.setitem(blocks.PLANS, "phi", replace(blocks.PLANS["phi"], parallel=False))
     gap = dla.check(Adapter(served("phi").model))
     assert gap is not None and "phi" in gap
 

@@ -15,7 +15,8 @@ to y(x₀). `norm_form` finds A, P and B by trying the forms families use on a p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Literal
 from weakref import WeakKeyDictionary
 
 import torch
@@ -24,27 +25,34 @@ from torch import nn
 from app.inspect.model.adapters import Adapter
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BlockPlan:
     """One block's wiring; a norm path "" means there is none (identity)."""
 
     attn_norm: str
-    attn_out_norm: str  # applied to the attention output before it joins the stream
+    attn_out_norm: str = ""  # applied to the attention output before it joins the stream
     mlp_norm: str  # for a parallel block with one shared norm, the same as attn_norm
-    mlp_out_norm: str
-    parallel: bool  # the MLP reads the block input, not the stream after attention
+    mlp_out_norm: str = ""
+    parallel: bool = False  # the MLP reads the block input, not the stream after attention
     residual_multiplier: float = 1.0  # both outputs are scaled by it before they join the stream
 
 
-_SANDWICH = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
-# (attn_norm, attn_out_norm, mlp_norm, mlp_out_norm, parallel) where the family is not pre-norm sequential
-PLANS: dict[str, tuple[str, str, str, str, bool]] = {
-    "gemma2": (*_SANDWICH, False),
-    "gemma3_text": (*_SANDWICH, False),
-    "olmo2": ("", "post_attention_layernorm", "", "post_feedforward_layernorm", False),
-    "phi": ("input_layernorm", "", "input_layernorm", "", True),
-    "gptj": ("ln_1", "", "ln_1", "", True),
-    "cohere": ("input_layernorm", "", "input_layernorm", "", True),
+_SANDWICH = BlockPlan(
+    attn_norm="input_layernorm",
+    attn_out_norm="post_attention_layernorm",
+    mlp_norm="pre_feedforward_layernorm",
+    mlp_out_norm="post_feedforward_layernorm",
+)
+# where the family is not pre-norm sequential; the residual multiplier is read from the config
+PLANS: dict[str, BlockPlan] = {
+    "gemma2": _SANDWICH,
+    "gemma3_text": _SANDWICH,
+    "olmo2": BlockPlan(
+        attn_norm="", attn_out_norm="post_attention_layernorm", mlp_norm="", mlp_out_norm="post_feedforward_layernorm"
+    ),
+    "phi": BlockPlan(attn_norm="input_layernorm", mlp_norm="input_layernorm", parallel=True),
+    "gptj": BlockPlan(attn_norm="ln_1", mlp_norm="ln_1", parallel=True),
+    "cohere": BlockPlan(attn_norm="input_layernorm", mlp_norm="input_layernorm", parallel=True),
 }
 
 
@@ -53,10 +61,14 @@ def block_plan(adapter: Adapter, layer: int) -> BlockPlan:
     model_type = adapter.layout.architecture
     multiplier = float(getattr(adapter.model.config, "residual_multiplier", 1.0) or 1.0)
     if model_type in PLANS:
-        return BlockPlan(*PLANS[model_type], residual_multiplier=multiplier)
+        return replace(PLANS[model_type], residual_multiplier=multiplier)
     fam = adapter.family
-    parallel = adapter.parallel_residual(layer)  # GPT-NeoX, StableLM: two norms, both on the block input
-    return BlockPlan(fam.attn_norm, "", fam.mlp_norm, "", parallel, multiplier)
+    return BlockPlan(
+        attn_norm=fam.attn_norm,
+        mlp_norm=fam.mlp_norm,
+        parallel=adapter.parallel_residual(layer),  # GPT-NeoX, StableLM: two norms, both on the block input
+        residual_multiplier=multiplier,
+    )
 
 
 def part(adapter: Adapter, layer: int, path: str) -> nn.Module:
@@ -74,9 +86,19 @@ class NormForm:
     eps: float
 
 
-IDENTITY = NormForm(None, None, False, 0.0)
-# per norm module, which candidate form it has (centred, gain): structural, so kept; tensors are read anew
-_kinds: WeakKeyDictionary[nn.Module, tuple[bool, str]] = WeakKeyDictionary()
+IDENTITY = NormForm(scale=None, bias=None, centred=False, eps=0.0)
+Gain = Literal["w", "1+w", "1"]  # A is the weight, one plus the weight (Gemma) or ones (no weight)
+
+
+@dataclass(frozen=True)
+class NormKind:
+    """Which candidate form a norm module has: structural, so found once per module; its tensors are read anew."""
+
+    centred: bool  # P subtracts the mean (LayerNorm)
+    gain: Gain
+
+
+_kinds: WeakKeyDictionary[nn.Module, NormKind] = WeakKeyDictionary()  # per norm module, found by norm_form
 
 
 class UnknownNorm(ValueError):
@@ -102,10 +124,14 @@ def norm_form(norm: nn.Module) -> NormForm:
     eps = float(eps_attr) if isinstance(eps_attr, float | int) else 1e-5
     w = weight.detach().to(wide) if isinstance(weight, torch.Tensor) else None
     b = bias.detach().to(wide) if isinstance(bias, torch.Tensor) else None
-    gains = {"w": w, "1+w": None if w is None else 1 + w, "1": torch.ones(d, device=device, dtype=wide)}
+    gains: dict[Gain, torch.Tensor | None] = {
+        "w": w,
+        "1+w": None if w is None else 1 + w,
+        "1": torch.ones(d, device=device, dtype=wide),
+    }
     if norm in _kinds:
-        centred, gain = _kinds[norm]
-        return NormForm(gains[gain], b, centred, eps)
+        kind = _kinds[norm]
+        return NormForm(gains[kind.gain], b, kind.centred, eps)
     gen = torch.Generator().manual_seed(0)
     probe = (torch.randn(d, generator=gen) * 2 + 0.7).to(device, dtype)  # (d,)
     with torch.inference_mode():
@@ -115,7 +141,7 @@ def norm_form(norm: nn.Module) -> NormForm:
         for gain, scale in gains.items():
             form = NormForm(scale, b, centred, eps)
             if scale is not None and torch.allclose(apply_norm(form, probe.to(wide)), expected, rtol=tol, atol=tol):
-                _kinds[norm] = (centred, gain)
+                _kinds[norm] = NormKind(centred, gain)
                 return form
     raise UnknownNorm(f"{type(norm).__name__} is not an RMSNorm, (1 + w) RMSNorm or LayerNorm")
 

@@ -77,7 +77,14 @@ def discover(model: PreTrainedModel, n_heads: int, head_dim: int, d_model: int, 
     mlp_norm = next((name for name in MLP_NORMS if hasattr(block, name)), "")
     mlp_out = next((path for path in MLP_OUTS if _has_path(block, path)), "")
     return Family(
-        model_type, f"{prefix}.{lists[0]}", attention, out_proj, f"{prefix}.{final_norm}", attn_norm, mlp_norm, mlp_out
+        name=model_type,
+        layers=f"{prefix}.{lists[0]}",
+        attention=attention,
+        out_proj=out_proj,
+        final_norm=f"{prefix}.{final_norm}",
+        attn_norm=attn_norm,
+        mlp_norm=mlp_norm,
+        mlp_out=mlp_out,
     )
 
 
