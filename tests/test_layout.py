@@ -77,3 +77,31 @@ def test_hooks_are_registered_in_one_module_and_blocks_skipped_in_one() -> None:
             resuming.add(rel)
     assert registering == {"app/inspect/engine/hooks.py"}
     assert resuming == {"app/inspect/engine/rows.py"}
+
+
+def test_a_router_never_imports_a_router_and_dependencies_come_from_deps() -> None:
+    """An app.api router (a module that defines `router`) imports schemas, encoders, errors and deps, never another
+    router; and a request's service, stores and jobs reach routes through deps.py's providers alone."""
+    modules = _modules()
+    routers = {
+        name
+        for name, tree in modules.items()
+        if name.startswith("app.api.")
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "router" for t in node.targets)
+    }
+    assert {"app.api.jobs", "app.api.datasets", "app.api.lecture"} <= routers  # the test sees what it guards
+    assert not routers & {"app.api.deps", "app.api.schemas", "app.api.encode", "app.api.errors"}
+    crossing = [
+        f"{name} imports {module}"
+        for name in sorted(routers)
+        for module in _imports(modules[name])
+        if module in routers - {name}
+    ]
+    assert crossing == []
+    providers = sorted(
+        path.relative_to(ROOT).as_posix()
+        for path in APP.rglob("*.py")
+        if "Depends(" in (text := path.read_text(encoding="utf-8")) or "request.app.state" in text
+    )
+    assert providers == ["app/api/deps.py"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -21,8 +21,7 @@ from app.api.corpus_schemas import (
     TextsPage,
     upload_body,
 )
-from app.api.deps import ServiceDep
-from app.api.jobs import JobsDep
+from app.api.deps import JobsDep, ServiceDep, StoreDep
 from app.api.schemas import ERRORS, NOT_FOUND, Error
 from app.corpus import upload
 from app.corpus.datasets import DatasetInfo, DatasetStore, checked
@@ -32,14 +31,6 @@ from app.service import Service
 router = APIRouter(prefix="/api", tags=["datasets"])
 SAMPLE = 5
 counter = upload.TokenCounter()
-
-
-def store(request: Request) -> DatasetStore:
-    datasets: DatasetStore = request.app.state.datasets
-    return datasets
-
-
-StoreDep = Annotated[DatasetStore, Depends(store)]
 
 
 @router.post("/datasets", status_code=201, response_model=DatasetOut, responses=ERRORS, openapi_extra=upload_body())

@@ -1,4 +1,5 @@
-"""Request-side checks shared by routers: they run before anything is queued for the model."""
+"""What routers are given: every dependency provider (the service, the dataset store, the jobs), and the
+request-side checks shared by routers, which run before anything is queued for the model."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.api.schemas import HeadRef
+from app.corpus.datasets import DatasetStore
+from app.corpus.jobs import Jobs
 from app.errors import InvalidInput
 from app.inspect import checks
 from app.inspect.engine.runs import encode
@@ -20,7 +23,19 @@ def service(request: Request) -> Service:
     return svc
 
 
+def dataset_store(request: Request) -> DatasetStore:
+    store: DatasetStore = request.app.state.datasets
+    return store
+
+
+def corpus_jobs(request: Request) -> Jobs:
+    jobs: Jobs = request.app.state.jobs
+    return jobs
+
+
 ServiceDep = Annotated[Service, Depends(service)]
+StoreDep = Annotated[DatasetStore, Depends(dataset_store)]
+JobsDep = Annotated[Jobs, Depends(corpus_jobs)]
 
 
 def checked_ids(svc: Service, text: str) -> list[int]:

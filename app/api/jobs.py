@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import Response, StreamingResponse
 
 from app.api.corpus_schemas import (
@@ -28,10 +28,10 @@ from app.api.corpus_schemas import (
     JobSimilarityOut,
     StatOut,
 )
-from app.api.deps import ServiceDep
+from app.api.deps import JobsDep, ServiceDep
 from app.api.encode import dumps
 from app.api.schemas import CONFLICT, ERRORS, NOT_FOUND
-from app.corpus.jobs import Jobs, JobSpec, progress
+from app.corpus.jobs import JobSpec, progress
 from app.corpus.jobstore import JobRecord
 from app.corpus.results import export_rows
 from app.inspect.engine.runs import encode, token_strings
@@ -39,14 +39,6 @@ from app.inspect.engine.runs import encode, token_strings
 router = APIRouter(prefix="/api", tags=["jobs"])
 KEEPALIVE_S = 15.0
 JobId = Annotated[str, Path(min_length=1, max_length=100)]
-
-
-def jobs_of(request: Request) -> Jobs:
-    jobs: Jobs = request.app.state.jobs
-    return jobs
-
-
-JobsDep = Annotated[Jobs, Depends(jobs_of)]
 
 
 def job_out(job: JobRecord) -> JobOut:

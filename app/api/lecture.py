@@ -7,7 +7,7 @@ from collections.abc import Generator
 
 from fastapi import APIRouter, Request
 
-from app.api.deps import ServiceDep, checked_ids
+from app.api.deps import ServiceDep, StoreDep, checked_ids
 from app.api.lecture_schemas import (
     CurvePoint,
     HeadConfigOut,
@@ -18,7 +18,6 @@ from app.api.lecture_schemas import (
     ThresholdOut,
 )
 from app.api.schemas import ERRORS, NOT_FOUND, AttentionParams, Head
-from app.corpus.datasets import DatasetStore
 from app.errors import InvalidInput
 from app.inspect.engine.runs import encode
 from app.inspect.engine.steps import Progress
@@ -60,7 +59,7 @@ def curve_out(curve: Curve, rise: float, n_tokens: int, dataset: str | None) -> 
 
 
 @router.post("/prune_curve", response_model=PruneCurveOut, responses={**ERRORS, **NOT_FOUND})
-async def prune_curve(body: PruneCurveIn, svc: ServiceDep, request: Request) -> PruneCurveOut:
+async def prune_curve(body: PruneCurveIn, svc: ServiceDep, store: StoreDep, request: Request) -> PruneCurveOut:
     """Loss as heads are zero-ablated in one order (importance or random), on a text or a dataset.
 
     Runs in slices between other requests (a few rows per slice) and stops when the client disconnects.
@@ -84,7 +83,6 @@ async def prune_curve(body: PruneCurveIn, svc: ServiceDep, request: Request) -> 
     if body.refine:
         raise InvalidInput("refine bisects on one text; a dataset curve's thresholds are at the curve's resolution")
     dataset = body.dataset or ""
-    store: DatasetStore = request.app.state.datasets
     limit = min(body.max_tokens, svc.max_tokens)
     _, texts = await asyncio.to_thread(store.page, dataset, 0, body.max_texts)  # 404 for an unknown id
     tokenizer = svc.model.tokenizer
