@@ -14,7 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.corpus import builtin, upload
-from app.corpus.datasets import DB_FILE, DatasetStore
+from app.corpus.datasets import DatasetStore
+from app.corpus.jobstore import JobRecord, JobStore
+from app.corpus.sqlite import DB_FILE
 from app.errors import Conflict, InvalidInput, NotFound
 from app.inspect.engine.runs import encode
 from app.inspect.model.loaded import Loaded
@@ -119,6 +121,24 @@ def test_store_is_thread_safe(tmp_path: Path) -> None:
         t.join()
     assert len(set(made)) == 30
     assert rows(tmp_path) == (30, 90)
+
+
+def test_the_dataset_and_job_stores_share_one_file_each_through_its_own_connection(tmp_path: Path) -> None:
+    datasets, jobs = DatasetStore(tmp_path, MAX_TEXTS), JobStore(tmp_path)
+    info = datasets.create("mine", TEXTS, n_tokens=4)
+    job = JobRecord("job_1", info.id, ["roles"], "gradient", 8, 0, "queued", created="2025-01-01T00:00:00+00:00")
+    jobs.create(job)
+    datasets.close()  # one store closing leaves the other's connection open
+    assert jobs.get("job_1") == job
+    assert sorted(p.name for p in tmp_path.glob("*.sqlite")) == [DB_FILE]
+    with sqlite3.connect(tmp_path / DB_FILE) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"datasets", "dataset_texts", "jobs", "job_texts", "job_batches", "job_similarity"}
+    jobs.close()
+    reopened, jobs = DatasetStore(tmp_path, MAX_TEXTS), JobStore(tmp_path)  # as a restarted server opens them
+    assert reopened.get(info.id) == info and jobs.get("job_1") == job
+    reopened.close()
+    jobs.close()
 
 
 # -- built-in sets -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The dataset store: named lists of texts in SQLite ({data_dir}/headscope.sqlite), plus read-only built-ins.
+"""The dataset store: named lists of texts in SQLite (app.corpus.sqlite), plus read-only built-ins.
 
 What crosses the boundary: DatasetInfo records and lists of texts. Uploaded sets live in two tables of
 their own (datasets, dataset_texts); built-in sets (ids "builtin:...") are generated at run time by
@@ -8,18 +8,15 @@ app.corpus.builtin and never written. Every method is thread-safe; a create is a
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from app.corpus import builtin
+from app.corpus.sqlite import Database
 from app.errors import Conflict, InvalidInput, NotFound
 
-DB_FILE = "headscope.sqlite"
 Texts = list[str]  # a name for annotations inside DatasetStore, whose method `list` shadows the builtin
 MAX_NAME_CHARS = 200
 
@@ -60,18 +57,6 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def connect(data_dir: Path) -> sqlite3.Connection:
-    """A connection to the one store file (created with its folder), in WAL mode, usable from any thread.
-
-    Callers serialise their own use of it with a lock; other modules open their own connections.
-    """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(data_dir / DB_FILE, timeout=30.0, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process crash, fast commits
-    return conn
-
-
 def checked(name: str, texts: list[str], max_texts: int) -> None:
     """Raise InvalidInput (422) unless name and texts make a dataset this store accepts."""
     if not name.strip():
@@ -96,65 +81,37 @@ def checked(name: str, texts: list[str], max_texts: int) -> None:
 
 
 class DatasetStore:
-    """Uploaded datasets in SQLite and the built-in sets, behind one lock."""
+    """Uploaded datasets in SQLite and the built-in sets."""
 
     def __init__(self, data_dir: Path, max_texts: int) -> None:
         self.data_dir = data_dir
         self.max_texts = max_texts
-        self._conn: sqlite3.Connection | None = None  # opened on first use: an app that never stores writes nothing
-        self._lock = threading.Lock()
+        self._db = Database(data_dir, SCHEMA)
         self._opened = now_iso()
         self._builtin_tokens: dict[str, int] = {}
+        self._tokens_lock = threading.Lock()  # guards _builtin_tokens
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _db(self) -> sqlite3.Connection:
-        """The connection, opened (and the tables created) on first use. Call with the lock held."""
-        if self._conn is None:
-            conn = connect(self.data_dir)
-            conn.executescript(SCHEMA)
-            self._conn = conn
-        return self._conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """The lock plus one write transaction: committed at the end, rolled back on any error."""
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")  # take the write lock now: other connections wait (busy timeout)
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        self._db.close()
 
     # -- reading -----------------------------------------------------------------------------------
 
     def list(self) -> list[DatasetInfo]:
         """Built-ins first (in their fixed order), then uploads, oldest first."""
-        with self._lock:
-            rows = (
-                self._db()
-                .execute("SELECT id, name, n_texts, n_tokens, created FROM datasets ORDER BY created, rowid")
-                .fetchall()
-            )
+        with self._db.reading() as db:
+            rows = db.execute(
+                "SELECT id, name, n_texts, n_tokens, created FROM datasets ORDER BY created, rowid"
+            ).fetchall()
         return [self._builtin_info(i) for i in builtin.IDS] + [_info(row) for row in rows]
 
     def get(self, dataset_id: str) -> DatasetInfo:
         """One dataset's record; NotFound (404) for an unknown id."""
         if dataset_id in builtin.IDS:
             return self._builtin_info(dataset_id)
-        with self._lock:
-            row = (
-                self._db()
-                .execute("SELECT id, name, n_texts, n_tokens, created FROM datasets WHERE id = ?", (dataset_id,))
-                .fetchone()
-            )
+        with self._db.reading() as db:
+            row = db.execute(
+                "SELECT id, name, n_texts, n_tokens, created FROM datasets WHERE id = ?", (dataset_id,)
+            ).fetchone()
         if row is None:
             raise NotFound(f"no dataset {dataset_id!r}")
         return _info(row)
@@ -170,15 +127,11 @@ class DatasetStore:
             end = None if limit is None else offset + limit
             return len(all_texts), list(all_texts[offset:end])
         info = self.get(dataset_id)
-        with self._lock:
-            rows = (
-                self._db()
-                .execute(
-                    "SELECT text FROM dataset_texts WHERE dataset_id = ? AND idx >= ? ORDER BY idx LIMIT ?",
-                    (dataset_id, offset, -1 if limit is None else limit),
-                )
-                .fetchall()
-            )
+        with self._db.reading() as db:
+            rows = db.execute(
+                "SELECT text FROM dataset_texts WHERE dataset_id = ? AND idx >= ? ORDER BY idx LIMIT ?",
+                (dataset_id, offset, -1 if limit is None else limit),
+            ).fetchall()
         return info.n_texts, [row[0] for row in rows]
 
     # -- writing -----------------------------------------------------------------------------------
@@ -187,7 +140,7 @@ class DatasetStore:
         """Store a new dataset in one transaction (all or nothing); InvalidInput (422) for bad input."""
         checked(name, texts, self.max_texts)
         info = DatasetInfo(new_id(), name, len(texts), n_tokens, builtin=False, created=now_iso())
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             db.execute(
                 "INSERT INTO datasets (id, name, n_texts, n_tokens, created) VALUES (?, ?, ?, ?, ?)",
                 (info.id, info.name, info.n_texts, info.n_tokens, info.created),
@@ -202,7 +155,7 @@ class DatasetStore:
         """Remove an uploaded dataset and its texts; Conflict (409) for a built-in, NotFound for an unknown id."""
         if dataset_id in builtin.IDS:
             raise Conflict(f"{dataset_id} is built in and cannot be deleted")
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             gone = db.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,)).rowcount
             db.execute("DELETE FROM dataset_texts WHERE dataset_id = ?", (dataset_id,))
         if not gone:
@@ -212,7 +165,7 @@ class DatasetStore:
         """Remember a built-in's token count under the served model (kept in memory: the model may change)."""
         if dataset_id not in builtin.IDS:
             raise NotFound(f"no built-in dataset {dataset_id!r}")
-        with self._lock:
+        with self._tokens_lock:
             self._builtin_tokens[dataset_id] = n_tokens
 
     def _builtin_info(self, dataset_id: str) -> DatasetInfo:
@@ -224,7 +177,7 @@ class DatasetStore:
             builtin=True,
             created=self._opened,
         )
-        with self._lock:
+        with self._tokens_lock:
             return replace(info, n_tokens=self._builtin_tokens.get(dataset_id))
 
 

@@ -11,10 +11,6 @@ text already stored makes the whole transaction fail: a batch is committed whole
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from app.corpus.datasets import connect
 from app.corpus.records import TextResult
+from app.corpus.sqlite import Database
 from app.errors import NotFound
 
 SCHEMA = """
@@ -121,51 +117,29 @@ class JobStore:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.RLock()
+        self._db = Database(data_dir, SCHEMA)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = connect(self.data_dir)
-            self._conn.executescript(SCHEMA)
-        return self._conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        self._db.close()
 
     # -- job records -----------------------------------------------------------------------------
 
     def create(self, job: JobRecord) -> None:
         row = self._row(job)
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             db.execute(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
 
     def get(self, job_id: str) -> JobRecord:
-        with self._lock:
-            found = self._db().execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self._db.reading() as db:
+            found = db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if found is None:
             raise NotFound(f"no job {job_id!r}")
         return self._record(found)
 
     def all(self) -> list[JobRecord]:
         """Every job, newest first."""
-        with self._lock:
-            rows = self._db().execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY created DESC, rowid DESC")
+        with self._db.reading() as db:
+            rows = db.execute(f"SELECT {', '.join(COLUMNS)} FROM jobs ORDER BY created DESC, rowid DESC")
             return [self._record(r) for r in rows.fetchall()]
 
     def update(self, job_id: str, expect: frozenset[str] | None = None, **changes: Any) -> bool:
@@ -180,13 +154,13 @@ class JobStore:
         if expect is not None:
             where += f" AND state IN ({', '.join('?' * len(expect))})"
             args += sorted(expect)
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             cur = db.execute(f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in sets)} WHERE {where}", args)
             return cur.rowcount == 1
 
     def interrupt_unfinished(self) -> list[str]:
         """At startup: jobs left queued or running by a previous process become `interrupted`."""
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             ids = [r[0] for r in db.execute("SELECT id FROM jobs WHERE state IN ('queued', 'running')")]
             db.execute("UPDATE jobs SET state = 'interrupted' WHERE state IN ('queued', 'running')")
         return ids
@@ -205,7 +179,7 @@ class JobStore:
 
         Raises sqlite3.IntegrityError (and stores nothing) when a text or the batch is already stored.
         """
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             for t in texts:
                 metrics = sorted(t.values)
                 vals = np.stack([t.values[m] for m in metrics]).astype(np.float64)
@@ -234,30 +208,26 @@ class JobStore:
 
     def finish_batch(self, job_id: str, batch: int) -> None:
         """Mark a batch finished whose texts were committed in pieces (after an out-of-memory retry)."""
-        with self._transaction() as db:
+        with self._db.transaction() as db:
             db.execute("INSERT OR IGNORE INTO job_batches VALUES (?, ?)", (job_id, batch))
 
     def finished_batches(self, job_id: str) -> set[int]:
-        with self._lock:
-            rows = self._db().execute("SELECT batch FROM job_batches WHERE job_id = ?", (job_id,)).fetchall()
+        with self._db.reading() as db:
+            rows = db.execute("SELECT batch FROM job_batches WHERE job_id = ?", (job_id,)).fetchall()
         return {r[0] for r in rows}
 
     def stored_texts(self, job_id: str) -> set[int]:
-        with self._lock:
-            rows = self._db().execute("SELECT text_index FROM job_texts WHERE job_id = ?", (job_id,)).fetchall()
+        with self._db.reading() as db:
+            rows = db.execute("SELECT text_index FROM job_texts WHERE job_id = ?", (job_id,)).fetchall()
         return {r[0] for r in rows}
 
     def values(self, job_id: str, shape: tuple[int, int]) -> StoredValues:
         """Every stored text's metric grids, in dataset order."""
-        with self._lock:
-            rows = (
-                self._db()
-                .execute(
-                    "SELECT text_index, n_tokens, metrics, vals FROM job_texts WHERE job_id = ? ORDER BY text_index",
-                    (job_id,),
-                )
-                .fetchall()
-            )
+        with self._db.reading() as db:
+            rows = db.execute(
+                "SELECT text_index, n_tokens, metrics, vals FROM job_texts WHERE job_id = ? ORDER BY text_index",
+                (job_id,),
+            ).fetchall()
         grids: dict[str, list[np.ndarray]] = {}
         for _, _, metrics, vals in rows:
             names = json.loads(metrics)
@@ -272,14 +242,10 @@ class JobStore:
 
     def cells(self, job_id: str, text_index: int, metric: str, shape: tuple[int, int]) -> np.ndarray | None:
         """(n_layers, n_heads, 2) query/key positions of one text and metric, or None when not stored."""
-        with self._lock:
-            found = (
-                self._db()
-                .execute(
-                    "SELECT metrics, cells FROM job_texts WHERE job_id = ? AND text_index = ?", (job_id, text_index)
-                )
-                .fetchone()
-            )
+        with self._db.reading() as db:
+            found = db.execute(
+                "SELECT metrics, cells FROM job_texts WHERE job_id = ? AND text_index = ?", (job_id, text_index)
+            ).fetchone()
         if found is None or metric not in (names := json.loads(found[0])):
             return None
         stacked = np.frombuffer(found[1], dtype=np.int64).reshape(len(names), *shape, 2)
@@ -288,12 +254,10 @@ class JobStore:
 
     def similarity(self, job_id: str, metric: str) -> tuple[int, np.ndarray] | None:
         """(texts summed, the (n, n) sum) of a similarity metric, or None before any."""
-        with self._lock:
-            found = (
-                self._db()
-                .execute("SELECT n_texts, total FROM job_similarity WHERE job_id = ? AND metric = ?", (job_id, metric))
-                .fetchone()
-            )
+        with self._db.reading() as db:
+            found = db.execute(
+                "SELECT n_texts, total FROM job_similarity WHERE job_id = ? AND metric = ?", (job_id, metric)
+            ).fetchone()
         if found is None:
             return None
         flat = np.frombuffer(found[1], dtype=np.float64)
