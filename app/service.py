@@ -22,7 +22,7 @@ from app.inspect.engine.runs import Run, RunCache
 from app.inspect.engine.steps import is_oom
 from app.inspect.loading import load
 from app.inspect.model.loaded import Loaded
-from app.inspect.observe import roles
+from app.inspect.observe import registry, roles
 from app.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class Service:
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headscope-reader")
         self._waiting = 0  # admitted requests not yet finished
         self._lock = threading.Lock()
-        self._induction: torch.Tensor | None = None
+        self._probed: dict[str, torch.Tensor] = {}  # probe metric -> scores, once per model
         self.telemetry.watch_queue(lambda: self._waiting)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -370,8 +370,10 @@ class Service:
             self.cache.put(run)
         return run
 
-    def induction(self) -> torch.Tensor:
-        """Induction scores of every head, measured once per model on the probe (model thread only)."""
-        if self._induction is None:
-            self._induction = roles.induction_scores(self.model)
-        return self._induction
+    def probe_scores(self) -> dict[str, torch.Tensor]:
+        """Every probe metric's scores of every head (n_layers, n_heads), measured once per model (model thread)."""
+        missing = [m for m in registry.METRICS if m.probe is not None and m.name not in self._probed]
+        for m in missing:
+            assert m.probe is not None
+            self._probed[m.name] = m.probe(self.model)
+        return self._probed

@@ -15,7 +15,7 @@ from app.inspect.engine import runs
 from app.inspect.engine.steps import drain
 from app.inspect.intervene import importance
 from app.inspect.model.loaded import Loaded
-from app.inspect.observe import metrics, roles, similarity
+from app.inspect.observe import metrics, probe, registry, roles, similarity
 from tests.helpers import hook_count, tiny_loaded
 
 TEXTS = [
@@ -55,17 +55,9 @@ def test_roles_and_gradient_match_one_text_at_a_time(loaded: Loaded, padding: me
         assert text.n_tokens == len(ids)
         run = alone(loaded, ids)
         stats = roles.head_stats(run, layout)
-        expected = {
-            "entropy": stats.entropy,
-            "confidence": stats.confidence,
-            "previous_token": stats.previous_token,
-            "self": stats.self_attention,
-            "first_token": stats.first_token,
-            "duplicate_token": stats.duplicate_token,
-            "induction": stats.text_induction,
-        }
-        assert set(measure.ROLE_METRICS) == set(expected)
-        for metric, ref in expected.items():
+        assert measure.role_metrics() == [m.name for m in registry.METRICS if m.on == "text"]
+        assert set(text.values) == {*measure.role_metrics(), "importance"}
+        for metric, ref in stats.scores.items():
             got = text.values[metric]
             assert got.shape == (layout.n_layers, layout.n_heads) and got.dtype == np.float64
             if ref is None:
@@ -77,13 +69,13 @@ def test_roles_and_gradient_match_one_text_at_a_time(loaded: Loaded, padding: me
             np.testing.assert_allclose(text.values["importance"], grad, atol=TOL, rtol=0)
         else:
             assert np.isnan(text.values["importance"]).all()
-        cells = measure.role_cells(run, layout)
-        for metric in measure.ROLE_METRICS:
-            np.testing.assert_array_equal(text.where[metric], cells[metric], err_msg=metric)
+        cells = roles.where(run, layout)
+        for metric in measure.role_metrics():
+            np.testing.assert_array_equal(text.where[metric], cells[metric].numpy(), err_msg=metric)
         assert (text.where["importance"] == -1).all() and (text.where["entropy"] == -1).all()
     # some text repeats a token and some does not: both branches ran
-    assert any(np.isnan(t.values["induction"]).all() for t in result.texts)
-    assert any(np.isfinite(t.values["induction"]).all() for t in result.texts)
+    assert any(np.isnan(t.values["text_induction"]).all() for t in result.texts)
+    assert any(np.isfinite(t.values["text_induction"]).all() for t in result.texts)
 
 
 @pytest.mark.parametrize("padding", ["right", "left"])
@@ -152,14 +144,14 @@ def test_left_padding_needs_position_ids() -> None:
 def test_text_induction_equals_the_probe_score_on_the_probe() -> None:
     loaded = tiny_loaded("gpt_neox")
     layout = loaded.adapter.layout
-    row = roles.probe_tokens(layout.vocab_size)[0].tolist()
-    assert len(set(row[: roles.PROBE_LENGTH])) == roles.PROBE_LENGTH  # no repeat within a copy
+    row = probe.probe_tokens(layout.vocab_size)[0].tolist()
+    assert len(set(row[: probe.PROBE_LENGTH])) == probe.PROBE_LENGTH  # no repeat within a copy
     run = alone(loaded, row)
     stats = roles.head_stats(run, layout)
-    assert stats.text_induction is not None
+    assert stats["text_induction"] is not None
     for layer in range(layout.n_layers):
         mass, n_rows = metrics.induction_mass(run.maps(layer, list(range(layout.n_heads)), layout.group_size), 50)
-        torch.testing.assert_close(stats.text_induction[layer], mass / n_rows, atol=1e-6, rtol=0)
+        torch.testing.assert_close(stats["text_induction"][layer], mass / n_rows, atol=1e-6, rtol=0)
 
 
 def test_prefix_matching_against_its_definition() -> None:
@@ -168,8 +160,8 @@ def test_prefix_matching_against_its_definition() -> None:
     ids = [5, 7, 5, 9, 7, 5, 5]
     run = alone(loaded, ids)
     stats = roles.head_stats(run, layout)
-    assert stats.text_induction is not None
-    cells = measure.role_cells(run, layout)
+    assert stats["text_induction"] is not None
+    cells = roles.where(run, layout)
     for layer in range(layout.n_layers):
         maps = run.maps(layer, list(range(layout.n_heads)), layout.group_size).double()
         for head in range(layout.n_heads):
@@ -180,8 +172,8 @@ def test_prefix_matching_against_its_definition() -> None:
                     rows += 1
                     total += sum(float(maps[head, q, k]) for k in targets)
                     best = max([best, *((float(maps[head, q, k]), -q, -k) for k in targets)])
-            assert abs(float(stats.text_induction[layer, head]) - total / rows) < 1e-6
-            assert tuple(cells["induction"][layer, head]) == (-best[1], -best[2])
+            assert abs(float(stats["text_induction"][layer, head]) - total / rows) < 1e-6
+            assert tuple(cells["text_induction"][layer, head]) == (-best[1], -best[2])
             prev = [float(maps[head, q, q - 1]) for q in range(1, len(ids))]
             assert tuple(cells["previous_token"][layer, head]) == (1 + int(np.argmax(prev)), int(np.argmax(prev)))
             own = int(np.argmax([float(maps[head, q, q]) for q in range(1, len(ids))])) + 1  # query 0 skipped
@@ -251,7 +243,7 @@ def test_a_text_without_tokens_counts_nowhere() -> None:
     result = drain(measure.measure_batch_steps(loaded, batch, analyses, "gradient"))
     without = drain(measure.measure_batch_steps(loaded, batch[1:], analyses, "gradient"))
     assert [t.index for t in result.texts] == [0, 10, 11] and result.texts[0].n_tokens == 0
-    assert set(result.texts[0].values) == {*measure.ROLE_METRICS, "importance"}
+    assert set(result.texts[0].values) == {*measure.role_metrics(), "importance"}
     assert all(np.isnan(v).all() for v in result.texts[0].values.values())
     assert all((w == -1).all() for w in result.texts[0].where.values())
     for got, ref in zip(result.texts[1:], without.texts, strict=True):

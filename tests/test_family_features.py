@@ -40,7 +40,7 @@ def test_corpus_batch_equals_one_text_at_a_time(model_type: str) -> None:
     )
     for (_, token_ids), text in zip(texts, result.texts, strict=True):
         stats = roles.head_stats(analyse(loaded, "", token_ids=token_ids), loaded.adapter.layout)
-        for metric, ref in (("entropy", stats.entropy), ("previous_token", stats.previous_token)):
+        for metric, ref in (("entropy", stats["entropy"]), ("previous_token", stats["previous_token"])):
             np.testing.assert_allclose(text.values[metric], ref.double().numpy(), atol=1e-5, rtol=0, err_msg=metric)
         grad = importance.gradient_importance(loaded, token_ids).double().numpy()
         np.testing.assert_allclose(text.values["importance"], grad, atol=1e-5, rtol=1e-4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.inspect.observe.roles import ROLES
+from app.inspect.observe.registry import METRICS as ROLES
 
 REPEATS = "The cat sat on the mat. The cat sat on the mat. The cat"
 NO_REPEAT = "One two three four"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from app.inspect.engine import runs
-from app.inspect.observe import roles
+from app.inspect.observe import metrics, probe, roles
 from tests.helpers import as_loaded, tiny_loaded
 from tests.tiny import tiny_model
 
@@ -46,13 +48,13 @@ def test_planted_previous_token_head_is_found() -> None:
     loaded = as_loaded(planted_previous_token_model())
     run = runs.analyse(loaded, "", token_ids=list(range(100, 100 + T)))
     stats = roles.head_stats(run, loaded.adapter.layout)
-    prev = stats.previous_token[0]
+    prev = stats["previous_token"][0]
     assert float(prev[0]) > 0.99
     assert float(prev[1:].max()) < 0.4
     # the other layer-0 heads are uniform: entropy ratio 1, confidence = mean 1/(q+1)
-    assert torch.allclose(stats.entropy_ratio[0, 1:], torch.ones(3), atol=1e-4)
+    assert torch.allclose(stats["entropy_ratio"][0, 1:], torch.ones(3), atol=1e-4)
     expected_conf = sum(1 / (q + 1) for q in range(T)) / T
-    assert torch.allclose(stats.confidence[0, 1:], torch.full((3,), expected_conf), atol=1e-4)
+    assert torch.allclose(stats["confidence"][0, 1:], torch.full((3,), expected_conf), atol=1e-4)
 
 
 def test_stats_are_chunk_independent_and_thumbnails_are_block_means(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -71,8 +73,8 @@ def test_stats_are_chunk_independent_and_thumbnails_are_block_means(monkeypatch)
     chunked = roles.head_stats(runs.analyse(loaded, text), layout, thumb=5)
     assert sizes and sizes[0] > 3 * 4  # the forced size was used, on a text spanning several chunks
     for name in ("entropy", "entropy_ratio", "confidence", "previous_token", "first_token", "duplicate_token"):
-        torch.testing.assert_close(getattr(whole, name), getattr(chunked, name))
-    assert whole.duplicate_token is not None and float(whole.duplicate_token.max()) > 0
+        torch.testing.assert_close(whole[name], chunked[name])
+    assert whole["duplicate_token"] is not None and float(whole["duplicate_token"].max()) > 0
     run = runs.analyse(loaded, text)
     t = run.n_tokens
     edges = roles.bin_edges(t, 5)
@@ -84,18 +86,16 @@ def test_stats_are_chunk_independent_and_thumbnails_are_block_means(monkeypatch)
 
 
 def test_induction_probe_is_seeded_and_repeats() -> None:
-    a, b = roles.probe_tokens(1000), roles.probe_tokens(1000)
+    a, b = probe.probe_tokens(1000), probe.probe_tokens(1000)
     assert torch.equal(a, b)
-    assert torch.equal(a[:, : roles.PROBE_LENGTH], a[:, roles.PROBE_LENGTH :])
-    scores = roles.induction_scores(tiny_loaded("gpt_neox"))
+    assert torch.equal(a[:, : probe.PROBE_LENGTH], a[:, probe.PROBE_LENGTH :])
+    scores = probe.induction_scores(tiny_loaded("gpt_neox"))
     assert scores.shape == (2, 4)
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
 @pytest.mark.parametrize("rows", [None, 3])  # None: one chunk; 3: chunks of 3 rows, cells far from each chunk's start
 def test_fast_statistics_equal_their_definitions_on_the_maps(monkeypatch, rows) -> None:  # type: ignore[no-untyped-def]
-    from app.inspect.observe import metrics
-
     if rows is not None:
         monkeypatch.setattr(roles, "rows_per_chunk", lambda n_heads, t: rows)
     loaded = tiny_loaded("gpt_neox", seed=2)
@@ -105,19 +105,22 @@ def test_fast_statistics_equal_their_definitions_on_the_maps(monkeypatch, rows) 
     t, ids = run.n_tokens, run.token_ids
     earlier = [[j for j in range(q) if ids[j] == ids[q]] for q in range(t)]  # earlier copies of q's token
     dup_rows = [q for q in range(t) if earlier[q]]
-    assert len(dup_rows) >= 2 and stats.duplicate_token is not None and stats.text_induction is not None
+    assert len(dup_rows) >= 2 and stats["duplicate_token"] is not None and stats["text_induction"] is not None
     for layer in range(layout.n_layers):
         maps = run.maps(layer, list(range(layout.n_heads)), layout.group_size)  # reference path, (H, T, T)
-        torch.testing.assert_close(stats.entropy[layer], metrics.row_entropy(maps).mean(-1), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(stats.confidence[layer], maps.amax(-1).mean(-1), atol=1e-6, rtol=1e-6)
+        entropy = -(maps * torch.log(maps + metrics.EPS)).sum(-1)  # (H, T): each row's, in nats
+        torch.testing.assert_close(stats["entropy"][layer], entropy.mean(-1), atol=1e-5, rtol=1e-5)
+        ratio = torch.stack([entropy[:, q] / math.log(q + 1) for q in range(1, t)], -1).mean(-1)
+        torch.testing.assert_close(stats["entropy_ratio"][layer], ratio, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(stats["confidence"][layer], maps.amax(-1).mean(-1), atol=1e-6, rtol=1e-6)
         prev = torch.stack([maps[:, q, q - 1] for q in range(1, t)], -1).mean(-1)
-        torch.testing.assert_close(stats.previous_token[layer], prev, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(stats.first_token[layer], maps[:, :, 0].mean(-1), atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(stats.self_attention[layer], maps.diagonal(dim1=1, dim2=2).mean(-1))
+        torch.testing.assert_close(stats["previous_token"][layer], prev, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(stats["first_token"][layer], maps[:, :, 0].mean(-1), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(stats["self"][layer], maps.diagonal(dim1=1, dim2=2).mean(-1))
         dup = torch.stack([maps[:, q, earlier[q]].sum(-1) for q in dup_rows], -1).mean(-1)
-        torch.testing.assert_close(stats.duplicate_token[layer], dup, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(stats["duplicate_token"][layer], dup, atol=1e-6, rtol=1e-6)
         ind = torch.stack([maps[:, q, [j + 1 for j in earlier[q]]].sum(-1) for q in dup_rows], -1).mean(-1)
-        torch.testing.assert_close(stats.text_induction[layer], ind, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(stats["text_induction"][layer], ind, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("rows", [16, 8, 5, 3])  # 16 and 8: whole bins per chunk (one reshaped sum); 5, 3: split bins

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from app.api.schemas import HeadRoles, RoleGrid
-from app.inspect.observe.roles import ROLES
+from app.inspect.observe.registry import METRICS as ROLES
 
 NOT_ROLES = {"layer", "head", "kv_group"}
 
@@ -35,4 +35,4 @@ def test_every_role_is_a_field_of_the_heads_response_and_back(client: TestClient
 def test_the_openapi_docs_describe_each_score_as_the_list_does(client: TestClient) -> None:
     fields = client.get("/openapi.json").json()["components"]["schemas"]["HeadRoles"]["properties"]
     for role in ROLES:
-        assert fields[role.name]["description"] == role.description
+        assert fields[role.name]["description"] == role.definition

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from app.api.schemas import Strict
+from app.inspect.observe import registry
 
 # -- datasets ------------------------------------------------------------------------------------
 
@@ -142,20 +143,29 @@ class StatOut(BaseModel):
     ci_high: float | None
 
 
-class HeadStatsOut(BaseModel):
-    """One head; a field per metric the job computed (others are left out)."""
+_STATS: dict[str, Any] = {
+    m.name: (StatOut | None, Field(None, description=m.definition)) for m in registry.text_metrics()
+}
+_MetricStats = create_model(
+    "_MetricStats",
+    __config__=ConfigDict(extra="allow"),  # a metric added to the registry after start-up still goes out
+    **_STATS,
+)
+
+
+class HeadStatsOut(_MetricStats):  # type: ignore[misc,valid-type]
+    """One head; a field per metric the job computed (others are left out): the registry's text metrics
+    (GET /api/roles) and `importance`."""
 
     layer: int
     head: int
     kv_group: int
-    entropy: StatOut | None = None
-    confidence: StatOut | None = None
-    previous_token: StatOut | None = None
-    self: StatOut | None = None
-    first_token: StatOut | None = None
-    duplicate_token: StatOut | None = None
-    induction: StatOut | None = Field(None, description="prefix matching on the texts themselves")
     importance: StatOut | None = None
+    induction: StatOut | None = Field(
+        None,
+        description="the same as text_induction: the name the corpus contract first gave prefix matching on the "
+        "texts (kept for its clients; /api/heads `induction` is the probe's)",
+    )
 
 
 class JobHeadsOut(BaseModel):

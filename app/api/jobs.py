@@ -35,6 +35,7 @@ from app.corpus.jobs import JobSpec, progress
 from app.corpus.jobstore import JobRecord
 from app.corpus.results import export_rows
 from app.inspect.engine.runs import encode, token_strings
+from app.inspect.observe.registry import SimilarityName
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 KEEPALIVE_S = 15.0
@@ -140,12 +141,12 @@ async def job_events(job_id: JobId, jobs: JobsDep) -> StreamingResponse:
 def job_heads(job_id: JobId, jobs: JobsDep) -> JobHeadsOut:
     """Every head's statistics over the finished texts (partial until the job is done; 409 before any)."""
     table = jobs.results.heads(jobs.get(job_id))
-    heads = [
-        HeadStatsOut(
-            layer=h["layer"], head=h["head"], kv_group=h["kv_group"], **{m: StatOut(**h[m]) for m in table.metrics}
-        )
-        for h in table.heads
-    ]
+    heads = []
+    for h in table.heads:
+        found = {m: StatOut(**h[m]) for m in table.metrics}
+        if "text_induction" in found:
+            found["induction"] = found["text_induction"]  # the corpus contract's first name for it
+        heads.append(HeadStatsOut(layer=h["layer"], head=h["head"], kv_group=h["kv_group"], **found))
     out = JobHeadsOut(
         n_texts=table.n_texts, partial=table.partial, metrics=table.metrics, reliability=table.reliability, heads=heads
     )
@@ -163,7 +164,7 @@ def job_examples(
     head: Annotated[int, Path(ge=0, le=10_000)],
     jobs: JobsDep,
     svc: ServiceDep,
-    metric: Annotated[str, Query(min_length=1, max_length=50)] = "induction",
+    metric: Annotated[str, Query(min_length=1, max_length=50)] = "text_induction",
     k: Annotated[int, Query(ge=1, le=100)] = 5,
 ) -> ExamplesOut:
     """The texts where this head scores highest on `metric`, with where in each text it does it most."""
@@ -188,9 +189,7 @@ def job_examples(
 
 
 @router.get("/jobs/{job_id}/similarity", response_model=JobSimilarityOut, responses={**ERRORS, **NOT_FOUND, **CONFLICT})
-def job_similarity(
-    job_id: JobId, jobs: JobsDep, metric: Annotated[Literal["js", "cosine"], Query()] = "js"
-) -> JobSimilarityOut:
+def job_similarity(job_id: JobId, jobs: JobsDep, metric: Annotated[SimilarityName, Query()] = "js") -> JobSimilarityOut:
     """The heads × heads similarity matrix averaged over the finished texts (layer order)."""
     n, heads, matrix = jobs.results.similarity(jobs.get(job_id), metric)
     return JobSimilarityOut(n_texts=n, heads=[HeadName(**h) for h in heads], matrix=matrix.tolist())

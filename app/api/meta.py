@@ -15,13 +15,14 @@ from app.api.schemas import (
     ModelInfo,
     RoleInfo,
     RolesOut,
+    SimilarityInfo,
     TextIn,
     TokenizeOut,
 )
 from app.errors import LoadFailed, NotReady
 from app.inspect.engine.runs import token_strings
 from app.inspect.model.variants import variants_of
-from app.inspect.observe.roles import ROLES
+from app.inspect.observe import registry
 from app.inspect.observe.tradeoff import attention_params
 
 router = APIRouter(prefix="/api", tags=["model"])
@@ -92,8 +93,22 @@ def model_info(svc: ServiceDep) -> ModelInfo:
 
 @router.get("/roles", response_model=RolesOut)
 def roles() -> RolesOut:
-    """The per-head role scores of /api/heads: field name, label on screen, what it measures."""
-    return RolesOut(roles=[RoleInfo(name=r.name, label=r.label, description=r.description) for r in ROLES])
+    """The registry of head metrics (the fields of /api/heads, /api/overview and corpus jobs) and of
+    head-similarity measures: name, label on screen, definition, range, direction."""
+    return RolesOut(
+        roles=[RoleInfo.of(m) for m in registry.METRICS],
+        similarity=[
+            SimilarityInfo(
+                name=s.name,
+                label=s.label,
+                description=s.definition,
+                low=s.low,
+                high=s.high,
+                higher_is_alike=s.higher_is_alike,
+            )
+            for s in registry.SIMILARITY
+        ],
+    )
 
 
 @router.post("/tokenize", response_model=TokenizeOut, responses=ERRORS)

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from app.api.deps import ServiceDep, checked_ids
 from app.api.schemas import ERRORS, OverviewIn, OverviewOut, PredictionOut, RoleGrid
 from app.inspect.engine.runs import predict
-from app.inspect.observe.roles import head_stats
+from app.inspect.observe.roles import every_score, head_stats
 
 router = APIRouter(prefix="/api", tags=["attention"])
 
@@ -33,7 +33,7 @@ async def overview(body: OverviewIn, svc: ServiceDep) -> OverviewOut:
         assert s.thumbnails is not None
         peak = s.thumbnails.amax(dim=(-1, -2)).clamp_min(1e-12)  # (L, H)
         scaled = (s.thumbnails / peak[..., None, None] * 255).round().clamp(0, 255).to(torch.uint8)
-        induction = svc.induction()
+        scores = every_score(s, svc.probe_scores())
         pred = predict(loaded.adapter.lm_head(), run, body.top_k)
         return OverviewOut(
             tokens=run.tokens,
@@ -43,17 +43,7 @@ async def overview(body: OverviewIn, svc: ServiceDep) -> OverviewOut:
             thumb_size=int(s.thumbnails.shape[-1]),
             thumbnails=base64.b64encode(scaled.numpy().tobytes()).decode("ascii"),
             thumb_max=_grid(peak),
-            stats=RoleGrid(
-                entropy=_grid(s.entropy),
-                entropy_ratio=_grid(s.entropy_ratio),
-                confidence=_grid(s.confidence),
-                previous_token=_grid(s.previous_token),
-                self=_grid(s.self_attention),
-                first_token=_grid(s.first_token),
-                duplicate_token=None if s.duplicate_token is None else _grid(s.duplicate_token),
-                induction=_grid(induction),
-                text_induction=None if s.text_induction is None else _grid(s.text_induction),
-            ),
+            stats=RoleGrid(**{name: None if g is None else _grid(g) for name, g in scores.items()}),
             prediction=PredictionOut.of(pred, loaded.tokenizer),
         )
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from app.api.encode import Encoding
 from app.inspect.engine.runs import Prediction
-from app.inspect.observe.roles import ROLES
+from app.inspect.observe import registry
+from app.inspect.observe.registry import HeadMetric, SimilarityName
 
 
 class Strict(BaseModel):
@@ -216,7 +217,7 @@ class AblateOut(Tokens):
 
 
 class SimilarityIn(TextIn):
-    metric: Literal["js", "cosine"] = "js"
+    metric: SimilarityName = "js"
     order: Literal["layer", "cluster"] = "layer"
     layer: int | None = Field(None, description=f"restrict to the heads of one layer; {BOUNDS}")
     kv_head: int | None = Field(
@@ -260,24 +261,27 @@ class ImportanceOut(BaseModel):
     kl_last: list[list[float]] | None = Field(None, description="ablation: KL(baseline ‖ ablated) after the last token")
 
 
-def _role(name: str) -> str:
-    """A role score's description, from the one list (roles.ROLES) that GET /api/roles serves too."""
-    return next(r.description for r in ROLES if r.name == name)
+def per_metric(value: Any, metrics: list[HeadMetric]) -> dict[str, Any]:
+    """Pydantic fields, one per registry metric, each described by its definition; optional ones nullable."""
+    return {
+        m.name: (value | None, Field(None, description=m.definition))
+        if m.optional
+        else (value, Field(description=m.definition))
+        for m in metrics
+    }
 
 
-class HeadRoles(BaseModel):
+# a metric added to the registry after start-up still goes out (as an extra field)
+_SCORES = ConfigDict(extra="allow")
+_HeadScores = create_model("_HeadScores", __config__=_SCORES, **per_metric(float, registry.METRICS))
+
+
+class HeadRoles(_HeadScores):  # type: ignore[misc,valid-type]
+    """One head: a field per registry metric (GET /api/roles)."""
+
     layer: int
     head: int
     kv_group: int = Field(description="the KV head this query head reads")
-    entropy: float = Field(description=_role("entropy"))
-    entropy_ratio: float = Field(description=_role("entropy_ratio"))
-    confidence: float = Field(description=_role("confidence"))
-    previous_token: float = Field(description=_role("previous_token"))
-    self: float = Field(description=_role("self"))
-    first_token: float = Field(description=_role("first_token"))
-    duplicate_token: float | None = Field(description=_role("duplicate_token"))
-    induction: float = Field(description=_role("induction"))
-    text_induction: float | None = Field(None, description=_role("text_induction"))
 
 
 class HeadsOut(Tokens):
@@ -285,13 +289,45 @@ class HeadsOut(Tokens):
 
 
 class RoleInfo(BaseModel):
-    name: str = Field(description="the score's field in /api/heads and in /api/overview `stats`")
+    name: str = Field(description="the score's field in /api/heads, in /api/overview `stats` and in corpus jobs")
     label: str = Field(description="how the page names it")
+    description: str = Field(description="its definition")
+    low: float = Field(description="the least value it can take")
+    high: float | None = Field(description="the most it can take (null: it grows with the text)")
+    higher_is_more: bool = Field(description="a higher value means more of what the name says")
+    measured_on: Literal["text", "probe"] = Field(
+        description="text: on the request's text (and per text in corpus jobs); probe: on the model's own probe"
+    )
+    summary: bool = Field(description="the page shows it in a head's one-line summary")
+    has_where: bool = Field(description="a text has a cell where the head does it most (corpus examples mark it)")
+
+    @classmethod
+    def of(cls, m: HeadMetric) -> RoleInfo:
+        return cls(
+            name=m.name,
+            label=m.label,
+            description=m.definition,
+            low=m.low,
+            high=m.high,
+            higher_is_more=m.higher_is_more,
+            measured_on=m.on,
+            summary=m.summary,
+            has_where=m.has_where,
+        )
+
+
+class SimilarityInfo(BaseModel):
+    name: str = Field(description="the `metric` value of /api/similarity and corpus job similarity")
+    label: str
     description: str
+    low: float
+    high: float
+    higher_is_alike: bool
 
 
 class RolesOut(BaseModel):
     roles: list[RoleInfo]
+    similarity: list[SimilarityInfo] = Field(description="the head-similarity measures")
 
 
 # -- overview ------------------------------------------------------------------------------------
@@ -302,18 +338,12 @@ class OverviewIn(TextIn):
     top_k: int = Field(10, ge=1, le=100)
 
 
-class RoleGrid(BaseModel):
-    """Per-head scores as n_layers × n_heads grids (definitions as in /api/heads)."""
-
-    entropy: list[list[float]]
-    entropy_ratio: list[list[float]]
-    confidence: list[list[float]]
-    previous_token: list[list[float]]
-    self: list[list[float]]
-    first_token: list[list[float]]
-    duplicate_token: list[list[float]] | None
-    induction: list[list[float]]
-    text_induction: list[list[float]] | None = Field(description=_role("text_induction"))
+RoleGrid = create_model(
+    "RoleGrid",
+    __config__=_SCORES,
+    __doc__="Per-head scores as n_layers × n_heads grids, a field per registry metric (as in /api/heads).",
+    **per_metric(list[list[float]], registry.METRICS),
+)
 
 
 class OverviewOut(Tokens):
@@ -325,5 +355,5 @@ class OverviewOut(Tokens):
         "thumbnail is its map's block means scaled so its largest value is 255"
     )
     thumb_max: list[list[float]] = Field(description="per head, the block mean that 255 stands for")
-    stats: RoleGrid
+    stats: RoleGrid  # type: ignore[valid-type]
     prediction: PredictionOut

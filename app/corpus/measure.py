@@ -28,26 +28,17 @@ from app.inspect.model import capture
 from app.inspect.model.capture import LayerQK
 from app.inspect.model.families import Layout
 from app.inspect.model.loaded import Loaded
-from app.inspect.observe import metrics, roles
-from app.inspect.observe.similarity import Metric, head_similarity
+from app.inspect.observe import registry, roles
+from app.inspect.observe.registry import SIMILARITY_NAMES
+from app.inspect.observe.similarity import head_similarity
 
 Padding = Literal["right", "left"]
 PADDING: Padding = "right"  # right padding keeps every text at positions 0..n−1 without position ids
-SIMILARITY_METRICS: tuple[Metric, ...] = ("js", "cosine")
 
-# metric name (the corpus contract) → HeadStats field; "induction" on a corpus is prefix matching on the text
-_STAT_FIELDS = {
-    "entropy": "entropy",
-    "confidence": "confidence",
-    "previous_token": "previous_token",
-    "self": "self_attention",
-    "first_token": "first_token",
-    "duplicate_token": "duplicate_token",
-    "induction": "text_induction",
-}
-ROLE_METRICS: tuple[str, ...] = tuple(_STAT_FIELDS)
-CELL_METRICS = ("confidence", "previous_token", "self", "first_token", "duplicate_token", "induction")  # have a cell
-assert {m for m in ROLE_METRICS if m != "induction"} <= {r.name for r in roles.ROLES}
+
+def role_metrics() -> list[str]:
+    """The metrics "roles" measures on every text: the registry's text metrics, by name."""
+    return [m.name for m in registry.text_metrics()]
 
 
 def length_batches(lengths: list[int], max_batch_tokens: int, max_batch_texts: int) -> list[list[int]]:
@@ -152,13 +143,16 @@ def measure_batch_steps(
         return (yield from _measure(loaded, texts, analyses, importance, padding))
     # a text with no tokens has no scores: it stays out of the forward and counts nowhere
     n = layout.n_layers * layout.n_heads
-    sums: dict[str, np.ndarray] = {m: np.zeros((n, n)) for m in SIMILARITY_METRICS} if "similarity" in analyses else {}
+    sums: dict[str, np.ndarray] = {m: np.zeros((n, n)) for m in SIMILARITY_NAMES} if "similarity" in analyses else {}
     present = [(i, ids) for i, ids in texts if ids]
     measured = (
         (yield from _measure(loaded, present, analyses, importance, padding)) if present else BatchResult([], sums)
     )
     by_index = {t.index: t for t in measured.texts}
-    metrics_ = [*(ROLE_METRICS if "roles" in analyses else ()), *(("importance",) if "importance" in analyses else ())]
+    metrics_ = [
+        *(role_metrics() if "roles" in analyses else ()),
+        *(("importance",) if "importance" in analyses else ()),
+    ]
     out = [
         by_index.get(i)
         or TextResult(
@@ -204,12 +198,11 @@ def _measure(
         where: dict[str, np.ndarray] = {}
         if "roles" in analyses:
             run = text_run(loaded, rec.captured, hidden.detach(), row, batch.windows[row], ids)
-            cells = RoleCells(ids, layout, loaded.device)
-            stats = roles.head_stats(run, layout, visit=cells)  # the /api/heads scores, and where, in one pass
-            for metric, field in _STAT_FIELDS.items():
-                score = getattr(stats, field)
+            found = roles.Where(len(ids), layout, loaded.device)
+            stats = roles.head_stats(run, layout, visit=found)  # the /api/heads scores, and where, in one pass
+            for metric, score in stats.scores.items():
                 values[metric] = _nan_grid(layout) if score is None else score.double().numpy()
-            where.update(cells.result())
+            where.update({metric: cell.numpy() for metric, cell in found.result().items()})
         if "importance" in analyses:
             values["importance"] = _nan_grid(layout)
             where["importance"] = np.full((layout.n_layers, layout.n_heads, 2), -1, dtype=np.int64)
@@ -278,72 +271,6 @@ def _ablation_deltas(
     return list(delta.numpy())
 
 
-class RoleCells:
-    """Where each head does each role most in one text: a roles.head_stats visitor, so in the same pass.
-
-    confidence: the row with the largest top weight, and its key; previous_token, self, first_token: the
-    query with the most weight on q−1, q, 0; duplicate_token, induction: the matching cell with the most
-    weight. Query 0 (all its weight on itself) is skipped when the text has more tokens. Ties: the first.
-    """
-
-    def __init__(self, token_ids: list[int], layout: Layout, device: torch.device) -> None:
-        self.t = len(token_ids)
-        self.ids = torch.tensor(token_ids, device=device)
-        self.repeats = len(set(token_ids)) < self.t
-        shape = (layout.n_layers, layout.n_heads)
-        self.best = {m: torch.full(shape, -torch.inf, device=device) for m in CELL_METRICS}
-        self.cells = {m: torch.full((*shape, 2), -1, dtype=torch.long, device=device) for m in CELL_METRICS}
-        self.matches: dict[int, tuple[tuple[torch.Tensor, torch.Tensor], ...]] = {}  # first row → cells of each
-
-    def __call__(self, layer: int, start: int, maps: torch.Tensor) -> None:
-        """Update with query rows start.. of one layer: maps (H, c, stop)."""
-        _, c, stop = maps.shape
-        rows = torch.arange(c, device=maps.device)
-        q = rows + start  # (c,) query positions
-        skip = q < (1 if self.t > 1 else 0)  # query 0 only in a one-token text
-        top, top_key = maps.max(-1)  # (H, c)
-        self._update(layer, "confidence", top.masked_fill(skip, -torch.inf), q, top_key)
-        self._update(layer, "self", maps[:, rows, q].masked_fill(skip, -torch.inf), q, q)
-        self._update(layer, "first_token", maps[:, :, 0].masked_fill(skip, -torch.inf), q, torch.zeros_like(q))
-        if bool((q >= 1).any()):
-            after = rows[q >= 1]
-            self._update(layer, "previous_token", maps[:, after, q[after] - 1], q[after], q[after] - 1)
-        if self.repeats:
-            if start not in self.matches:  # the matching cells, a few per row: gathered, not masked over the map
-                self.matches = {
-                    start: (
-                        metrics.match_cells(metrics.duplicate_match(self.ids, start, stop, stop)),
-                        metrics.match_cells(roles.prefix_match(self.ids, start, stop, stop)),
-                    )
-                }
-            for metric, (r, k) in zip(("duplicate_token", "induction"), self.matches[start], strict=True):
-                if r.numel():
-                    self._update(layer, metric, maps[:, r, k], r + start, k)
-
-    def _update(self, layer: int, metric: str, values: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> None:
-        """values (H, n) at cells (queries (n,), keys (n,) or (H, n)): keep each head's largest so far."""
-        value, i = values.max(-1)  # (H,): the first largest
-        key = keys.gather(-1, i[:, None])[:, 0] if keys.dim() == 2 else keys[i]
-        better = value > self.best[metric][layer]
-        self.best[metric][layer] = torch.where(better, value, self.best[metric][layer])
-        cell = torch.stack([queries[i], key], -1)  # (H, 2)
-        self.cells[metric][layer] = torch.where(better[:, None], cell, self.cells[metric][layer])
-
-    def result(self) -> dict[str, np.ndarray]:
-        """metric -> (n_layers, n_heads, 2) int64 (query_pos, key_pos); −1 where the metric has no cell."""
-        shape = next(iter(self.cells.values())).shape
-        out = {m: np.full(shape, -1, dtype=np.int64) for m in ROLE_METRICS}
-        out.update({m: c.cpu().numpy() for m, c in self.cells.items()})
-        return out
-
-
-def role_cells(run: Run, layout: Layout) -> dict[str, np.ndarray]:
-    """Where each head does each role most in the run's text (see RoleCells), by one roles.head_stats pass."""
-    cells = RoleCells(run.token_ids, layout, run.hidden.device)
-    roles.head_stats(run, layout, visit=cells)
-    return cells.result()
-
-
 def _similarity_sums(
     loaded: Loaded,
     captured: dict[int, LayerQK],
@@ -354,9 +281,9 @@ def _similarity_sums(
     """Sum over the batch's texts of each text's /api/similarity matrix (all heads, layer order)."""
     layout = loaded.adapter.layout
     heads = [(ly, h) for ly in range(layout.n_layers) for h in range(layout.n_heads)]
-    sums: dict[str, np.ndarray] = {m: np.zeros((len(heads), len(heads))) for m in SIMILARITY_METRICS}
+    sums: dict[str, np.ndarray] = {m: np.zeros((len(heads), len(heads))) for m in SIMILARITY_NAMES}
     for row, (_, ids) in enumerate(texts):
         run = text_run(loaded, captured, hidden, row, batch.windows[row], ids)
-        for metric in SIMILARITY_METRICS:
+        for metric in SIMILARITY_NAMES:
             sums[metric] += head_similarity(run, layout, heads, metric, "layer").matrix.double().numpy()
     return sums

@@ -16,11 +16,20 @@ import numpy as np
 
 from app.corpus import stats
 from app.corpus.jobstore import JobRecord, JobStore
-from app.corpus.measure import ROLE_METRICS
 from app.errors import Conflict, InvalidInput
+from app.inspect.observe import registry
 
 STAT_FIELDS = ("mean", "std", "n", "ci_low", "ci_high")
-SIMILARITY = ("js", "cosine")
+# the corpus contract's first name for prefix matching on a text; jobs stored before the registry use it
+RENAMED = {"induction": "text_induction"}
+FIRST_NAME = {new: old for old, new in RENAMED.items()}
+
+
+def _current(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A job's stored grids under today's metric names."""
+    return {RENAMED.get(name, name): grid for name, grid in values.items()}
+
+
 CACHED_TABLES = 8
 
 
@@ -60,8 +69,9 @@ class Results:
             if key in self._tables:
                 return self._tables[key]
         stored = self.store.values(job.id, (n_layers, n_heads))
-        metrics = [m for m in (*ROLE_METRICS, "importance") if m in stored.values]
-        summaries = {m: stats.summarise(stored.values[m], job.seed) for m in metrics}
+        values = _current(stored.values)
+        metrics = [m for m in (*(m.name for m in registry.text_metrics()), "importance") if m in values]
+        summaries = {m: stats.summarise(values[m], job.seed) for m in metrics}
         heads: list[dict[str, Any]] = []
         for layer in range(n_layers):
             for head in range(n_heads):
@@ -73,7 +83,7 @@ class Results:
             n_texts=len(stored.indices),
             partial=job.state != "done",
             metrics=metrics,
-            reliability={m: stats.split_half(stored.values[m], job.seed) for m in metrics},
+            reliability={m: stats.split_half(values[m], job.seed) for m in metrics},
             heads=heads,
         )
         with self._lock:
@@ -90,12 +100,16 @@ class Results:
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise InvalidInput(f"head L{layer}H{head} out of range; the job's model has {n_layers}×{n_heads} heads")
         stored = self.store.values(job.id, (n_layers, n_heads))
-        if metric not in stored.values:
-            raise InvalidInput(f"metric {metric!r} was not computed by this job; it has {sorted(stored.values)}")
+        values = _current(stored.values)
+        metric = RENAMED.get(metric, metric)
+        if metric not in values:
+            raise InvalidInput(f"metric {metric!r} was not computed by this job; it has {sorted(values)}")
         out: list[tuple[int, float, tuple[int, int] | None]] = []
-        for row, score in stats.top_examples(stored.values[metric], layer, head, k):
+        for row, score in stats.top_examples(values[metric], layer, head, k):
             text_index = int(stored.indices[row])
             cells = self.store.cells(job.id, text_index, metric, (n_layers, n_heads))
+            if cells is None and metric in FIRST_NAME:
+                cells = self.store.cells(job.id, text_index, FIRST_NAME[metric], (n_layers, n_heads))
             where = None
             if cells is not None and int(cells[layer, head, 0]) >= 0:
                 where = (int(cells[layer, head, 0]), int(cells[layer, head, 1]))

@@ -123,7 +123,6 @@ def test_upload_job_grid_examples_and_click_through(
     metric = query(page)["metric"]
     assert metric == stats["metrics"][0]
     names = {r["name"]: r["label"] for r in api.get("/api/roles").json()["roles"]}
-    names["induction"] = names["text_induction"]  # on a corpus, induction is measured on the text itself
     labels = cell_labels(page)
     assert labels == {f"L{h['layer']}H{h['head']}": expected_label(h, metric, names) for h in stats["heads"]}
     assert re.fullmatch(r"L1H2 · -?\d\.\d{3} ± \d\.\d{3} \[-?\d\.\d{3}, -?\d\.\d{3}\] · n=6", labels["L1H2"])

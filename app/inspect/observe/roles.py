@@ -1,16 +1,7 @@
-"""Per-head role scores over a whole run, computed layer by layer in query-row chunks.
+"""Every head's text metrics (the registry's) over a whole run, computed layer by layer in query-row chunks.
 
-Scores (each an average over query positions of the user's text):
-- entropy: mean row entropy in nats; entropy_ratio: mean of entropy / ln(#visible keys).
-- confidence: mean of the row's largest weight (Voita et al. 2019).
-- previous_token: mean a[q, q−1]; self: mean a[q, q]; first_token: mean a[q, 0] (attention sink).
-- duplicate_token: mean attention mass on earlier occurrences of the query's own token, over
-  positions whose token occurred before (None when no token repeats).
-- induction: Olsson et al. (2022) prefix matching, measured on the model's own probe (a seeded
-  sequence of random tokens repeated twice), not on the user's text.
-- text_induction: the same prefix matching on the user's text itself: mean attention mass on the
-  tokens right after earlier occurrences of the query's token, over positions whose token occurred
-  before (None when no token repeats). On the probe's second copy it equals `induction`.
+What each score means is defined once, in `registry.METRICS`; this module computes all of them in one
+pass over the maps, and finds where in the text each head does each most (`Where`, for corpus examples).
 """
 
 from __future__ import annotations
@@ -21,79 +12,31 @@ from dataclasses import dataclass
 import torch
 
 from app.inspect.engine.memo import Key
-from app.inspect.engine.runs import Run, analyse
+from app.inspect.engine.runs import Run
 from app.inspect.model.capture import LayerQK
 from app.inspect.model.families import Layout
-from app.inspect.model.loaded import Loaded
-from app.inspect.observe import metrics
+from app.inspect.observe import metrics, registry
+from app.inspect.observe.registry import Chunk, HeadMetric, RowStats
 
 ROW_CHUNK = 128  # most query rows per step: a chunk of c rows also scores the c²/2 masked cells above its diagonal
 BLOCK = 1 << 20  # scores per step (4 MB): small enough to stay in cache across a chunk's passes
-PROBE_LENGTH = 50  # random tokens per copy in the induction probe
-PROBE_BATCH = 4
-PROBE_SEED = 0
-
-
-@dataclass(frozen=True)
-class Role:
-    """One per-head role score: `name` is its field in /api/heads and /api/overview, `label` its name on screen."""
-
-    name: str
-    label: str
-    description: str
-
-
-# The one list of role scores: the API documents and serves it (GET /api/roles), the page reads it.
-ROLES: tuple[Role, ...] = (
-    Role("entropy", "entropy", "mean attention entropy over query positions, nats"),
-    Role("entropy_ratio", "entropy ratio", "mean entropy / ln(number of visible keys); 1 = uniform"),
-    Role("confidence", "confidence", "mean of each row's largest weight (Voita et al. 2019)"),
-    Role("previous_token", "previous-token", "mean weight on the previous token"),
-    Role("self", "self", "mean weight on the query's own position"),
-    Role("first_token", "first-token (sink)", "mean weight on the first token (attention sink)"),
-    Role(
-        "duplicate_token",
-        "duplicate-token",
-        "mean weight on earlier copies of the query's token (None if no token repeats)",
-    ),
-    Role(
-        "induction",
-        "induction (probe)",
-        f"Olsson et al. (2022) prefix matching measured on the model's own probe ({PROBE_BATCH} sequences of "
-        f"{PROBE_LENGTH} random tokens, each repeated twice), not on the text: the same for every text",
-    ),
-    Role(
-        "text_induction",
-        "induction (this text)",
-        "prefix matching on the text itself: mean weight from a token to the token after each earlier "
-        "occurrence of it (None if no token repeats)",
-    ),
-)
 
 
 @dataclass
 class HeadStats:
-    """Role scores of every head, each tensor (n_layers, n_heads), and optional map thumbnails."""
+    """Every text metric of every head: name → (n_layers, n_heads), None for an optional metric no row
+    of the text counts towards; and optional map thumbnails."""
 
-    entropy: torch.Tensor
-    entropy_ratio: torch.Tensor
-    confidence: torch.Tensor
-    previous_token: torch.Tensor
-    self_attention: torch.Tensor
-    first_token: torch.Tensor
-    duplicate_token: torch.Tensor | None
+    scores: dict[str, torch.Tensor | None]
     thumbnails: torch.Tensor | None = None  # (n_layers, n_heads, s, s): block means of each map
-    text_induction: torch.Tensor | None = None  # prefix matching on the text; None when no token repeats
+
+    def __getitem__(self, name: str) -> torch.Tensor | None:
+        return self.scores[name]
 
 
-def prefix_match(token_ids: torch.Tensor, start: int, stop: int, n_keys: int) -> torch.Tensor:
-    """(stop − start, n_keys) float: 1 at key j + 1 for each earlier j < q holding q's token, else 0.
-
-    The induction target (Olsson et al. 2022) measured on the text itself: the token that followed an
-    earlier occurrence of the current token. Rows are the same as metrics.duplicate_match's, shifted one key.
-    """
-    dup = metrics.duplicate_match(token_ids, start, stop, n_keys)  # (c, n_keys): earlier copies j < q
-    return torch.nn.functional.pad(dup[:, :-1], (1, 0)) if n_keys else dup  # key j + 1 ≤ q: still causal
+def every_score(stats: HeadStats, probed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """Every registry metric, in registry order: the text's from `stats`, the probe's from `probed`."""
+    return {m.name: probed[m.name] if m.on == "probe" else stats[m.name] for m in registry.METRICS}
 
 
 def bin_edges(t: int, s: int) -> list[int]:
@@ -105,35 +48,6 @@ def key_bin_matrix(t: int, edges: list[int], device: torch.device) -> torch.Tens
     """(T, s) one-hot: key k belongs to bin j. rows @ it sums rows over key bins in one GEMM."""
     bins = torch.bucketize(torch.arange(t, device=device), torch.tensor(edges[1:-1], device=device), right=True)
     return torch.nn.functional.one_hot(bins, len(edges) - 1).float()
-
-
-CELL_SCORES = ("previous", "self", "first", "duplicate", "prefix")  # scores that sum a map's weight at cells
-
-
-@dataclass
-class Cells:
-    """The (row, key) cells each CELL_SCORES score sums in one chunk: maps[:, rows, keys] @ weights sums them all."""
-
-    rows: torch.Tensor  # (N,) rows relative to the chunk's first
-    keys: torch.Tensor  # (N,)
-    weights: torch.Tensor  # (N, len(CELL_SCORES)) one-hot: which score each cell adds to
-    repeat_rows: int  # rows whose token occurred before (the rows the duplicate and prefix scores average over)
-
-
-def role_cells(ids: torch.Tensor, start: int, stop: int, repeats: bool) -> Cells:
-    """Cells of query rows [start, stop) of a text with token ids `ids`: q−1, q, key 0 and, when some token
-    repeats, each earlier copy of q's token and the token after each (a few per row: gathered, not a pass)."""
-    q = torch.arange(start, stop, device=ids.device)
-    parts = [(q[q >= 1] - start, q[q >= 1] - 1), (q - start, q), (q - start, torch.zeros_like(q))]
-    repeat_rows = 0
-    if repeats:
-        duplicate = metrics.duplicate_match(ids, start, stop, stop)
-        repeat_rows = int(duplicate.amax(-1).sum())
-        parts.append(metrics.match_cells(duplicate))
-        parts.append(metrics.match_cells(prefix_match(ids, start, stop, stop)))
-    which = torch.cat([torch.full_like(rows, i) for i, (rows, _) in enumerate(parts)])
-    weights = torch.nn.functional.one_hot(which, len(CELL_SCORES)).float()
-    return Cells(torch.cat([r for r, _ in parts]), torch.cat([k for _, k in parts]), weights, repeat_rows)
 
 
 def row_segments(edges: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
@@ -183,7 +97,7 @@ def _chunk(
     return metrics.softmax_stats(scores.view(-1, stop - start, stop))  # (H, c, stop): head = kv·g + j
 
 
-ChunkVisitor = Callable[[int, int, torch.Tensor], None]  # (layer, first row, maps (H, c, stop)) of each chunk
+ChunkVisitor = Callable[[int, Chunk, torch.Tensor], None]  # (layer, its rows, maps (H, c, stop)) of each chunk
 
 
 def rows_per_chunk(n_heads: int, t: int) -> int:
@@ -197,16 +111,17 @@ def rows_per_chunk(n_heads: int, t: int) -> int:
 
 @torch.inference_mode()
 def head_stats(run: Run, layout: Layout, thumb: int | None = None, visit: ChunkVisitor | None = None) -> HeadStats:
-    """Role scores of every head of a run, and (if `thumb`) thumb×thumb block-mean thumbnails of every map.
+    """Every text metric of every head of a run, and (if `thumb`) thumb×thumb block-mean thumbnails of every map.
 
     One pass over every layer in query-row chunks of about BLOCK scores; nothing larger than
     n_heads × ROW_CHUNK × T is held at once. Cached on the run per thumbnail size. `visit`, if given,
-    sees every chunk's maps in the same pass (corpus mode finds where each head does each role there).
+    sees every chunk's maps in the same pass (corpus mode finds where each head does each metric there).
     """
     key = Key[HeadStats](f"head_stats:{thumb}")
     cached = run.memo.get(key)
     if isinstance(cached, HeadStats) and visit is None:
         return cached
+    measured = registry.text_metrics()
     t = run.n_tokens
     s = min(thumb, t) if thumb else 0
     edges = bin_edges(t, s) if s else []
@@ -215,72 +130,109 @@ def head_stats(run: Run, layout: Layout, thumb: int | None = None, visit: ChunkV
     thumbs = torch.zeros(layout.n_layers, layout.n_heads, s, s, device=device) if s else None
     ids = torch.tensor(run.token_ids, device=device)
     repeats = len(set(run.token_ids)) < t
-    row_sums = torch.zeros(layout.n_layers, layout.n_heads, 3, device=device)  # Σ entropy, Σ ratio, Σ top weight
-    cell_sums = torch.zeros(layout.n_layers, layout.n_heads, len(CELL_SCORES), device=device)
-    n_dup_rows = 0
+    sums = torch.zeros(layout.n_layers, layout.n_heads, len(measured), device=device)  # Σ over counted rows
+    counts = torch.zeros(len(measured), device=device)  # counted rows of each metric
+    by_row = [(i, m.row) for i, m in enumerate(measured) if m.row is not None]
     c = rows_per_chunk(layout.n_heads, t)
     for start in range(0, t, c):  # chunks outer: masks and cell lists are built once, for every layer
         stop = min(start + c, t)
+        chunk = Chunk(ids, start, stop, repeats)
         bias = causal_bias(start, stop, layout.group_size, device)
-        cells = role_cells(ids, start, stop, repeats)
-        n_dup_rows += cells.repeat_rows
-        visible = torch.arange(start + 1, stop + 1, device=device, dtype=torch.float32)
-        inv_uniform = torch.where(visible > 1, 1 / torch.log(visible).clamp_min(metrics.EPS), 0.0)
-        row_weights = torch.stack([torch.ones_like(inv_uniform), inv_uniform], dim=1)  # (c, 2)
+        rows = torch.stack([_rows(m, chunk) for m in measured], dim=1).float()  # (c, M)
+        counts += rows.sum(0)
+        cell_rows, cell_keys, cell_weights = _cells(measured, chunk)
         segments = row_segments(edges, start, stop) if s else []
         for layer in range(layout.n_layers):
             maps, ent, conf = _chunk(run.qk[layer], layout.group_size, start, stop, bias)  # (H, c, stop), (H, c)
             if visit is not None:
-                visit(layer, start, maps)
-            row_sums[layer, :, :2] += ent @ row_weights
-            row_sums[layer, :, 2] += conf.sum(-1)
-            cell_sums[layer] += maps[:, cells.rows, cells.keys] @ cells.weights  # one gather for every cell score
+                visit(layer, chunk, maps)
+            row_stats = RowStats(ent, conf, chunk)
+            for i, value in by_row:
+                sums[layer, :, i] += value(row_stats) @ rows[:, i]
+            sums[layer] += maps[:, cell_rows, cell_keys] @ cell_weights  # one gather for every cell metric
             if thumbs is not None and key_bins is not None:
                 # sum each row bin's rows first (one pass), then bin the few summed rows' keys with a small GEMM
-                rows = bin_rows(maps, segments)  # (H, nb, stop)
+                binned = bin_rows(maps, segments)  # (H, nb, stop)
                 first_bin = segments[0][0]
-                thumbs[layer, :, first_bin : first_bin + len(segments)] += torch.matmul(rows, key_bins[:stop])
+                thumbs[layer, :, first_bin : first_bin + len(segments)] += torch.matmul(binned, key_bins[:stop])
     if thumbs is not None:
         widths = torch.tensor(edges[1:], dtype=torch.float32) - torch.tensor(edges[:-1], dtype=torch.float32)
         thumbs = thumbs.cpu() / (widths[:, None] * widths[None, :])
-    row_sums, cell_sums = row_sums.cpu(), cell_sums.cpu()
-    score = dict(zip(CELL_SCORES, cell_sums.unbind(-1), strict=True))
-    dup_rows = max(n_dup_rows, 1)  # prefix-match rows are the duplicate rows: q's token occurred before
-    stats = HeadStats(
-        entropy=row_sums[..., 0] / t,
-        entropy_ratio=row_sums[..., 1] / max(t - 1, 1),
-        confidence=row_sums[..., 2] / t,
-        previous_token=score["previous"] / max(t - 1, 1),
-        self_attention=score["self"] / t,
-        first_token=score["first"] / t,
-        duplicate_token=score["duplicate"] / dup_rows if n_dup_rows else None,
-        thumbnails=thumbs,
-        text_induction=score["prefix"] / dup_rows if n_dup_rows else None,
-    )
+    sums, counts = sums.cpu(), counts.cpu()
+    scores: dict[str, torch.Tensor | None] = {}
+    for i, m in enumerate(measured):
+        n = int(counts[i])
+        scores[m.name] = sums[..., i] / max(n, 1) if n or not m.optional else None
+    stats = HeadStats(scores, thumbnails=thumbs)
     run.memo.put(key, stats)
     return stats
 
 
-def probe_tokens(vocab_size: int, length: int = PROBE_LENGTH, batch: int = PROBE_BATCH) -> torch.Tensor:
-    """(batch, 2·length) seeded random token ids, each row a random sequence repeated twice."""
-    gen = torch.Generator().manual_seed(PROBE_SEED)
-    low = min(100, vocab_size // 10)  # skip the first ids: special and byte tokens in most vocabularies
-    half = torch.randint(low, vocab_size, (batch, length), generator=gen)
-    return torch.cat([half, half], dim=1)
+def _rows(m: HeadMetric, chunk: Chunk) -> torch.Tensor:
+    assert m.rows is not None, f"{m.name}: a text metric says which rows it averages over"
+    return m.rows(chunk)
 
 
-@torch.inference_mode()
-def induction_scores(loaded: Loaded) -> torch.Tensor:
-    """Induction score of every head (n_layers, n_heads) on the model's probe; mean over rows and probes."""
-    layout = loaded.adapter.layout
-    probe = probe_tokens(layout.vocab_size)
-    total = torch.zeros(layout.n_layers, layout.n_heads)
-    rows_total = 0
-    for row in probe:
-        run = analyse(loaded, "", token_ids=row.tolist())
-        for layer in range(layout.n_layers):
-            maps = run.maps(layer, list(range(layout.n_heads)), layout.group_size)
-            mass, rows = metrics.induction_mass(maps, PROBE_LENGTH)
-            total[layer] += mass.cpu()
-        rows_total += rows
-    return total / max(rows_total, 1)
+def _cells(measured: list[HeadMetric], chunk: Chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every cell metric's cells in one list: (rows, keys) and (N, M) one-hot weights, metric i in column i."""
+    parts = [(i, chunk.cells(m)) for i, m in enumerate(measured) if m.cells is not None]
+    device = chunk.ids.device
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty, torch.zeros(0, len(measured), device=device)
+    which = torch.cat([torch.full_like(rows, i) for i, (rows, _) in parts])
+    weights = torch.nn.functional.one_hot(which, len(measured)).float()
+    return torch.cat([r for _, (r, _) in parts]), torch.cat([k for _, (_, k) in parts]), weights
+
+
+class Where:
+    """Where in one text each head does each metric most: a head_stats visitor, so in the same pass.
+
+    A cell metric: its cell with the most weight; a row metric with `top_cell` (confidence): the row with
+    the largest top weight, and that weight's key; other metrics have no cell (−1). Query 0 (all its
+    weight on itself) is skipped when the text has more tokens. Ties: the first.
+    """
+
+    def __init__(self, n_tokens: int, layout: Layout, device: torch.device) -> None:
+        self.t = n_tokens
+        self.located = [m for m in registry.text_metrics() if m.has_where]
+        shape = (layout.n_layers, layout.n_heads)
+        self.best = {m.name: torch.full(shape, -torch.inf, device=device) for m in self.located}
+        self.cells = {m.name: torch.full((*shape, 2), -1, dtype=torch.long, device=device) for m in self.located}
+        self.shape = shape
+
+    def __call__(self, layer: int, chunk: Chunk, maps: torch.Tensor) -> None:
+        """Update with one chunk of one layer: maps (H, c, stop)."""
+        first = 1 if self.t > 1 else 0  # query 0 only in a one-token text
+        for m in self.located:
+            if m.cells is not None:
+                rows, keys = chunk.cells(m)
+                keep = rows + chunk.start >= first
+                rows, keys = rows[keep], keys[keep]
+                if rows.numel():
+                    self._update(layer, m.name, maps[:, rows, keys], rows + chunk.start, keys)
+            else:
+                top, top_key = maps.max(-1)  # (H, c)
+                top = top.masked_fill(chunk.q < first, -torch.inf)
+                self._update(layer, m.name, top, chunk.q, top_key)
+
+    def _update(self, layer: int, metric: str, values: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> None:
+        """values (H, n) at cells (queries (n,), keys (n,) or (H, n)): keep each head's largest so far."""
+        value, i = values.max(-1)  # (H,): the first largest
+        key = keys.gather(-1, i[:, None])[:, 0] if keys.dim() == 2 else keys[i]
+        better = value > self.best[metric][layer]
+        self.best[metric][layer] = torch.where(better, value, self.best[metric][layer])
+        cell = torch.stack([queries[i], key], -1)  # (H, 2)
+        self.cells[metric][layer] = torch.where(better[:, None], cell, self.cells[metric][layer])
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """text metric -> (n_layers, n_heads, 2) long (query_pos, key_pos); −1 where the metric has no cell."""
+        none = torch.full((*self.shape, 2), -1, dtype=torch.long)
+        return {m.name: self.cells[m.name].cpu() if m.name in self.cells else none for m in registry.text_metrics()}
+
+
+def where(run: Run, layout: Layout) -> dict[str, torch.Tensor]:
+    """Where each head does each text metric most in the run's text (see Where), by one head_stats pass."""
+    found = Where(run.n_tokens, layout, run.hidden.device)
+    head_stats(run, layout, visit=found)
+    return found.result()

@@ -10,8 +10,8 @@ import torch
 from app.inspect.engine.runs import Run
 from app.inspect.model.families import Layout
 from app.inspect.observe import metrics
+from app.inspect.observe.registry import SimilarityName
 
-Metric = Literal["js", "cosine"]
 MAX_CELLS = 32_000_000  # maps kept at once: heads × rows × T floats
 MAX_JS_WORK = 1_000_000_000  # pairwise JS terms: pairs × rows × T
 
@@ -24,7 +24,7 @@ class Similarity:
     query_rows: int
 
 
-def query_rows(n_heads: int, t: int, metric: Metric) -> torch.Tensor:
+def query_rows(n_heads: int, t: int, metric: SimilarityName) -> torch.Tensor:
     """Query positions to average over: all of them, or an even spread when the work would be too large."""
     budget = MAX_CELLS // max(n_heads * t, 1)
     if metric == "js":
@@ -38,7 +38,7 @@ def query_rows(n_heads: int, t: int, metric: Metric) -> torch.Tensor:
 
 @torch.inference_mode()
 def head_similarity(
-    run: Run, layout: Layout, heads: list[tuple[int, int]], metric: Metric, order: Literal["layer", "cluster"]
+    run: Run, layout: Layout, heads: list[tuple[int, int]], metric: SimilarityName, order: Literal["layer", "cluster"]
 ) -> Similarity:
     """Pairwise similarity of `heads`' maps on the run's text.
 

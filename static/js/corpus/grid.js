@@ -3,12 +3,11 @@
 import { HeadGrid, heatLegend } from "../lib/headgrid.js";
 import { HEAT, el, fill, fmt, headLabel, ramp, rgb } from "../lib/util.js";
 
-const NAMES = new Map(); // metric → {label, description}, from GET /api/roles
+const NAMES = new Map(); // metric → {label, description, low, high, ...}, from GET /api/roles
 
-/** Take the role scores' labels and descriptions from the server; on a corpus, induction is the text's own. */
+/** Take the metrics' labels, descriptions and ranges from the server's one registry. */
 export function setMetricNames(roles) {
   for (const r of roles) NAMES.set(r.name, r);
-  if (NAMES.has("text_induction")) NAMES.set("induction", NAMES.get("text_induction"));
 }
 
 /** The label a metric gets on screen ("previous_token" → "previous-token"). */
@@ -23,8 +22,6 @@ export function describeStat(h, metric) {
   return `${headLabel(h)} · ${fmt(s.mean)} ± ${fmt(half)} [${fmt(s.ci_low)}, ${fmt(s.ci_high)}] · n=${s.n}`;
 }
 
-const UNBOUNDED = new Set(["entropy", "importance"]); // every other metric is a share of attention, in [0, 1]
-
 /**
  * The colour domain of a metric: from 0 (or below, for a negative mean) to the largest mean, and to 1 for shares
  * of attention, so that heads which differ by less than their CIs do not look far apart. Null: no values yet.
@@ -34,7 +31,8 @@ export function extent(heads, metric) {
   if (!means.length) return null;
   const lo = Math.min(0, ...means);
   const hi = Math.max(...means);
-  return [lo, !UNBOUNDED.has(metric) && lo >= 0 && hi <= 1 ? 1 : hi];
+  const top = NAMES.get(metric)?.high; // null (entropy) or no registry entry (importance): unbounded
+  return [lo, typeof top === "number" && lo >= 0 && hi <= top ? top : hi];
 }
 
 /** A mean as it fits in a cell: two decimals (three significant digits from 10 on), no exponents. */

@@ -213,7 +213,7 @@ function showResults() {
   const metrics = heads.metrics;
   S.metric = pick(S.metric, metrics, metrics[0]);
   S.x = pick(S.x, metrics, metrics.includes("previous_token") ? "previous_token" : metrics[0]);
-  const yDefault = metrics.find((m) => m === "importance" && m !== S.x) ?? metrics.find((m) => m === "induction" && m !== S.x) ?? metrics.find((m) => m !== S.x) ?? S.x;
+  const yDefault = metrics.find((m) => m === "importance" && m !== S.x) ?? metrics.find((m) => m === "text_induction" && m !== S.x) ?? metrics.find((m) => m !== S.x) ?? S.x;
   S.y = pick(S.y, metrics, yDefault);
   if (S.head && !heads.heads.some((h) => sameHead(h, S.head))) S.head = null;
   store.save(S);

@@ -1,5 +1,6 @@
 // The corpus view's state and its round trip through the URL: which job, which metric, the scatter axes,
 // the selected head and the similarity measure. Deliberate steps (open a job, pick a head) add history entries.
+import { METRIC as SIMILARITY } from "../lib/similarity.js";
 import { urlWriter } from "../lib/urlstate.js";
 import { headLabel, parseHead } from "../lib/util.js";
 
@@ -9,7 +10,7 @@ const DEFAULTS = {
   x: null, // scatter axes; null = chosen from the job's metrics
   y: null,
   head: null, // selected head {layer, head}
-  sim: "js", // js | cosine
+  sim: "js", // a similarity measure (lib/similarity.js)
 };
 
 const NAME = /^[a-z_]{1,40}$/;
@@ -26,7 +27,7 @@ export function fromURL(search = location.search) {
   if (JOB.test(q.get("job") || "")) s.job = q.get("job");
   for (const key of ["metric", "x", "y"]) if (NAME.test(q.get(key) || "")) s[key] = q.get(key);
   s.head = parseHead(q.get("head"));
-  if (["js", "cosine"].includes(q.get("sim"))) s.sim = q.get("sim");
+  if (Object.hasOwn(SIMILARITY, q.get("sim") ?? "")) s.sim = q.get("sim");
   return s;
 }
 

@@ -211,7 +211,7 @@ export class Grid extends HeadGrid {
     const st = this.ov.stats;
     const parts = [headLabel(h), `KV${this.kvOf?.[h.head] ?? h.head}`];
     for (const role of this.roles) {
-      if (["entropy", "previous_token", "first_token", "induction"].includes(role.name) && st[role.name]) {
+      if (role.summary && st[role.name]) {
         parts.push(`${role.label} ${fmt(st[role.name][h.layer][h.head], 2)}`);
       }
     }

@@ -1,4 +1,5 @@
 // The view state, and its round trip through the URL query string so a view can be shared or reloaded.
+import { METRIC as SIMILARITY } from "../lib/similarity.js";
 import { urlWriter } from "../lib/urlstate.js";
 import { headLabel, parseHead } from "../lib/util.js";
 
@@ -23,7 +24,7 @@ const CHOICES = {
   mode: ["single", "compare", "diff"],
   scale: ["linear", "log"],
   abl: ["zero", "mean"],
-  metric: ["js", "cosine"],
+  metric: Object.keys(SIMILARITY),
   order: ["layer", "cluster"],
 };
 

@@ -3,8 +3,9 @@ import * as api from "./api.js";
 import { PLOT_CONFIG } from "./plot.js";
 import { el, fill, headLabel, parseHead } from "./util.js";
 
+// The measures of GET /api/roles `similarity` (a test keeps the two lists the same), as the page draws them.
 // Both are bounded below by 0 (attention rows are non-negative): JS divergence ≤ ln 2, cosine ≤ 1.
-const METRIC = {
+export const METRIC = {
   js: { name: "JS divergence (nats)", scale: "Viridis", reverse: true, fmt: ".4f" },
   cosine: { name: "cosine similarity", scale: "Viridis", reverse: false, fmt: ".3f" },
 };
