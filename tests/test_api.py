@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.inspect.model.loaded import Loaded
-from tests.conftest import make_client
-from tests.helpers import hook_count
+from tests.support.checks import hook_count
+from tests.support.clients import make_client
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 
@@ -228,11 +227,6 @@ def test_docs_pages_load_everything_from_this_server_under_a_csp_without_inline_
         asset = client.get(src)
         assert asset.status_code == 200 and len(asset.content) > 100, src
     assert client.get("/vendor/docs/../../../etc/passwd").status_code == 404
-
-
-@pytest.fixture(scope="module")
-def gpt2_client(tiny_dirs: dict[str, Path]) -> Iterator[TestClient]:
-    yield from make_client(str(tiny_dirs["gpt2"]))
 
 
 def test_app_loads_a_model_directory_by_path(gpt2_client: TestClient) -> None:

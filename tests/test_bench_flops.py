@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import flops
-from tests.helpers import tiny_loaded
+from tests.support.models import tiny_loaded
 
 
 def test_block_and_head_counts_equal_the_config() -> None:

@@ -7,8 +7,8 @@ import torch
 
 from app.inspect.engine import runs
 from app.inspect.model import capture
-from tests.helpers import hook_count, tiny_loaded
-from tests.tiny import ARCHS, tiny_model
+from tests.support.checks import hook_count
+from tests.support.models import ARCHS, tiny_loaded, tiny_model
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from app.config import Settings
 from app.corpus.jobs import Jobs
 from app.inspect.model.loaded import Loaded
 from app.main import create_app
-from tests.conftest import wait_ready
+from tests.support.clients import wait_ready
 from tests.test_jobs import TEXTS, dataset, jobs_of, open_client, wait_state
 
 pytestmark = pytest.mark.load  # starts processes: minutes of CPU on 2 cores

@@ -21,7 +21,7 @@ from ray.cluster_utils import Cluster
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import wait_ready
+from tests.support.clients import wait_ready
 from tests.test_cluster import actors, assert_same, ray_cluster
 from tests.test_jobs import TEXTS, dataset, jobs_of, wait_state
 

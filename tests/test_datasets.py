@@ -20,7 +20,7 @@ from app.corpus.sqlite import DB_FILE
 from app.errors import Conflict, InvalidInput, NotFound
 from app.inspect.engine.runs import encode
 from app.inspect.model.loaded import Loaded
-from tests.conftest import make_client
+from tests.support.clients import make_client
 
 MAX_TEXTS = 20
 MAX_UPLOAD = 64_000

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from fastapi.testclient import TestClient
 
 from app.inspect import loading
-from tests.conftest import make_client
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def real() -> Iterator[TestClient]:
-    yield from make_client("smollm2-135m")
 
 
 def test_loads_from_the_safetensors_cache() -> None:

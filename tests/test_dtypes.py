@@ -20,8 +20,7 @@ from app.inspect.engine import runs
 from app.inspect.intervene.ablation import ablate
 from app.inspect.intervene.importance import ablation_sweep, gradient_importance
 from app.inspect.model import capture
-from tests.helpers import as_loaded
-from tests.tiny import ARCHS, tiny_model
+from tests.support.models import ARCHS, as_loaded, tiny_model
 
 # dtype, atol for attention weights, atol for a loss difference in nats (see the module docstring)
 DTYPES = {"bfloat16": (torch.bfloat16, 2**-8, 3e-3), "float16": (torch.float16, 2**-11, 5e-4)}

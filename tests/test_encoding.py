@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.inspect.model.loaded import Loaded
-from tests.conftest import make_client
+from tests.support.clients import make_client
 
 TEXT = "The cat sat on the mat. The cat sat on the mat, and then the dog sat on the cat's mat again."
 

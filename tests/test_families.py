@@ -1,4 +1,5 @@
-"""Every family in tests/families.py: served with exact maps, logits, ablation and resume, or refused at start."""
+"""Every family in tests/support/families.py: served with exact maps, logits, ablation and resume, or refused at
+start."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from app.inspect.engine.resume import starting_at
 from app.inspect.model import capture, variants
 from app.inspect.model.adapters import Adapter
 from app.inspect.model.families import UnsupportedArchitecture
-from tests.families import SPECS, TABLE_END, TABLE_START, VOCAB, WINDOW, Spec, build, by_type, readme_table
+from tests.support.families import SPECS, TABLE_END, TABLE_START, VOCAB, WINDOW, Spec, build, by_type, readme_table
 
 SERVED = [spec.model_type for spec in SPECS if not spec.refused]
 REFUSED = [spec.model_type for spec in SPECS if spec.refused]
@@ -197,7 +198,8 @@ def test_specs_are_valid() -> None:
 def test_readme_table_is_generated_from_the_list() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     start, end = readme.index(TABLE_START), readme.index(TABLE_END) + len(TABLE_END)
-    assert readme[start:end] == readme_table(), "run: python -m tests.families, and paste its table into README.md"
+    fix = "run: python -m tests.support.families, and paste its table into README.md"
+    assert readme[start:end] == readme_table(), fix
 
 
 def test_tracing_endpoints_answer_422_naming_the_gap(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:

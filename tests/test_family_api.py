@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_client
-from tests.families import WINDOW, by_type, save
+from tests.support.clients import make_client
+from tests.support.families import WINDOW, by_type, save
 
 TEXT = "The cat sat on the mat because the cat was tired"
 

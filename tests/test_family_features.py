@@ -19,7 +19,7 @@ from app.inspect.intervene import ablation, importance
 from app.inspect.intervene.generation import steps
 from app.inspect.model.loaded import Loaded
 from app.inspect.observe import roles
-from tests.families import SERVED, ids, served
+from tests.support.families import SERVED, ids, served
 
 HEAD = (1, 2)  # (layer, head): the ablated / differentiated head
 

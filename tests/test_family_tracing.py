@@ -19,8 +19,8 @@ from app.inspect.model.adapters import Adapter
 from app.inspect.model.families import UnsupportedArchitecture
 from app.inspect.model.loaded import Loaded
 from app.inspect.observe import dla, lens
-from tests.families import SERVED, build, by_type, ids, served
-from tests.helpers import as_loaded
+from tests.support.families import SERVED, build, by_type, ids, served
+from tests.support.models import as_loaded
 
 POSITIONS = (5, 11)  # inside the first window, and past it
 

@@ -7,7 +7,7 @@ import torch
 
 from app.inspect.model import capture
 from app.inspect.model.variants import variants_of
-from tests.families import SERVED, WINDOW, ids, served
+from tests.support.families import SERVED, WINDOW, ids, served
 
 
 @pytest.mark.parametrize("model_type", SERVED)

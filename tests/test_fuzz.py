@@ -19,8 +19,8 @@ from schemathesis.checks import (
 
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import wait_ready
-from tests.helpers import tiny_loaded
+from tests.support.clients import wait_ready
+from tests.support.models import tiny_loaded
 
 pytestmark = pytest.mark.load  # over 1,000 requests: make test runs it, make test-fast does not
 

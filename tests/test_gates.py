@@ -10,8 +10,8 @@ from app.inspect.engine.gates import gate_tensor, head_gates
 from app.inspect.engine.memo import Memo
 from app.inspect.intervene.ablation import ablate
 from app.inspect.model import capture
-from tests.helpers import hook_count, tiny_loaded
-from tests.tiny import ARCHS
+from tests.support.checks import hook_count
+from tests.support.models import ARCHS, tiny_loaded
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps."
 

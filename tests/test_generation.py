@@ -21,11 +21,10 @@ from app.inspect.intervene.generation import Sampling, choose, first_difference,
 from app.inspect.model.loaded import Loaded
 from app.main import create_app
 from app.service import Service
-from tests.conftest import make_client
-from tests.disconnect import Watch, leave_midway
-from tests.helpers import as_loaded, assert_same_continuation, hook_count
-from tests.test_service import run_async
-from tests.tiny import ARCHS, tiny_model
+from tests.support.checks import assert_same_continuation, hook_count
+from tests.support.clients import make_client
+from tests.support.disconnect import Watch, leave_midway, run_async
+from tests.support.models import ARCHS, as_loaded, tiny_model
 
 PROMPT = "The capital of France is"
 HEADS = [(0, 1), (1, 2)]

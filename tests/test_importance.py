@@ -9,8 +9,7 @@ from app.inspect.engine import runs
 from app.inspect.engine.gates import head_gates
 from app.inspect.intervene.ablation import ablate
 from app.inspect.intervene.importance import ablation_sweep, gradient_importance, normalise_per_layer
-from tests.helpers import tiny_loaded
-from tests.tiny import ARCHS
+from tests.support.models import ARCHS, tiny_loaded
 
 TEXT = "In the beginning the heads attended to nothing, and then to everything at once."
 

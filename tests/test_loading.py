@@ -14,7 +14,7 @@ from app.config import Settings
 from app.inspect import loading
 from app.inspect.model.adapters import Adapter
 from app.inspect.model.families import UnsupportedArchitecture
-from tests.tiny import gpt2_tokenizer, save_tiny
+from tests.support.models import gpt2_tokenizer, save_tiny
 
 
 def test_every_registry_entry_has_the_keys_its_source_needs() -> None:

@@ -9,7 +9,7 @@ import torch
 from app.inspect.engine import runs
 from app.inspect.engine.memo import Key, Memo, nbytes
 from app.inspect.engine.runs import RunCache
-from tests.helpers import tiny_loaded
+from tests.support.models import tiny_loaded
 
 BIG = Key[torch.Tensor]("big")
 

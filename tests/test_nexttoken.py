@@ -16,8 +16,7 @@ import torch
 from app.inspect.engine import nexttoken, runs
 from app.inspect.engine.memo import Memo
 from app.inspect.intervene import ablation, importance
-from tests.helpers import tiny_loaded
-from tests.tiny import ARCHS
+from tests.support.models import ARCHS, tiny_loaded
 
 TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps under the old tree."
 

@@ -3,8 +3,6 @@ trade-off against the state dict and the closed forms; the /api/prune_curve and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -21,9 +19,8 @@ from app.inspect.intervene.pruning import (
 )
 from app.inspect.model.loaded import Loaded
 from app.inspect.observe.tradeoff import Biases, attention_params, biases, divisors, head_tradeoff, projection_params
-from tests.conftest import make_client
-from tests.helpers import hook_count, tiny_loaded
-from tests.tiny import ARCHS
+from tests.support.checks import hook_count
+from tests.support.models import ARCHS, tiny_loaded
 
 TEXT = "In the beginning the heads attended to nothing, and then to everything at once."
 OTHER = "A second text, so a dataset curve averages over two different texts."
@@ -193,11 +190,6 @@ def test_tradeoff_table_matches_closed_forms() -> None:
 
 
 # -- the API ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def gpt2_client(tiny_loaded: dict[str, Loaded]) -> Iterator[TestClient]:
-    yield from make_client(tiny_loaded["gpt2"])
 
 
 def test_prune_curve_api(client: TestClient, tiny_loaded: dict[str, Loaded]) -> None:

@@ -20,9 +20,8 @@ from app.inspect.intervene import importance
 from app.inspect.model.loaded import Loaded
 from app.main import create_app
 from app.service import Service
-from tests.conftest import make_client
-from tests.disconnect import Watch, leave_midway
-from tests.test_service import run_async
+from tests.support.clients import make_client
+from tests.support.disconnect import Watch, leave_midway, run_async
 
 
 def _service(loaded: Loaded, **overrides: Any) -> Service:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server import Server, serve
+from tests.support.server import Server, serve
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 LONG = " ".join(f"word{i % 97}" for i in range(4000))  # far more than 2048 tokens; trimmed per test

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import pytest
 import torch
@@ -16,26 +14,10 @@ from app.config import Settings
 from app.errors import Busy
 from app.inspect.model.loaded import Loaded
 from app.service import Service
-from tests.conftest import make_client
+from tests.support.clients import make_client
+from tests.support.disconnect import run_async
 
 TEXT = "Heads, heads, everywhere heads."
-
-
-def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """asyncio.run in a thread of its own (the browser tests' Playwright keeps a loop in this one)."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=target)
-    t.start()
-    t.join(60)
-    if errors:
-        raise errors[0]
 
 
 def _service(loaded: Loaded, **overrides: object) -> Service:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from app.__main__ import checked_settings, main
 from app.config import Settings
 from app.main import create_app
-from tests.conftest import wait_ready
+from tests.support.clients import wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,9 +14,9 @@ from app.inspect.intervene import patching
 from app.inspect.intervene.patching import Site
 from app.inspect.model.loaded import Loaded
 from app.inspect.observe import dla, lens, token_view
-from tests.helpers import hook_count, tiny_loaded
+from tests.support.checks import hook_count
+from tests.support.models import ARCHS, tiny_loaded
 
-ARCHS = ("llama", "gpt2", "gpt_neox")
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPTED = "When Mary and John went to the store, Mary gave a drink to"
 ANSWER, WRONG = 5335, 1757  # " Mary", " John" in GPT-2's BPE

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from fastapi.testclient import TestClient
-
-from tests.conftest import make_client
 
 pytestmark = pytest.mark.slow
 
@@ -17,11 +13,6 @@ IOI = {
     "answer": " Mary",
     "wrong": " John",
 }
-
-
-@pytest.fixture(scope="module")
-def real() -> Iterator[TestClient]:
-    yield from make_client("smollm2-135m")
 
 
 def top_heads(grid: list[list[float]], k: int) -> list[tuple[int, int]]:

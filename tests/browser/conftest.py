@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.server import Server, serve
-from tests.tiny import save_tiny
+from tests.support.models import save_tiny
+from tests.support.server import API_KEY, Server, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -40,6 +40,22 @@ def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("browser")
     model = save_tiny(root / "tiny-llama", "llama")
     with serve(str(model), root) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The tiny llama behind a server started with HEADSCOPE_API_KEY=API_KEY, its corpus store in a tmp dir."""
+    root = tmp_path_factory.mktemp("keyed")
+    model = save_tiny(root / "tiny-llama", "llama")
+    with serve(str(model), root, api_key=API_KEY, data_dir=str(root / "data")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real default model (SmolLM2-135M) behind a real server; for `slow` tests."""
+    with serve("smollm2-135m", tmp_path_factory.mktemp("smollm")) as server:
         yield server
 
 

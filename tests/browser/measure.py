@@ -17,7 +17,7 @@ from typing import Any
 
 from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, VIEWPORT
 from tests.browser.pages import click_head, open_app, painted, wait_repaint
-from tests.server import serve
+from tests.support.server import serve
 
 PARAGRAPH = (
     "The old lighthouse keeper climbed the spiral stairs every evening to light the lamp. Ships passing the "

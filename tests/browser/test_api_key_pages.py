@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -16,24 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.browser.pages import open_app, query, run_prompt
-from tests.server import Server, serve
-from tests.tiny import save_tiny
+from tests.support.server import API_KEY, Server
 
 pytestmark = pytest.mark.browser
 
-KEY = "corpus-page-key-0123456789"
 N_HEADS = 2 * 4  # the tiny llama: 2 layers × 4 heads
 # enough texts (≈ 48 tokens each) for many batches with gradient importance: the job runs for a few seconds
 TEXTS = [f"Text {i}: " + " ".join(f"word{(i * 7 + j) % 97}" for j in range(20)) for i in range(600)]
-
-
-@pytest.fixture(scope="module")
-def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The tiny llama behind a server started with HEADSCOPE_API_KEY, its corpus store in a tmp dir."""
-    root = tmp_path_factory.mktemp("keyed-corpus")
-    model = save_tiny(root / "tiny-llama", "llama")
-    with serve(str(model), root, api_key=KEY, data_dir=str(root / "data")) as server:
-        yield server
 
 
 class Requests:
@@ -62,20 +50,20 @@ class Requests:
     def check_keyed(self) -> None:
         """Every request carried the key, none was refused, and no URL holds the key."""
         assert self.seen
-        assert all(s["key"] == KEY for s in self.seen), [s["url"] for s in self.seen if s["key"] != KEY]
+        assert all(s["key"] == API_KEY for s in self.seen), [s["url"] for s in self.seen if s["key"] != API_KEY]
         assert not [s["url"] for s in self.seen if s.get("status") == 401]
-        assert not [s["url"] for s in self.seen if KEY in s["url"]]
+        assert not [s["url"] for s in self.seen if API_KEY in s["url"]]
 
 
 def give_key(page: Any) -> None:
     page.wait_for_selector("#api-key-dialog[open]")
-    page.fill("#api-key-input", KEY)
+    page.fill("#api-key-input", API_KEY)
     page.press("#api-key-input", "Enter")
 
 
 def keyed(page: Any) -> None:
     """The tab already holds the key (as after the first prompt): pages load without asking."""
-    page.add_init_script(f"sessionStorage.setItem('headscope:api-key', {json.dumps(KEY)})")
+    page.add_init_script(f"sessionStorage.setItem('headscope:api-key', {json.dumps(API_KEY)})")
 
 
 # the progress bar's values as the page shows them, each change recorded in window.__progress
@@ -91,7 +79,7 @@ def test_corpus_job_progress_streams_and_exports_download_with_the_key(
     page: Any, keyed_server: Server, artifacts: Path
 ) -> None:
     base = keyed_server.url
-    api = httpx.Client(base_url=base, timeout=60, headers={"X-API-Key": KEY})
+    api = httpx.Client(base_url=base, timeout=60, headers={"X-API-Key": API_KEY})
     ds = api.post("/api/datasets", json={"name": "six hundred", "texts": TEXTS})
     assert ds.status_code == 201, ds.text
     ds_id = ds.json()["id"]
@@ -194,7 +182,7 @@ def test_heads_trace_and_lecture_pages_send_the_key(page: Any, keyed_server: Ser
 
 def test_a_dropped_stream_falls_back_to_polling_with_the_key(page: Any, keyed_server: Server) -> None:
     base = keyed_server.url
-    api = httpx.Client(base_url=base, timeout=60, headers={"X-API-Key": KEY})
+    api = httpx.Client(base_url=base, timeout=60, headers={"X-API-Key": API_KEY})
     ds = api.post("/api/datasets", json={"name": "sixty", "texts": TEXTS[:60]}).json()["id"]
     page.route("**/api/jobs/*/events", lambda route: route.abort())  # the stream never gets through
     page.watch.allow("net::ERR_FAILED")

@@ -26,7 +26,7 @@ from tests.browser.pages import (
     top_tokens,
     wait_repaint,
 )
-from tests.server import Server
+from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
 

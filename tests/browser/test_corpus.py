@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from tests.browser.pages import painted, query, wait_repaint
-from tests.server import Server, serve
-from tests.tiny import save_tiny
+from tests.support.models import save_tiny
+from tests.support.server import Server, serve
 
 pytestmark = pytest.mark.browser
 

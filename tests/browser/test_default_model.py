@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.browser.pages import click_head, open_app, query, run_prompt, show_head, tick_labels, top_tokens
-from tests.server import Server, serve
+from tests.support.server import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -19,12 +18,6 @@ REPEATED = (
     "Mr and Mrs Dursley, of number four, Privet Drive, were proud to say that they were perfectly normal. "
     "Mr and Mrs Dursley, of number four, Privet"
 )
-
-
-@pytest.fixture(scope="module")
-def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serve("smollm2-135m", tmp_path_factory.mktemp("smollm")) as server:
-        yield server
 
 
 def api_tokens(url: str, text: str) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.server import Server
+from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
 

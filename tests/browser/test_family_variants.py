@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests.browser.pages import open_app, run_prompt
-from tests.families import WINDOW, by_type, save
-from tests.server import Server, serve
+from tests.support.families import WINDOW, by_type, save
+from tests.support.server import Server, serve
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.browser.pages import click_head, open_app, query, run_prompt, wait_repaint
-from tests.server import Server
+from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
 

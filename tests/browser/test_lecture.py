@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.browser.pages import query
-from tests.server import Server
+from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.browser.pages import download, open_app, run_prompt
-from tests.server import Server
+from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
 

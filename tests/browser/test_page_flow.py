@@ -20,7 +20,7 @@ from tests.browser.pages import (
     show_head,
     wait_repaint,
 )
-from tests.server import Server
+from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
 

@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.browser.pages import open_app, run_prompt, show_head
-from tests.server import Server, serve
-from tests.tiny import save_tiny
+from tests.support.server import API_KEY, Server
 
 pytestmark = pytest.mark.browser
-
-KEY = "page-test-key-0123456789"
-
-
-@pytest.fixture(scope="module")
-def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The tiny llama behind a server started with HEADSCOPE_API_KEY."""
-    root = tmp_path_factory.mktemp("keyed")
-    with serve(str(save_tiny(root / "tiny-llama", "llama")), root, api_key=KEY) as server:
-        yield server
 
 
 def answer_key(page: Any, key: str) -> None:
@@ -41,24 +29,24 @@ def test_the_page_asks_for_the_api_key_once_and_again_after_a_401(
     answer_key(page, "not-the-key")
     page.wait_for_selector("#api-key-dialog[open] .key-error")  # refused: asked again, saying why
     page.screenshot(path=str(artifacts / "tiny-api-key.png"))
-    answer_key(page, KEY)
+    answer_key(page, API_KEY)
     page.wait_for_selector("body[data-ready]")
     assert page.locator("#grid .cell").count() == 8  # the page works: model card, first run
     n_refused = len(refused)
     run_prompt(page, "The cat sat on the mat. The cat")
     show_head(page, "L1H2")
     assert len(refused) == n_refused  # asked once: every later request carried the key
-    assert page.evaluate("sessionStorage.getItem('headscope:api-key')") == KEY
+    assert page.evaluate("sessionStorage.getItem('headscope:api-key')") == API_KEY
     page.reload()  # kept for the tab: no second prompt
     page.wait_for_selector("body[data-ready]")
     assert page.locator("#api-key-dialog").count() == 0
     # the server no longer takes that key (say, it was rotated): the page asks again
     page.evaluate("sessionStorage.setItem('headscope:api-key', 'rotated')")
     page.fill("#prompt", "A new text")  # the live token count is the first request to be refused
-    answer_key(page, KEY)
+    answer_key(page, API_KEY)
     page.wait_for_function("() => document.querySelector('#token-count').dataset.tokens === '3'")
     run_prompt(page, "A new text")
-    assert page.evaluate("sessionStorage.getItem('headscope:api-key')") == KEY
+    assert page.evaluate("sessionStorage.getItem('headscope:api-key')") == API_KEY
 
 
 def test_el_refuses_markup_and_the_map_cache_is_bounded(page: Any, tiny_server: Server) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
@@ -13,7 +12,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pytest
 
 from tests.browser.pages import query
-from tests.server import Server, serve
+from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
 
@@ -229,12 +228,6 @@ def test_url_restores_the_view_and_back_forward_work(page: Any, tiny_server: Ser
     assert close(plot_z(page, "patch-plot"), noise["scores"])
     page.go_forward()
     page.wait_for_selector('#direction button[data-dir="denoise"][aria-pressed="true"]')
-
-
-@pytest.fixture(scope="module")
-def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with serve("smollm2-135m", tmp_path_factory.mktemp("smollm-trace")) as server:
-        yield server
 
 
 @pytest.mark.slow

@@ -1,16 +1,35 @@
-"""A client that leaves mid-request, over real ASGI: slow, watched work and the disconnect scenario that the
-generation and scheduler tests share (the work must be closed, and nothing may run after it)."""
+"""Async scenarios over real ASGI: a runner, and a client that leaves mid-request with slow, watched work (the
+disconnect scenario that the generation and scheduler tests share: the work must be closed, and nothing may run
+after it)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 Y = TypeVar("Y")
 R = TypeVar("R")
+
+
+def run_async(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """asyncio.run in a thread of its own (the browser tests' Playwright keeps a loop in this one)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(60)
+    if errors:
+        raise errors[0]
 
 
 @dataclass

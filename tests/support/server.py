@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "page-test-key-0123456789"  # the key of the browser tests' keyed_server
 
 
 def free_port() -> int:
