@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import threading
 import time
@@ -157,18 +158,41 @@ def test_a_sweep_whose_client_disconnects_stops_within_one_slice(
     body = b'{"text": "%s", "method": "ablation"}' % LONG.encode()
     runs.analyse(loaded, LONG)  # warm
 
+    sent: list[dict[str, Any]] = []
+
     async def scenario() -> None:
-        left = await leave_midway(app, "/api/importance", body, watch, 3)
+        left = await leave_midway(app, "/api/importance", body, watch, 3, sent=sent)
         assert sum(t > left for t in watch.made) <= 1  # at most the slice already under way when it left
         assert len(watch.made) < loaded.adapter.layout.n_layers * loaded.adapter.layout.n_heads
 
     run_async(scenario)
     assert svc.queue_depth == 0
+    # the answer nobody reads, for the access log: 499 in the one error shape
+    statuses = [m["status"] for m in sent if m["type"] == "http.response.start"]
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert statuses == [499] and json.loads(answer)["error"] == "client_closed_request"
     svc.shutdown()
 
 
-def test_client_gone_and_cancelled_are_service_errors() -> None:
-    assert ClientGone("x").status == 499 and Cancelled("x").status == 409
+def test_sliced_work_is_closed_and_raises_client_gone_once_the_client_has_left(tiny_loaded: dict[str, Loaded]) -> None:
+    svc = _service(tiny_loaded["llama"])
+    log: list[str] = []
+
+    async def gone() -> bool:
+        return "a2" in log
+
+    async def scenario() -> None:
+        with pytest.raises(ClientGone):
+            await svc.sliced("a", _slices(log, "a", 100, 0.02), gone, poll_s=0.01)
+
+    run_async(scenario)
+    deadline = time.monotonic() + 5
+    while log[-1] != "a closed" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log[-1] == "a closed"  # its finally ran on the model thread
+    assert len(log) < 10  # closed within a slice or two of the client leaving, not run to its end (100 slices)
+    assert svc.queue_depth == 0  # the request's place in the queue was given back
+    svc.shutdown()
 
 
 def test_sweep_in_slices_equals_the_sweep_at_once(tiny_loaded: dict[str, Loaded]) -> None:
