@@ -296,9 +296,10 @@ def test_narrow_window_brings_the_map_into_view(page: Any, tiny_server: Server, 
     open_app(page, tiny_server.url)
     run_prompt(page, PROMPT)
     page.screenshot(path=str(artifacts / "tiny-900x700-top.png"))
+    top = "() => document.querySelector('#heatmap').getBoundingClientRect().top"
+    assert page.evaluate(top) > 700 - 150  # one column: the map starts below the fold, under the grid
     show_head(page, "L1H2")
-    page.wait_for_function(
-        "() => { const r = document.querySelector('#heatmap').getBoundingClientRect(); "
-        "return r.top >= 0 && r.top < innerHeight - 100; }"
-    )
+    page.wait_for_function(f"() => {{ const t = ({top})(); return t >= 0 && t < innerHeight - 100; }}")
+    assert page.get_attribute("#heatmap", "data-heads") == "L1H2"  # the head just chosen is the one in view
+    assert 0 <= page.evaluate(top) < 700 - 100
     page.screenshot(path=str(artifacts / "tiny-900x700-map.png"))
