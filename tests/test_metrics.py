@@ -80,7 +80,8 @@ def test_entropy_and_role_sums() -> None:
     scores = torch.zeros(t, t).masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), metrics.MASKED)
     probs, row_ent, top = metrics.softmax_stats(scores)
     torch.testing.assert_close(probs, uniform)
-    torch.testing.assert_close(row_ent, metrics.row_entropy(uniform), atol=1e-6, rtol=0)
+    definition = -(uniform * torch.log(uniform + metrics.EPS)).sum(-1)  # −Σ_k a_qk · log(a_qk + ε)
+    torch.testing.assert_close(row_ent, definition, atol=1e-6, rtol=0)
     torch.testing.assert_close(top, uniform.amax(-1))
     expected = sum(math.log(q + 1) for q in range(t))
     assert float(row_ent.sum()) == pytest.approx(expected, abs=1e-5)
@@ -94,8 +95,9 @@ def test_duplicate_and_induction_mass() -> None:
     maps[0, 0, 0] = 1
     for q in range(1, 6):
         maps[0, q, q - 1] = 1
-    dup, rows = metrics.duplicate_mass(maps, ids)
-    assert rows == 3 and float(dup[0]) == 0.0  # previous-token head never looks at earlier copies
+    match = metrics.duplicate_match(ids, 0, 6, 6)  # (6, 6): key k < q holds q's token
+    assert int(match.any(-1).sum()) == 3 and int(match.sum()) == 3  # the second copy's rows, each on its earlier copy
+    assert float((maps * match).sum()) == 0.0  # a previous-token head never looks at earlier copies
     induction = torch.zeros(1, 6, 6)
     induction[0, :, 0] = 1
     for q in range(3, 6):

@@ -43,16 +43,6 @@ def softmax_stats(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return probs, entropy, top
 
 
-def duplicate_mass(maps: torch.Tensor, token_ids: torch.Tensor, row_offset: int = 0) -> tuple[torch.Tensor, int]:
-    """Σ over rows whose token occurred before of the attention mass on those earlier occurrences.
-
-    Returns:
-        (sum over such rows, shape (...), number of such rows).
-    """
-    match = duplicate_match(token_ids, row_offset, row_offset + maps.shape[-2], maps.shape[-1])
-    return (maps * match).sum((-1, -2)), int(match.any(-1).sum())
-
-
 def duplicate_match(token_ids: torch.Tensor, start: int, stop: int, n_keys: int) -> torch.Tensor:
     """(stop − start, n_keys) float: 1 where key k < query q holds the same token as q, else 0."""
     q = torch.arange(start, stop, device=token_ids.device)
