@@ -14,11 +14,6 @@ import torch
 EPS = 1e-12  # Clark et al. (2019) smoothing: 0·log 0 taken as 0 via log(a + eps)
 
 
-def row_entropy(maps: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of each query row: −Σ_k a_qk · log(a_qk + ε). Shape (..., T)."""
-    return -(maps * torch.log(maps + EPS)).sum(-1)
-
-
 MASKED = -1e30  # a masked score: exp underflows to exactly 0, and 0 · MASKED stays finite (unlike −inf)
 
 
