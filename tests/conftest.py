@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient
 from app.inspect.loading import load
 from app.inspect.model.loaded import Loaded
 from tests.support.clients import make_client
-from tests.support.clients import wait_ready as wait_ready  # tests/test_jobs.py imports it from here, for now
 from tests.support.models import ARCHS, save_tiny
 
 

@@ -16,7 +16,8 @@ from app.inspect.engine.steps import drain
 from app.inspect.intervene import importance
 from app.inspect.model.loaded import Loaded
 from app.inspect.observe import metrics, probe, registry, roles, similarity
-from tests.helpers import hook_count, tiny_loaded
+from tests.support.checks import hook_count
+from tests.support.models import tiny_loaded
 
 TEXTS = [
     "The cat sat on the mat. The cat sat on the mat again.",

@@ -23,7 +23,7 @@ from app.inspect.engine.runs import encode
 from app.inspect.engine.steps import drain
 from app.inspect.model.loaded import Loaded
 from app.main import create_app
-from tests.conftest import wait_ready
+from tests.support.clients import wait_ready
 
 TEXTS = [
     "The cat sat on the mat. The cat sat on the mat again.",
@@ -330,7 +330,7 @@ def test_events_stream_progress_then_end(client: TestClient) -> None:
     done = [e["progress"]["done"] for _, e in events]
     assert done == sorted(done) and done[-1] == len(TEXTS) and events[-1][1]["state"] == "done"
     assert len(events) >= 3  # one per finished batch, not only the end
-    assert jobs_of(client).n_listeners() == 0  # the stream left no listener behind
+    assert not jobs_of(client)._listeners  # the stream left no listener behind
 
 
 def test_interactive_requests_run_between_batches(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

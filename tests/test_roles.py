@@ -9,8 +9,7 @@ import torch
 
 from app.inspect.engine import runs
 from app.inspect.observe import metrics, probe, roles
-from tests.helpers import as_loaded, tiny_loaded
-from tests.tiny import tiny_model
+from tests.support.models import as_loaded, tiny_loaded, tiny_model
 
 T = 8
 
