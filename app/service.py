@@ -11,15 +11,15 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
 from app.config import Settings
-from app.errors import Busy, Cancelled, ClientGone, NotReady, OutOfMemory
+from app.errors import Busy, ClientGone, NotReady, OutOfMemory
 from app.inspect.engine import runs
 from app.inspect.engine.runs import Run, RunCache
-from app.inspect.engine.steps import is_oom
+from app.inspect.engine.steps import Sliced, is_oom
 from app.inspect.loading import load
 from app.inspect.model.loaded import Loaded
 from app.inspect.observe import registry, roles
@@ -43,34 +43,6 @@ def _lower_model_thread_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), MODEL_THREAD_NICE)
     except (AttributeError, OSError):  # not Linux, or not permitted: keep the default priority
         log.debug("could not lower the model thread's priority")
-
-
-class Sliced(Generic[T]):
-    """Long work run on the model thread one slice at a time, so waiting requests go first between slices.
-
-    `steps` is a generator: each `next()` is one slice (a batch of a corpus job, a few heads of the
-    ablation sweep); what it yields goes to `on_slice` (progress), what it returns is the result.
-    A slice must not yield inside a context that changes the model (hooks, gates): requests run
-    between slices. `cancel()` may be called from any thread; the model thread then closes the
-    generator (its `finally` blocks run there) before it would have run another slice.
-    """
-
-    def __init__(self, name: str, steps: Generator[Any, None, T], on_slice: Callable[[Any], None] | None) -> None:
-        self.name = name
-        self.steps = steps
-        self.on_slice = on_slice
-        self.future: Future[T] = Future()
-        self.slices = 0
-        self.cancelled = False
-        self._wake: Callable[[], None] = lambda: None
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self._wake()
-
-    @property
-    def done(self) -> bool:
-        return self.future.done()
 
 
 class _Request:
@@ -207,13 +179,17 @@ class Service:
     def submit(
         self, name: str, steps: Generator[Any, None, T], on_slice: Callable[[Any], None] | None = None
     ) -> Sliced[T]:
-        """Queue long work as background slices (NotReady while loading or stopping)."""
+        """Queue long work as background slices (NotReady while loading or stopping).
+
+        One slice is one `next()` of `steps` (a batch of a corpus job, a few heads of the ablation sweep): a
+        request waits for at most one, so they are kept short. What a slice yields goes to `on_slice`.
+        """
         if self.stopping or not self.ready:
             steps.close()
             raise NotReady("the server is shutting down" if self.stopping else "the model is still loading")
         task = Sliced(name, steps, on_slice)
         with self._wakeup:
-            task._wake = self._notify
+            task.wake = self._notify
             self._background.append(task)
             self._ensure_thread()
             self._wakeup.notify()
@@ -310,28 +286,14 @@ class Service:
             request.future.set_exception(exc)
 
     def _step(self, task: Sliced[Any]) -> None:
-        """Run one slice of `task`; finish, fail or close it (always on this thread)."""
-        finished = True
+        """Run one slice of `task`, timed, or close it once cancelled (always on this thread); drop it once ended."""
         try:
-            if task.cancelled:
-                task.steps.close()
-                stopped = (
-                    NotReady("the server is shutting down") if self._closing else Cancelled(f"{task.name}: cancelled")
-                )
-                task.future.set_exception(stopped)
-                return
-            value = self._timed(next, (task.steps,))
-            task.slices += 1
-            finished = False
-            if task.on_slice is not None:
-                task.on_slice(value)
-        except StopIteration as stop:
-            task.future.set_result(stop.value)
-        except BaseException as exc:
-            task.steps.close()
-            task.future.set_exception(exc)
+            task.step(
+                lambda steps: self._timed(next, (steps,)),
+                NotReady("the server is shutting down") if self._closing else None,
+            )
         finally:
-            if finished or task.future.done():
+            if task.done:
                 with self._wakeup:
                     if task in self._background:
                         self._background.remove(task)

@@ -25,17 +25,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from app.corpus.batches import Items, halves
 from app.corpus.measure import measure_batch_steps
 from app.corpus.records import BatchResult
 from app.inspect.engine.hooks import before_every_block
-from app.inspect.engine.steps import is_oom
+from app.inspect.engine.steps import Sliced, is_oom
 from app.inspect.loading import load, resolve
 from app.inspect.model.loaded import Loaded
 
@@ -46,7 +46,6 @@ LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # a local instance then b
 POLL_S = 0.2  # how often the driver looks at cancel while batches run
 MAX_RESTARTS = 3  # per actor; then it counts as lost
 READY_TIMEOUT_S = 1800.0  # actors loading a large model from disk
-Items = list[tuple[int, list[int]]]  # (text index, token ids) of one batch
 Commit = Callable[[BatchResult, int | None, float], None]  # result, finished batch number or None, seconds
 
 
@@ -99,28 +98,30 @@ class Worker:
             if run in self.stopped:
                 raise Stopped
 
-        steps = measure_batch_steps(self.loaded, items, frozenset(analyses), importance)
+        def advance(steps: Generator[Any, None, BatchResult]) -> Any:
+            check()
+            with before_every_block(self.loaded.adapter, check):
+                return next(steps)
+
+        task = Sliced(
+            f"run {run} piece {piece}", measure_batch_steps(self.loaded, items, frozenset(analyses), importance)
+        )
         self.running += 1
         try:
-            while True:
-                if run in self.stopped:
-                    raise Stopped
-                with before_every_block(self.loaded.adapter, check):
-                    next(steps)
-        except StopIteration as done:
-            return piece, done.value
-        except Stopped:
-            return piece, "stopped"
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return piece, "oom"
+            task.run(advance)  # a failed or stopped run is closed: its own hooks and gates come off
         finally:
-            steps.close()  # its own hooks and gates come off (a no-op when it has ended)
             self.running -= 1
+        error = task.future.exception()
+        if error is None:
+            return piece, task.future.result()
+        if isinstance(error, Stopped):
+            return piece, "stopped"
+        if not is_oom(error):
+            raise error
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return piece, "oom"
 
 
 class Cluster:
@@ -288,10 +289,7 @@ class Cluster:
                         continue
                     idle.append(actor)
                     if result == "oom":
-                        if len(items) == 1:
-                            raise MemoryError(f"text {items[0][0]} ({len(items[0][1])} tokens) does not fit alone")
-                        half = len(items) // 2
-                        for part in (items[:half], items[half:]):
+                        for part in halves(items):
                             pieces[len(pieces)] = (number, part)
                             waiting.appendleft(len(pieces) - 1)
                         open_pieces[number] += 1
@@ -310,31 +308,6 @@ class Cluster:
             for actor in live:
                 with contextlib.suppress(Exception):  # the cluster is gone: nothing runs there any more
                     actor.stop.remote(run)
-
-
-class DriverTask:
-    """A job's generator run on its own thread (not the model worker): the same cancel/future as Sliced."""
-
-    def __init__(self, name: str, steps: Generator[None, None, None]) -> None:
-        self.name = name
-        self.future: Future[None] = Future()
-        self.cancelled = False
-        self._steps = steps
-        threading.Thread(target=self._drive, name=name, daemon=True).start()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def _drive(self) -> None:
-        try:
-            for _ in self._steps:
-                if self.cancelled:
-                    self._steps.close()
-                    break
-            self.future.set_result(None)
-        except BaseException as exc:  # the generator handles its own errors; this is a bug
-            log.exception("job driver %s crashed", self.name)
-            self.future.set_exception(exc)
 
 
 def tokenizer_copy(loaded: Loaded) -> Any:

@@ -1,13 +1,13 @@
 """Corpus jobs: run analyses over a dataset in length-bucketed batches on the model worker, persistently.
 
 What crosses the boundary: job parameters in; job records (state, progress) and change notifications
-out. A job is a generator of slices run by app.service (Sliced): one slice per batch, so interactive
+out. A job is a generator of slices (a Sliced task) run by app.service: one slice per batch, so interactive
 requests run between batches. Each finished batch is committed to the JobStore in one transaction
 before the next starts, so a cancel, a restart or SIGTERM loses at most the batch in flight, and a
 resumed job skips what is stored. An out-of-memory error in a batch retries it in halves, down to
-one text; a text that does not fit alone fails the job with a message that says so.
+one text (app.corpus.batches); a text that does not fit alone fails the job with a message that says so.
 
-With a Ray cluster (app.corpus.cluster) a job runs on a driver thread of its own instead: the same plan,
+With a Ray cluster (app.corpus.cluster) the same task runs on a driver thread of its own instead: the same plan,
 its batches measured by the cluster's actors and committed here as they arrive; the model worker is not
 involved, so interactive requests never wait for the cluster. A lost cluster leaves the job interrupted.
 
@@ -27,17 +27,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from app.corpus.cluster import Cluster, ClusterLost, DriverTask, Items, tokenizer_copy
+from app.corpus.batches import Items, OutOfMemoryInBatch, halves
+from app.corpus.cluster import Cluster, ClusterLost, tokenizer_copy
 from app.corpus.datasets import DatasetStore
 from app.corpus.jobstore import JobRecord, JobStore, now_iso
 from app.corpus.measure import length_batches, measure_batch_steps
 from app.corpus.records import BatchResult
 from app.corpus.results import Results
-from app.errors import Conflict, InvalidInput, NotReady
+from app.errors import Cancelled, Conflict, InvalidInput, NotReady
 from app.inspect.engine.runs import encode
-from app.inspect.engine.steps import is_oom
+from app.inspect.engine.steps import Sliced, is_oom
 from app.inspect.model.loaded import Loaded
-from app.service import Service, Sliced
+from app.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,6 @@ def progress(job: JobRecord) -> Progress:
     return Progress(job.done, job.total, job.tokens, rate, eta)
 
 
-class OutOfMemoryInBatch(Exception):
-    """A single text did not fit in memory even alone."""
-
-
 class Jobs:
     """Starts, cancels and resumes jobs; tells listeners when a job changes. Thread-safe."""
 
@@ -103,7 +100,7 @@ class Jobs:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_texts = max_batch_texts
         self.results = Results(store)
-        self._tasks: dict[str, Sliced[None] | DriverTask] = {}
+        self._tasks: dict[str, Sliced[None]] = {}
         self._runs: dict[str, object] = {}  # job id → token of its current run: a cancelled run's exit is ignored
         self._listeners: dict[str, list[Callable[[JobRecord], None]]] = {}
         self._lock = threading.Lock()
@@ -239,10 +236,11 @@ class Jobs:
             self._runs[job_id] = token
         try:
             if self.cluster is None:
-                task: Sliced[None] | DriverTask = self.service.submit(f"job {job_id}", self._run(job_id, token))
+                task = self.service.submit(f"job {job_id}", self._run(job_id, token))
             else:
                 _ = self.service.model  # NotReady while the model loads: the driver plans with its tokenizer
-                task = DriverTask(f"job {job_id}", self._run(job_id, token))
+                task = Sliced(f"job {job_id}", self._run(job_id, token))
+                threading.Thread(target=_drive, args=(task,), name=task.name, daemon=True).start()
         except NotReady:
             self.store.update(job_id, state="interrupted")
             raise
@@ -250,7 +248,7 @@ class Jobs:
             self._tasks[job_id] = task
         task.future.add_done_callback(lambda _: self._forget(job_id, task))
 
-    def _forget(self, job_id: str, task: Sliced[None] | DriverTask) -> None:
+    def _forget(self, job_id: str, task: Sliced[None]) -> None:
         with self._lock:
             if self._tasks.get(job_id) is task:
                 del self._tasks[job_id]
@@ -324,11 +322,11 @@ class Jobs:
     ) -> Generator[Any, None, None]:
         """The batches on the model worker, one slice each; out-of-memory halves run as slices of their own."""
         for number, batch in todo:
-            pieces = [batch]
+            pieces = [[(i, self._ids(loaded.tokenizer, texts[i], job.max_tokens)) for i in batch]]
             while pieces:
                 yield
                 piece = pieces.pop(0)
-                split = yield from self._measure(loaded, job, texts, piece, number if not pieces else None)
+                split = yield from self._measure(loaded, job, piece, number if not pieces else None)
                 if split:
                     pieces[:0] = split
                 else:
@@ -354,17 +352,16 @@ class Jobs:
         yield from cluster.measure(batches, list(job.analyses), job.importance, commit)
 
     def _measure(
-        self, loaded: Loaded, job: JobRecord, texts: list[str], piece: list[int], batch: int | None
-    ) -> Generator[Any, None, list[list[int]]]:
+        self, loaded: Loaded, job: JobRecord, items: Items, batch: int | None
+    ) -> Generator[Any, None, list[Items]]:
         """Measure and commit one piece of a batch; on out-of-memory, its two halves to run instead.
 
         Yields between the forwards of an ablation-importance sweep, so one batch does not hold the
         model worker for a whole sweep.
         """
-        if not piece:
+        if not items:
             return []
         began = time.monotonic()
-        items = [(i, self._ids(loaded.tokenizer, texts[i], job.max_tokens)) for i in piece]
         try:
             self.forwards += 1
             result = yield from measure_batch_steps(loaded, items, frozenset(job.analyses), job.importance)
@@ -372,14 +369,9 @@ class Jobs:
             if not is_oom(exc):
                 raise
             self.service.release_memory()
-            if len(piece) == 1:
-                n = len(items[0][1])
-                raise OutOfMemoryInBatch(
-                    f"out of memory on text {piece[0]} ({n} tokens) even alone; start the job with a smaller max_tokens"
-                ) from exc
-            log.warning("job %s: out of memory on %d texts; retrying in halves", job.id, len(piece))
-            half = len(piece) // 2
-            return [piece[:half], piece[half:]]
+            split = halves(items, exc)
+            log.warning("job %s: out of memory on %d texts; retrying in halves", job.id, len(items))
+            return list(split)
         self._commit(job, result, time.monotonic() - began, batch)
         return []
 
@@ -397,3 +389,11 @@ class Jobs:
     @staticmethod
     def _ids(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
         return encode(tokenizer, text)[:max_tokens]
+
+
+def _drive(task: Sliced[None]) -> None:
+    """A job's driver thread (on a cluster): every step of the job here, not on the model worker."""
+    task.run()
+    error = task.future.exception()
+    if error is not None and not isinstance(error, Cancelled):  # the job handles its own errors: this is a bug
+        log.error("job driver %s crashed", task.name, exc_info=error)
