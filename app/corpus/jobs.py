@@ -213,10 +213,6 @@ class Jobs:
                 if not found:
                     self._listeners.pop(job_id, None)
 
-    def n_listeners(self) -> int:
-        with self._lock:
-            return sum(len(v) for v in self._listeners.values())
-
     def _publish(self, job_id: str) -> None:
         with self._lock:
             listeners = list(self._listeners.get(job_id, []))
