@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
 from app.errors import NotFound
-from app.web import templates
+from app.templating import templates
 
 ASSETS = Path(fastapi_offline.__file__).parent / "static"
 MEDIA_TYPES = {

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import plotly
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
-from fastapi.templating import Jinja2Templates
 
-ROOT = Path(__file__).resolve().parents[1]
-templates = Jinja2Templates(directory=ROOT / "templates")
+from app.templating import PLOTLY_JS, templates
+
 router = APIRouter(include_in_schema=False)
-PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
 
 @router.get("/", response_class=HTMLResponse)
