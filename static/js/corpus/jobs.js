@@ -9,39 +9,33 @@ export const RESUMABLE = new Set(["interrupted", "cancelled", "failed"]);
 const POLL_MS = 1000;
 
 /**
- * Follow job `id` until it ends: onProgress(job) at each finished batch, onEnd(job) once, onError(err) for a
- * failed poll. The events come through fetch() (api.jobEvents), so they carry the API key. Returns a
- * function that stops following.
+ * Follow job `id` until it ends or `signal` aborts: onProgress(job) at each finished batch, onEnd(job) once,
+ * onError(err) for a failed poll. The events come through fetch() (api.jobEvents), so they carry the API key.
  */
-export function watchJob(id, { onProgress, onEnd, onError }) {
-  const ctl = new AbortController();
+export function watchJob(id, signal, { onProgress, onEnd, onError }) {
   let timer = 0;
-  const stop = () => {
-    ctl.abort();
-    clearTimeout(timer);
-  };
+  signal.addEventListener("abort", () => clearTimeout(timer), { once: true });
   const settle = async () => {
     // the end (or a dropped stream): ask for the job itself, then stop or keep polling
-    if (ctl.signal.aborted) return;
+    if (signal.aborted) return;
     try {
-      const job = await api.job(id, { signal: ctl.signal });
+      const job = await api.job(id, { signal });
       if (ENDED.has(job.state)) {
-        stop();
         onEnd(job);
         return;
       }
       onProgress(job);
     } catch (err) {
-      if (ctl.signal.aborted) return;
+      if (signal.aborted) return;
       onError(err);
-      if (err.status === 404) return stop();
+      if (err.status === 404) return;
     }
     timer = setTimeout(settle, POLL_MS);
   };
   const follow = async () => {
     try {
-      for await (const { event, data } of api.jobEvents(id, { signal: ctl.signal })) {
-        if (ctl.signal.aborted) return;
+      for await (const { event, data } of api.jobEvents(id, { signal })) {
+        if (signal.aborted) return;
         let job;
         try {
           job = JSON.parse(data);
@@ -50,18 +44,16 @@ export function watchJob(id, { onProgress, onEnd, onError }) {
         }
         if (event === "progress") onProgress(job);
         else if (event === "end" && ENDED.has(job.state)) {
-          stop();
-          onEnd(job);
+          onEnd(job); // leaving the loop closes the stream
           return;
         }
       }
     } catch {
-      // a dropped stream (or stop()): settle() asks for the job itself
+      // a dropped stream (or an abort): settle() asks for the job itself
     }
     settle();
   };
   follow();
-  return stop;
 }
 
 const number = (x) => (Number.isFinite(x) ? Math.round(x).toLocaleString("en-US") : "–");

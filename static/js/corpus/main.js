@@ -2,6 +2,7 @@
 // head panel with top examples, similarity matrix), with the view (job, metric, axes, head) held in the URL.
 import * as api from "../lib/api.js";
 import { hideError, showError, showModel, track, wireChrome } from "../lib/chrome.js";
+import { Latest } from "../lib/latest.js";
 import { drawSimilarity } from "../lib/similarity.js";
 import { download, el, fill, headLabel, isAbort, sameHead } from "../lib/util.js";
 import { DatasetForm } from "./data.js";
@@ -15,12 +16,12 @@ const $ = (id) => document.getElementById(id);
 const HEADS_EVERY_MS = 1500; // while a job runs, partial statistics are re-read at most this often
 const EXAMPLES_K = 5;
 
-let S = store.fromURL();
+const S = store.fromURL();
 let model = null;
 let job = null; // the open job (GET /api/jobs/{id})
 let heads = null; // its statistics (GET /api/jobs/{id}/heads), null before the first batch
 let examples = null; // the shown head's /examples response, with .key
-let stopWatch = null;
+const watching = new Latest(); // the open job's progress events (one job followed at a time)
 let headsAt = 0;
 
 const form = new DatasetForm({
@@ -37,21 +38,12 @@ const grid = new CorpusGrid($("cgrid"), { legend: $("legend"), tip: $("ctip") },
 
 // -- stale answers -------------------------------------------------------------------------------
 
-/** Abort the previous request of the same kind and reject a superseded answer as an AbortError. */
-function latest() {
-  let ctl = null;
-  return async (fetcher) => {
-    ctl?.abort();
-    const mine = (ctl = new AbortController());
-    const result = await fetcher(mine.signal);
-    if (mine.signal.aborted) throw new DOMException("superseded", "AbortError");
-    return result;
-  };
-}
-const fetchJob = latest();
-const fetchHeads = latest();
-const fetchExamples = latest();
-const fetchSimilarity = latest();
+// each kind of request aborts the one before; a superseded answer rejects as an AbortError (Latest.run)
+
+const jobReads = new Latest();
+const headsReads = new Latest();
+const examplesReads = new Latest();
+const similarityReads = new Latest();
 
 function painted(node) {
   requestAnimationFrame(() => (node.dataset.painted = String(Number(node.dataset.painted || 0) + 1)));
@@ -74,24 +66,22 @@ function backendText(b) {
 
 /** Open a job: show its progress, follow it while it runs, and show its statistics once there are any. */
 async function openJob(id, push) {
-  stopWatch?.();
-  stopWatch = null;
+  watching.cancel();
   if (id !== job?.id) {
     heads = null;
     examples = null;
     window.Plotly?.purge($("simplot"));
   }
-  S.job = id;
-  store.save(S, { push });
+  store.update(S, { job: id }, { push });
   try {
-    job = await fetchJob((signal) => api.job(id, { signal }));
+    job = await jobReads.run((signal) => api.job(id, { signal }));
   } catch (err) {
     if (!isAbort(err)) closeJob(); // e.g. an unknown id in a shared link: show nothing rather than the last job
     throw err;
   }
   showJob();
   if (RUNNING.has(job.state)) {
-    stopWatch = watchJob(id, {
+    watchJob(id, watching.next(), {
       onProgress: (j) => {
         if (j.id !== S.job) return;
         job = j;
@@ -112,11 +102,9 @@ async function openJob(id, push) {
 
 /** No job open: empty progress panel and results. */
 function closeJob() {
-  stopWatch?.();
-  stopWatch = null;
+  watching.cancel();
   job = heads = examples = null;
-  S.job = null;
-  store.save(S);
+  store.update(S, { job: null });
   $("job-title").textContent = "No job open.";
   renderProgress({ bar: $("job-bar"), text: $("job-progress"), state: $("job-state") }, { state: "none", progress: {} });
   $("job-progress").textContent = "";
@@ -155,7 +143,7 @@ async function cancel() {
   const id = job.id;
   const j = await api.cancelJob(id);
   if (S.job !== id) return;
-  stopWatch?.();
+  watching.cancel();
   job = j;
   showJob();
   await Promise.all([loadResults(), refreshJobs()]);
@@ -182,7 +170,7 @@ async function loadResults() {
   if (!(job?.progress?.done > 0)) heads = null; // statistics exist from the first finished batch on
   else {
     try {
-      heads = await fetchHeads((signal) => api.jobHeads(id, { signal }));
+      heads = await headsReads.run((signal) => api.jobHeads(id, { signal }));
     } catch (err) {
       if (err.status !== 409) throw err;
       heads = null;
@@ -211,12 +199,10 @@ function showResults() {
   for (const format of ["csv", "json", "parquet"]) $(`export-${format}`).disabled = !heads;
   if (!heads) return;
   const metrics = heads.metrics;
-  S.metric = pick(S.metric, metrics, metrics[0]);
-  S.x = pick(S.x, metrics, metrics.includes("previous_token") ? "previous_token" : metrics[0]);
-  const yDefault = metrics.find((m) => m === "importance" && m !== S.x) ?? metrics.find((m) => m === "text_induction" && m !== S.x) ?? metrics.find((m) => m !== S.x) ?? S.x;
-  S.y = pick(S.y, metrics, yDefault);
-  if (S.head && !heads.heads.some((h) => sameHead(h, S.head))) S.head = null;
-  store.save(S);
+  const x = pick(S.x, metrics, metrics.includes("previous_token") ? "previous_token" : metrics[0]);
+  const yDefault = metrics.find((m) => m === "importance" && m !== x) ?? metrics.find((m) => m === "text_induction" && m !== x) ?? metrics.find((m) => m !== x) ?? x;
+  const head = S.head && heads.heads.some((h) => sameHead(h, S.head)) ? S.head : null;
+  store.update(S, { metric: pick(S.metric, metrics, metrics[0]), x, y: pick(S.y, metrics, yDefault), head });
   for (const [id, value] of [["metric", S.metric], ["sx", S.x], ["sy", S.y]]) {
     fill($(id), metrics.map((m) => el("option", { value: m, title: metricDescription(m) || null }, metricLabel(m))));
     $(id).value = value;
@@ -263,7 +249,7 @@ async function loadExamples() {
   const key = `${S.job}|${headLabel(S.head)}|${S.metric}`;
   const [id, head, metric] = [S.job, S.head, S.metric];
   if (examples?.key !== key) showHead(); // "loading examples…" for a new head or metric
-  const res = await fetchExamples((signal) => api.jobExamples(id, head, metric, EXAMPLES_K, { signal }));
+  const res = await examplesReads.run((signal) => api.jobExamples(id, head, metric, EXAMPLES_K, { signal }));
   examples = { ...res, key };
   showHead();
   painted($("head-body"));
@@ -277,7 +263,7 @@ async function loadSimilarity() {
     return;
   }
   const [id, metric] = [S.job, S.sim];
-  const data = await fetchSimilarity((signal) => api.jobSimilarity(id, metric, { signal }));
+  const data = await similarityReads.run((signal) => api.jobSimilarity(id, metric, { signal }));
   $("sim-note").textContent = `${metric === "js" ? "Jensen–Shannon divergence (low = alike)" : "cosine similarity (high = alike)"} between heads' attention maps, averaged over ${data.n_texts} texts. Click a cell to select its row head.`;
   const maxHeight = Math.min(720, Math.max(360, $("sim-panel").clientWidth));
   await drawSimilarity($("simplot"), { ...data, metric, order: "layer" }, (a) => selectHead(a), { maxHeight });
@@ -288,16 +274,14 @@ async function loadSimilarity() {
 
 function selectHead(h) {
   if (sameHead(h, S.head)) return;
-  S.head = h;
-  store.save(S, { push: true });
+  store.update(S, { head: h }, { push: true });
   grid.mark(S.head);
   drawScatterView();
   track(loadExamples(), "reading examples…");
 }
 
 function setMetric(metric) {
-  S.metric = metric;
-  store.save(S);
+  store.update(S, { metric });
   grid.render(heads, S.metric, S.head);
   painted($("cgrid"));
   showReliability();
@@ -308,7 +292,7 @@ function setMetric(metric) {
 function onPopState() {
   const next = store.fromURL();
   const other = next.job !== S.job;
-  S = next;
+  store.update(S, next);
   if (!S.job) return closeJob();
   if (other) return track(openJob(S.job, false), "opening job…");
   showResults();
@@ -335,16 +319,14 @@ function wire() {
   $("sim-metric").addEventListener("click", (e) => {
     const b = e.target.closest("button[data-sim]");
     if (!b || b.dataset.sim === S.sim) return;
-    S.sim = b.dataset.sim;
+    store.update(S, { sim: b.dataset.sim });
     toggleGroup($("sim-metric"), "sim", S.sim);
-    store.save(S);
     track(loadSimilarity(), "reading similarity…");
   });
   $("metric").addEventListener("change", () => setMetric($("metric").value));
   for (const [id, key] of [["sx", "x"], ["sy", "y"]]) {
     $(id).addEventListener("change", () => {
-      S[key] = $(id).value;
-      store.save(S);
+      store.update(S, { [key]: $(id).value });
       drawScatterView();
     });
   }

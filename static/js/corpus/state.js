@@ -1,7 +1,7 @@
 // The corpus view's state and its round trip through the URL: which job, which metric, the scatter axes,
 // the selected head and the similarity measure. Deliberate steps (open a job, pick a head) add history entries.
 import { METRIC as SIMILARITY } from "../lib/similarity.js";
-import { urlWriter } from "../lib/urlstate.js";
+import { stateUpdater } from "../lib/urlstate.js";
 import { headLabel, parseHead } from "../lib/util.js";
 
 const DEFAULTS = {
@@ -41,5 +41,5 @@ export function toQuery(s) {
   return q.toString();
 }
 
-/** Put the state in the address bar: `save(s, {push})` (see lib/urlstate.js). */
-export const save = urlWriter(toQuery);
+/** Change the state: `update(s, patch, {push})` applies the patch and writes the address bar (see lib/urlstate.js). */
+export const update = stateUpdater(toQuery);

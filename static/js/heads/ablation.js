@@ -1,5 +1,6 @@
 // Live ablation: re-run the model with heads switched off (stale requests cancelled) and show the prediction.
 import * as api from "../lib/api.js";
+import { Latest } from "../lib/latest.js";
 import { el, fill, fmt, headLabel, percent, signed, visible } from "../lib/util.js";
 
 /** Heads of one layer. */
@@ -34,14 +35,14 @@ export class Ablation {
   constructor(nodes, onResult) {
     this.nodes = nodes;
     this.onResult = onResult;
-    this.ctl = null;
+    this.requests = new Latest();
     this.run = null;
     this.result = null;
   }
 
   /** A new text was run: its tokens and baseline prediction (from /api/overview). */
   setRun(run) {
-    this.ctl?.abort();
+    this.requests.cancel();
     this.run = run;
     this.result = null;
     this.render();
@@ -49,27 +50,21 @@ export class Ablation {
 
   /** Re-run with `mask` switched off; a newer call aborts this one. Resolves to the result, or null if stale. */
   async update(mask, mode, maps = []) {
-    this.ctl?.abort();
+    this.requests.cancel();
     if (!this.run) return null;
     if (!mask.length) {
-      this.ctl = null;
       this.result = null;
       this.render();
       return null;
     }
-    const ctl = new AbortController();
-    this.ctl = ctl;
+    const signal = this.requests.next();
     this.nodes.panel.dataset.state = "pending";
-    try {
-      const res = await api.ablate(this.run.text, mask, { mode, topK: 10, maps }, { signal: ctl.signal });
-      if (this.ctl !== ctl) return null;
-      this.result = { ...res, n: mask.length, mode };
-      this.render();
-      this.onResult(this.result);
-      return this.result;
-    } finally {
-      if (this.ctl === ctl) this.ctl = null;
-    }
+    const res = await api.ablate(this.run.text, mask, { mode, topK: 10, maps }, { signal });
+    if (!this.requests.isCurrent(signal)) return null;
+    this.result = { ...res, n: mask.length, mode };
+    this.render();
+    this.onResult(this.result);
+    return this.result;
   }
 
   render() {

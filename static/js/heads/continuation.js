@@ -4,6 +4,7 @@
 // It reads the view state from the address bar (state.js), where main.js keeps the run's text and the mask.
 import * as api from "../lib/api.js";
 import { errorText } from "../lib/chrome.js";
+import { Latest } from "../lib/latest.js";
 import { el, fill, fmt, headLabel, isAbort, percent, visible } from "../lib/util.js";
 import * as store from "./state.js";
 
@@ -16,7 +17,7 @@ const key = (s) => `${s.text}\u0000${s.abl}\u0000${s.mask.map(headLabel).sort().
 export class ContinuationView {
   constructor(root) {
     this.root = root;
-    this.ctl = null;
+    this.requests = new Latest();
     this.shownFor = null; // key() of the state the continuations on screen were made for
     this.count = el("input", { type: "number", id: "cont-n", min: "1", max: String(MAX_NEW), step: "1", value: "32", "aria-label": "tokens to generate" });
     this.button = el("button", { type: "button", id: "cont-run", class: "btn primary", onclick: () => this.start() }, "Continue");
@@ -37,8 +38,7 @@ export class ContinuationView {
     if (!s.text) return this.say("run a prompt first", true);
     const n = Number(this.count.value);
     if (!Number.isInteger(n) || n < 1 || n > MAX_NEW) return this.say(`tokens must be a whole number from 1 to ${MAX_NEW}`, true);
-    this.ctl?.abort();
-    const ctl = (this.ctl = new AbortController());
+    const signal = this.requests.next();
     const mask = [...s.mask].sort((a, b) => a.layer - b.layer || a.head - b.head);
     const cols = this.#columns(s.text, mask, s.abl);
     this.shownFor = key(s);
@@ -47,12 +47,12 @@ export class ContinuationView {
     this.say("generating…");
     const body = { text: s.text, max_new_tokens: n, ablate: mask, mode: s.abl };
     try {
-      const out = await api.generate(body, (step) => this.#step(cols, step), { signal: ctl.signal });
-      if (ctl !== this.ctl) return;
+      const out = await api.generate(body, (step) => this.#step(cols, step), { signal });
+      if (!this.requests.isCurrent(signal)) return;
       this.#finish(cols, out);
       this.root.dataset.state = "done";
     } catch (err) {
-      if (ctl !== this.ctl || isAbort(err)) return;
+      if (!this.requests.isCurrent(signal) || isAbort(err)) return;
       this.root.dataset.state = "error";
       this.say(errorText(err), true);
     }

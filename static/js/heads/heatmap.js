@@ -1,6 +1,7 @@
 // The head view: one head's map, two heads side by side, or a head before / after ablation with the difference.
 import * as api from "../lib/api.js";
 import { BoundedCache } from "../lib/cache.js";
+import { Latest } from "../lib/latest.js";
 import { PLOT_CONFIG } from "../lib/plot.js";
 import { BLUES, el, fill, fmt, headLabel, plotlyText, rgb, sameHead, visible } from "../lib/util.js";
 
@@ -218,8 +219,7 @@ export class HeadView {
     Object.assign(this, { plot, info, noteNode: note });
     this.maps = new BoundedCache(MAP_BUDGET, (w) => w.length * w.length); // head label → weights, this text
     this.roles = [];
-    this.ctl = null;
-    this.seq = 0;
+    this.draws = new Latest(); // a newer draw aborts this one's fetch and discards its answer
     this.shown = null; // what is on screen, for the JSON export
   }
 
@@ -234,18 +234,16 @@ export class HeadView {
 
   /** A new text: forget its maps. */
   setRun(ov) {
-    this.ctl?.abort();
+    this.draws.cancel();
     this.ov = ov;
     this.extra = {};
     this.maps.clear();
   }
 
-  async #fetch(heads) {
+  async #fetch(heads, signal) {
     const missing = heads.filter((h) => !this.maps.has(headLabel(h)));
     if (missing.length) {
-      this.ctl?.abort();
-      this.ctl = new AbortController();
-      const res = await api.attention(this.ov.text, missing, { signal: this.ctl.signal });
+      const res = await api.attention(this.ov.text, missing, { signal });
       const fetched = new Map(res.maps.map((m) => [headLabel(m), m.weights]));
       for (const [label, weights] of fetched) this.maps.set(label, weights);
       return heads.map((h) => fetched.get(headLabel(h)) ?? this.maps.get(headLabel(h)));
@@ -279,7 +277,7 @@ export class HeadView {
    * selected head under the ablation). Resolves to true when something new was painted.
    */
   async draw({ head: A, cmp, mode, mask, scale }, ablated, maxHeight) {
-    const seq = ++this.seq;
+    const signal = this.draws.next();
     if (!this.ov) return false;
     if (!A) {
       fill(this.info);
@@ -289,8 +287,8 @@ export class HeadView {
       return false;
     }
     const B = mode === "compare" && cmp && !sameHead(cmp, A) ? cmp : null;
-    const [wa, wb] = await this.#fetch(B ? [A, B] : [A]);
-    if (seq !== this.seq) return false; // a newer draw started meanwhile
+    const [wa, wb] = await this.#fetch(B ? [A, B] : [A], signal);
+    if (!this.draws.isCurrent(signal)) return false; // a newer draw started meanwhile
     let panels = [{ title: headLabel(A), weights: wa }];
     let note = "";
     if (B) panels.push({ title: headLabel(B), weights: wb });

@@ -2,6 +2,7 @@
 // state in the URL.
 import * as api from "../lib/api.js";
 import { hideError, showError, showModel, track, wireChrome } from "../lib/chrome.js";
+import { Latest } from "../lib/latest.js";
 import { SimilarityView } from "../lib/similarity.js";
 import { el, fill, headLabel, isAbort, parseHead, sameHead } from "../lib/util.js";
 import { Ablation, allButTop, kvGroupHeads, layerHeads, toggleAll } from "./ablation.js";
@@ -26,8 +27,7 @@ const $ = (id) => document.getElementById(id);
 const S = store.fromURL();
 let model = null;
 let ov = null; // the last good /api/overview result, plus .text: everything on screen belongs to it
-let runSeq = 0;
-let runCtl = null;
+const runs = new Latest(); // the /api/overview run; its signal also stops the run's importance requests
 
 const grid = new Grid($("grid"), { legend: $("legend"), info: $("grid-info") }, { select, toggle, compare });
 const headView = new HeadView({ plot: $("heatmap"), info: $("head-info"), note: $("head-note") });
@@ -69,9 +69,9 @@ function markPainted(node, mark, since) {
 
 // -- state → page --------------------------------------------------------------------------------
 
-/** The state changed: address bar (a history entry when `push`), grid marks, controls. */
-function commit({ push = false } = {}) {
-  store.save(S, { push });
+/** The one way the state changes: apply `patch`, write the address bar (a history entry when `push`), mark the grid. */
+function update(patch, { push = false } = {}) {
+  store.update(S, patch, { push });
   grid.mark(S);
   syncControls();
 }
@@ -117,8 +117,9 @@ function syncControls() {
   );
 }
 
-function fillColorOptions() {
-  S.color = overlays.fillSelect($("color-by"), S.color); // the caller's commit() puts it in the address bar
+/** Fill the "Colour by" choices for the run on screen; returns the choice that stands for `wanted` (for update()). */
+function colorChoice(wanted) {
+  return overlays.fillSelect($("color-by"), wanted);
 }
 
 // -- running a text ------------------------------------------------------------------------------
@@ -130,32 +131,28 @@ async function run(text, { push = true } = {}) {
     return;
   }
   performance.mark("hs:enter");
-  runCtl?.abort();
-  const ctl = (runCtl = new AbortController());
-  const seq = ++runSeq;
+  const signal = runs.next();
   hideError();
   const known = counter.count !== null && counter.text === text;
   progress.start(known ? plural(counter.count, "token") : plural(text.length, "character"), !!ov);
   let result;
   try {
-    result = await api.overview(text, { thumb: 32, topK: 10 }, { signal: ctl.signal });
+    result = await api.overview(text, { thumb: 32, topK: 10 }, { signal });
   } catch (err) {
-    if (seq !== runSeq || isAbort(err)) return;
+    if (!runs.isCurrent(signal) || isAbort(err)) return;
     const kept = ov ? `The page still shows the last good run (${plural(ov.tokens.length, "token")}); the address bar points to it.` : "";
     showError(err, kept);
     return;
   } finally {
-    if (seq === runSeq) progress.stop();
+    if (runs.isCurrent(signal)) progress.stop();
   }
-  if (seq !== runSeq) return;
+  if (!runs.isCurrent(signal)) return;
   ov = { ...result, text };
-  S.text = text;
-  overlays.setRun(ov, ctl.signal);
+  overlays.setRun(ov, signal);
   headView.setRun(ov);
   similarityView.setRun(ov);
   counter.setRunText(text, ov.tokens.length);
-  fillColorOptions();
-  commit({ push });
+  update({ text, color: colorChoice(S.color) }, { push });
   grid.render(ov);
   grid.mark(S);
   markPainted($("grid"), "hs:grid", "hs:enter");
@@ -166,8 +163,7 @@ async function run(text, { push = true } = {}) {
 }
 
 function cancelRun() {
-  runCtl?.abort();
-  runSeq++;
+  runs.cancel();
   progress.stop();
 }
 
@@ -187,13 +183,13 @@ async function applyOverlay() {
   const say = () => grid.setLegendNote(`${o.label}: ${doing}… ${Math.round((performance.now() - t0) / 1000)} s`);
   say();
   const timer = setInterval(say, 1000);
-  const seq = runSeq;
+  const asked = runs.signal; // a run started (or cancelled) since makes this answer stale
   try {
     const g = await overlays.scores(o);
-    if (seq !== runSeq || S.color !== o.name) return;
+    if (!runs.isCurrent(asked) || S.color !== o.name) return;
     grid.setOverlay(o.label, g, o.description);
   } catch (err) {
-    if (seq === runSeq && S.color === o.name) grid.setLegendNote(`${o.label}: not available`);
+    if (runs.isCurrent(asked) && S.color === o.name) grid.setLegendNote(`${o.label}: not available`);
     throw err;
   } finally {
     clearInterval(timer);
@@ -210,8 +206,7 @@ function refreshAblation() {
 
 function setMask(mask) {
   performance.mark("hs:toggle");
-  S.mask = mask;
-  commit({ push: true });
+  update({ mask }, { push: true });
   refreshAblation();
 }
 
@@ -221,29 +216,20 @@ function toggle(h) {
 
 function select(h) {
   performance.mark("hs:select");
-  S.head = h;
-  S.view = "head";
-  if (sameHead(S.cmp, h) && S.mode === "compare") S.cmp = null;
-  commit({ push: true });
+  const cmp = sameHead(S.cmp, h) && S.mode === "compare" ? null : S.cmp;
+  update({ head: h, cmp, view: "head" }, { push: true });
   refreshView().then(revealView);
   if (S.mode === "diff") refreshAblation();
 }
 
 function compare(h) {
   if (!S.head) return select(h);
-  S.cmp = h;
-  S.mode = "compare";
-  S.view = "head";
-  commit({ push: true });
+  update({ cmp: h, mode: "compare", view: "head" }, { push: true });
   refreshView().then(revealView);
 }
 
 function pickPair(a, b) {
-  S.head = a;
-  S.cmp = sameHead(a, b) ? null : b;
-  S.mode = "compare";
-  S.view = "head";
-  commit({ push: true });
+  update({ head: a, cmp: sameHead(a, b) ? null : b, mode: "compare", view: "head" }, { push: true });
   refreshView().then(revealView);
 }
 
@@ -281,10 +267,8 @@ const maskKey = (s) => `${s.abl}:${s.mask.map(headLabel).sort().join()}`;
 function restore() {
   if (!$("progress").hidden) cancelRun(); // Back during a run: the run is not wanted either
   const before = { color: S.color, mask: maskKey(S) };
-  Object.assign(S, store.fromURL());
-  if (model) validHeads();
-  fillColorOptions();
-  commit();
+  const next = model ? validHeads(store.fromURL()) : store.fromURL();
+  update({ ...next, color: colorChoice(next.color) });
   if (S.text && S.text !== ov?.text) {
     $("prompt").value = S.text;
     counter.update(S.text);
@@ -334,8 +318,7 @@ function onSeg(id, attr, apply) {
 
 /** A change of one state key, as a history entry, then whatever it needs redrawn. */
 function step(patch, after = refreshView) {
-  Object.assign(S, patch);
-  commit({ push: true });
+  update(patch, { push: true });
   after();
 }
 
@@ -438,14 +421,12 @@ function wire() {
   });
 }
 
-/** Keep only heads this model has (a shared URL may come from another model). */
-function validHeads() {
+/** State `s` with only heads this model has (a shared URL may come from another model). */
+function validHeads(s) {
   const ok = (h) => h && h.layer < model.n_layers && h.head < model.n_heads;
-  S.mask = S.mask.filter(ok);
-  if (!ok(S.head)) S.head = null;
-  if (!ok(S.cmp)) S.cmp = null;
-  if (S.scope !== "all" && Number(S.scope) >= model.n_layers) S.scope = "all";
-  if (S.scope === "all" || Number(S.kv) >= model.n_kv_heads) S.kv = "all";
+  const scope = s.scope !== "all" && Number(s.scope) >= model.n_layers ? "all" : s.scope;
+  const kv = scope === "all" || Number(s.kv) >= model.n_kv_heads ? "all" : s.kv;
+  return { ...s, mask: s.mask.filter(ok), head: ok(s.head) ? s.head : null, cmp: ok(s.cmp) ? s.cmp : null, scope, kv };
 }
 
 async function start() {
@@ -466,9 +447,8 @@ async function start() {
   $("keep-k").max = String(model.n_layers * model.n_heads);
   fill($("scope"), el("option", { value: "all" }, "all layers"), [...Array(model.n_layers).keys()].map((l) => el("option", { value: String(l) }, `layer ${l}`)));
   fill($("scope-kv"), el("option", { value: "all" }, "all its heads"), model.kv_groups.map((g, i) => el("option", { value: String(i) }, `KV${i} (H${g.join(", H")})`)));
-  validHeads();
-  fillColorOptions();
-  commit();
+  const valid = validHeads(S);
+  update({ ...valid, color: colorChoice(valid.color) });
   await run($("prompt").value, { push: false }); // cheap, and the page is not an empty box on arrival
   requestAnimationFrame(() => setTimeout(() => (document.body.dataset.ready = "1")));
 }

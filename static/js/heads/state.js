@@ -1,6 +1,6 @@
 // The view state, and its round trip through the URL query string so a view can be shared or reloaded.
 import { METRIC as SIMILARITY } from "../lib/similarity.js";
-import { urlWriter } from "../lib/urlstate.js";
+import { stateUpdater } from "../lib/urlstate.js";
 import { headLabel, parseHead } from "../lib/util.js";
 
 const DEFAULTS = {
@@ -65,5 +65,5 @@ export function toQuery(s) {
 /** The Heads page's address for `patch` over the defaults, e.g. {text, head, mask}: how other pages link to it. */
 export const headsURL = (patch) => `/?${toQuery({ ...defaults(), ...patch })}`;
 
-/** Put the state in the address bar: `save(s, {push})` (see lib/urlstate.js). */
-export const save = urlWriter(toQuery);
+/** Change the state: `update(s, patch, {push})` applies the patch and writes the address bar (see lib/urlstate.js). */
+export const update = stateUpdater(toQuery);

@@ -1,5 +1,6 @@
 // The live token counter under the prompt: counts as the user types (debounced /api/tokenize) and warns near the limit.
 import * as api from "../lib/api.js";
+import { Latest } from "../lib/latest.js";
 import { isAbort } from "../lib/util.js";
 
 const DEBOUNCE_MS = 250;
@@ -14,7 +15,7 @@ export class TokenCounter {
     this.limit = null; // the server's max_tokens, from /api/model
     this.runText = null; // the text the results on screen belong to
     this.count = null; // tokens in the text last counted, when known
-    this.ctl = null;
+    this.requests = new Latest();
     this.timer = 0;
     this.text = "";
   }
@@ -34,7 +35,7 @@ export class TokenCounter {
     this.text = text;
     this.count = null; // unknown until this text is counted
     clearTimeout(this.timer);
-    this.ctl?.abort();
+    this.requests.cancel();
     if (!text.trim()) {
       this.count = null;
       this.#show(null, "");
@@ -45,13 +46,12 @@ export class TokenCounter {
   }
 
   async #count(text) {
-    const ctl = new AbortController();
-    this.ctl = ctl;
+    const signal = this.requests.next();
     try {
-      const res = await api.tokenize(text, { signal: ctl.signal });
-      if (this.ctl === ctl) this.#show(res.n_tokens, "");
+      const res = await api.tokenize(text, { signal });
+      if (this.requests.isCurrent(signal)) this.#show(res.n_tokens, "");
     } catch (err) {
-      if (isAbort(err) || this.ctl !== ctl) return;
+      if (isAbort(err) || !this.requests.isCurrent(signal)) return;
       // over the limit the server refuses the text and says how long it is: "text is 6390 tokens; …"
       const m = /text is (\d+) tokens/.exec(err.message || "");
       if (m) this.#show(Number(m[1]), "");

@@ -3,6 +3,7 @@
 import { headsURL } from "../heads/state.js";
 import * as api from "../lib/api.js";
 import { showError, showModel, wireChrome } from "../lib/chrome.js";
+import { Latest } from "../lib/latest.js";
 import { panelTask } from "../lib/paneltask.js";
 import { el, fill } from "../lib/util.js";
 import { drawCurve, headsAt, renderSummary } from "./curve.js";
@@ -10,8 +11,8 @@ import * as store from "./state.js";
 import { drawTradeoff, renderTable, renderTradeoffSummary } from "./tradeoff.js";
 
 const $ = (id) => document.getElementById(id);
-let S = store.fromURL();
-let ctl = null;
+const S = store.fromURL();
+const prunes = new Latest(); // the pruning curve's requests
 let curves = null; // {importance, random, state}: what is drawn
 
 // -- status, errors, stale panels ----------------------------------------------------------------
@@ -20,18 +21,23 @@ const task = (panel, label, work) => panelTask(panel, label, work, ".lprogress")
 
 // -- state ↔ controls ----------------------------------------------------------------------------
 
+/** The state the form holds (as a patch for store.update): the source pressed and the fields. */
 function readInputs() {
-  S.text = $("text").value;
-  S.dataset = $("dataset").value || S.dataset;
   const n = (id, fallback) => (Number.isInteger(Number(id.value)) && id.value !== "" ? Number(id.value) : fallback);
-  S.texts = n($("max-texts"), S.texts);
-  S.tokens = n($("max-tokens"), S.tokens);
-  S.steps = n($("steps"), S.steps);
-  S.seeds = n($("seeds"), S.seeds);
-  S.exact = $("exact").checked;
+  return {
+    src: $("source").querySelector('button[aria-pressed="true"]')?.dataset.src ?? S.src,
+    text: $("text").value,
+    dataset: $("dataset").value || S.dataset,
+    texts: n($("max-texts"), S.texts),
+    tokens: n($("max-tokens"), S.tokens),
+    steps: n($("steps"), S.steps),
+    seeds: n($("seeds"), S.seeds),
+    exact: $("exact").checked,
+  };
 }
 
-function syncInputs() {
+/** Show the state in the form; `src` shows another source than the state's (a toggle not yet run). */
+function syncInputs(src = S.src) {
   $("text").value = S.text;
   if (![...$("dataset").options].some((o) => o.value === S.dataset)) {
     $("dataset").append(el("option", { value: S.dataset }, S.dataset));
@@ -42,27 +48,24 @@ function syncInputs() {
   $("steps").value = String(S.steps);
   $("seeds").value = String(S.seeds);
   $("exact").checked = S.exact;
-  $("exact").disabled = S.src === "dataset";
-  for (const b of $("source").querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.src === S.src));
-  $("text-fields").hidden = S.src !== "text";
-  $("dataset-fields").hidden = S.src !== "dataset";
+  $("exact").disabled = src === "dataset";
+  for (const b of $("source").querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.src === src));
+  $("text-fields").hidden = src !== "text";
+  $("dataset-fields").hidden = src !== "dataset";
 }
 
 // -- the curve -----------------------------------------------------------------------------------
 
 async function prune(push = false) {
-  readInputs();
+  store.update(S, readInputs(), { push });
   syncInputs();
-  store.save(S, { push });
-  ctl?.abort();
-  ctl = new AbortController();
-  const { signal } = ctl;
+  const signal = prunes.next();
   const state = { ...S };
   await task($("curve-panel"), "pruning", async () => {
     const [importance, random] = await Promise.all(
       ["importance", "random"].map((order) => api.pruneCurve(store.curveBody(state, order), { signal })),
     );
-    if (signal.aborted) return;
+    if (!prunes.isCurrent(signal)) return;
     curves = { importance, random, state };
     renderSummary($("curve-summary"), importance, random);
     drawCurve($("curve-plot"), importance, random, pick);
@@ -100,13 +103,10 @@ async function start() {
     }
   });
   for (const b of $("source").querySelectorAll("button")) {
-    b.addEventListener("click", () => {
-      S.src = b.dataset.src;
-      syncInputs();
-    });
+    b.addEventListener("click", () => syncInputs(b.dataset.src)); // the state takes the source when it is run
   }
   window.addEventListener("popstate", () => {
-    S = store.fromURL();
+    store.update(S, store.fromURL());
     syncInputs();
     prune(false);
   });

@@ -1,5 +1,5 @@
 // The Lecture page's state and its round trip through the URL (text or dataset, points, orders, exact point).
-import { urlWriter } from "../lib/urlstate.js";
+import { stateUpdater } from "../lib/urlstate.js";
 
 const DEFAULTS = {
   src: "text", // text | dataset
@@ -50,8 +50,8 @@ export function toQuery(s) {
   return q.toString();
 }
 
-/** Put the state in the address bar: `save(s, {push})` (see lib/urlstate.js). */
-export const save = urlWriter(toQuery);
+/** Change the state: `update(s, patch, {push})` applies the patch and writes the address bar (see lib/urlstate.js). */
+export const update = stateUpdater(toQuery);
 
 /** The request body of /api/prune_curve for one order. */
 export function curveBody(s, order) {

@@ -1,5 +1,6 @@
 // Head × head similarity matrix (JS divergence or cosine), in layer or clustered order, and per-layer collapse.
 import * as api from "./api.js";
+import { Latest } from "./latest.js";
 import { PLOT_CONFIG } from "./plot.js";
 import { el, fill, headLabel, parseHead } from "./util.js";
 
@@ -108,13 +109,12 @@ export class SimilarityView {
   constructor({ plot, collapse, collapseBox }, onPick) {
     Object.assign(this, { plot, collapse, collapseBox, onPick });
     this.cache = new Map();
-    this.ctl = null;
-    this.seq = 0;
+    this.draws = new Latest(); // a newer draw aborts this one's fetch and discards its answer
     this.shown = null;
   }
 
   setRun(ov) {
-    this.ctl?.abort();
+    this.draws.cancel();
     this.ov = ov;
     this.cache.clear();
     this.shown = null;
@@ -122,7 +122,7 @@ export class SimilarityView {
 
   /** Resolves to true when something new was painted. scope: "all" or a layer; kv: "all" or a KV head of it. */
   async draw({ metric, order, scope, kv }, maxHeight) {
-    const seq = ++this.seq;
+    const signal = this.draws.next();
     if (!this.ov) return false;
     if (this.ov.tokens.length < 2) {
       // one token: every head puts all its weight on it, so every pair is identical
@@ -136,12 +136,10 @@ export class SimilarityView {
     const kvHead = scope !== "all" && kv !== "all" ? Number(kv) : null;
     const key = `${metric}|${order}|${scope}|${kvHead}`;
     if (!this.cache.has(key)) {
-      this.ctl?.abort();
-      this.ctl = new AbortController();
       const opts = { metric, order, layer: scope === "all" ? null : Number(scope), kvHead };
-      this.cache.set(key, await api.similarity(this.ov.text, opts, { signal: this.ctl.signal }));
+      this.cache.set(key, await api.similarity(this.ov.text, opts, { signal }));
     }
-    if (seq !== this.seq) return false;
+    if (!this.draws.isCurrent(signal)) return false;
     const data = this.cache.get(key);
     this.shown = { ...data, layer: scope === "all" ? null : Number(scope), kv_head: kvHead };
     if (this.plot.querySelector(".empty")) fill(this.plot);

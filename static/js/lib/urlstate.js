@@ -13,3 +13,16 @@ export function urlWriter(toQuery) {
     else history.replaceState(null, "", url);
   };
 }
+
+/**
+ * A page's `update(state, patch, {push})`, the one way its state changes: apply `patch` to `state` and put
+ * the result in the address bar (see urlWriter for `push`). Returns `state`.
+ */
+export function stateUpdater(toQuery) {
+  const save = urlWriter(toQuery);
+  return (state, patch, { push = false } = {}) => {
+    Object.assign(state, patch);
+    save(state, { push });
+    return state;
+  };
+}

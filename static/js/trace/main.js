@@ -4,6 +4,7 @@ import { headsURL } from "../heads/state.js";
 import * as api from "../lib/api.js";
 import { BoundedCache } from "../lib/cache.js";
 import { hideError, showError, showModel, wireChrome } from "../lib/chrome.js";
+import { Latest } from "../lib/latest.js";
 import { panelTask } from "../lib/paneltask.js";
 import { el, fill, fmt, headLabel, isAbort, parseHead, sameHead, signed, visible } from "../lib/util.js";
 import { clearDLA, drawHeads, drawLayers, renderSummary } from "./dlaview.js";
@@ -25,12 +26,12 @@ const EXAMPLES = [
 ];
 
 const $ = (id) => document.getElementById(id);
-let S = store.fromURL();
+const S = store.fromURL();
 let model = null;
 let runs = null; // {clean, corrupted}: each prompt's lens result at the read-out position (tokens, top-k)
 let att = null; // the token view's /api/attention_from result
-let mainCtl = null;
-let tokenCtl = null;
+const traces = new Latest(); // the trace's requests: lens, attribution, lens grid, patching
+const tokenReads = new Latest(); // the token view's requests
 let patched = null; // the last /api/patch result drawn
 
 // -- requests: resolved results are kept (the last 48) so Back/Forward and toggles redraw without asking again
@@ -50,12 +51,15 @@ const task = (panel, label, work) => panelTask(panel, label, work, ".trace-progr
 
 // -- state ↔ controls ----------------------------------------------------------------------------
 
+/** The state the form's fields hold (as a patch for store.update). */
 function readInputs() {
-  S.clean = $("clean").value;
-  S.corrupted = $("corrupted").value;
-  S.pos = Number.parseInt($("pos").value, 10);
-  if (Number.isNaN(S.pos)) S.pos = -1;
-  S.res = $("residual").checked;
+  const pos = Number.parseInt($("pos").value, 10);
+  return {
+    clean: $("clean").value,
+    corrupted: $("corrupted").value,
+    pos: Number.isNaN(pos) ? -1 : pos,
+    res: $("residual").checked,
+  };
 }
 
 function syncInputs() {
@@ -71,30 +75,26 @@ function syncInputs() {
 // -- the trace: lens (and pickers) first, then DLA, the lens grid and patching -------------------
 
 /**
- * Re-run everything the state asks for; `push` records a history entry (a deliberate step). `edited`: the
- * user typed new prompts, so an answer or wrong token that neither run proposes any more is picked afresh.
+ * Apply `patch` over the form's fields and re-run everything the state asks for; `push` records a history entry
+ * (a deliberate step). `edited`: the user typed new prompts, so an answer or wrong token that neither run
+ * proposes any more is picked afresh.
  */
-async function trace(push = false, { edited = false } = {}) {
-  readInputs();
+async function trace(patch = {}, { push = false, edited = false } = {}) {
+  store.update(S, { ...readInputs(), ...patch }, { push });
   syncInputs();
-  mainCtl?.abort();
-  mainCtl = new AbortController();
-  const { signal } = mainCtl;
+  const signal = traces.next();
   hideError();
   if (!S.clean.trim() || !S.corrupted.trim()) {
-    store.save(S, { push });
     return showError(new Error("type a clean and a corrupted prompt (or pick an example)"));
   }
   for (const id of ["patch-panel", "dla-panel", "token-panel"]) $(id).classList.add("outdated");
-  store.save(S, { push });
   runs = null;
   await task($("lens-panel"), "reading the lens…", async () => {
     const [clean, corrupted] = await Promise.all([
       cached("lens", { text: S.clean, position: S.pos, top_k: 10 }, api.logitLens, signal),
       cached("lens", { text: S.corrupted, position: S.pos, top_k: 10 }, api.logitLens, signal),
     ]);
-    pickDefaults(clean, corrupted, edited);
-    store.save(S);
+    store.update(S, pickDefaults(clean, corrupted, edited));
     // the lens of the answer (the first request's target was the model's own top-1)
     const lens =
       clean.target.token === S.answer
@@ -104,7 +104,7 @@ async function trace(push = false, { edited = false } = {}) {
     renderPrompts();
     await drawLensPanel(lens);
   });
-  if (!runs || signal.aborted) return;
+  if (!runs || !traces.isCurrent(signal)) return;
   refreshToken();
   await Promise.all([
     task($("dla-panel"), "attributing…", () => drawDLA(signal)),
@@ -113,19 +113,20 @@ async function trace(push = false, { edited = false } = {}) {
   ]);
 }
 
-/** Answer: the clean run's top-1; wrong: the corrupted run's top-1 (or the clean runner-up). */
+/** {answer, wrong}: by default the clean run's top-1 and the corrupted run's top-1 (or the clean runner-up). */
 function pickDefaults(clean, corrupted, edited) {
   const top = clean.layers.at(-1).top_k;
   const topCorr = corrupted.layers.at(-1).top_k;
   const proposed = (token) => top.some((t) => t.token === token) || topCorr.some((t) => t.token === token);
-  if (edited && !proposed(S.answer)) S.answer = "";
-  if (edited && !proposed(S.wrong)) S.wrong = "";
-  if (!S.answer) S.answer = top[0].token;
-  if (!S.wrong || S.wrong === S.answer) {
-    S.wrong = (topCorr.find((t) => t.token !== S.answer) ?? top.find((t) => t.token !== S.answer)).token;
+  let answer = edited && !proposed(S.answer) ? "" : S.answer;
+  let wrong = edited && !proposed(S.wrong) ? "" : S.wrong;
+  if (!answer) answer = top[0].token;
+  if (!wrong || wrong === answer) {
+    wrong = (topCorr.find((t) => t.token !== answer) ?? top.find((t) => t.token !== answer)).token;
   }
-  renderPicker($("answer"), top, topCorr, S.answer);
-  renderPicker($("wrong"), top, topCorr, S.wrong);
+  renderPicker($("answer"), top, topCorr, answer);
+  renderPicker($("wrong"), top, topCorr, wrong);
+  return { answer, wrong };
 }
 
 function renderPrompts() {
@@ -222,8 +223,8 @@ async function drawPatching(signal) {
 
 function onHeadClick(h, event) {
   if (event?.shiftKey) {
-    S.rows = S.rows.some((r) => sameHead(r, h)) ? S.rows.filter((r) => !sameHead(r, h)) : [...S.rows, h];
-    return trace(true);
+    const rows = S.rows.some((r) => sameHead(r, h)) ? S.rows.filter((r) => !sameHead(r, h)) : [...S.rows, h];
+    return trace({ rows }, { push: true });
   }
   location.assign(headsURL({ text: S.clean, head: h, mask: [h] }));
 }
@@ -233,16 +234,14 @@ function onHeadClick(h, event) {
 const tokenNodes = () => ({ layer: $("token-layer"), heads: $("token-heads") });
 
 function refreshToken() {
-  tokenCtl?.abort();
-  tokenCtl = new AbortController();
-  const { signal } = tokenCtl;
+  const signal = tokenReads.next();
   if (S.tok === null || !runs) {
     $("token-body").hidden = true;
     $("token-panel").classList.remove("outdated");
     return;
   }
   const run = runs[S.tp];
-  if (S.tok >= run.tokens.length) S.tok = run.tokens.length - 1;
+  if (S.tok >= run.tokens.length) store.update(S, { tok: run.tokens.length - 1 });
   renderPrompts();
   return task($("token-panel"), "reading attention…", async () => {
     const text = run === runs.clean ? S.clean : S.corrupted;
@@ -254,8 +253,8 @@ function refreshToken() {
       cached("lens", lensBody, api.logitLens, signal),
     ]);
     att = from;
-    S.tl = Math.min(S.tl, att.weights.length - 1);
-    if (S.th !== null && S.th >= att.weights[0].length) S.th = null;
+    const th = S.th !== null && S.th >= att.weights[0].length ? null : S.th;
+    store.update(S, { tl: Math.min(S.tl, att.weights.length - 1), th });
     $("token-body").hidden = false;
     fill(
       $("token-caption"),
@@ -278,16 +277,12 @@ function drawTokenAttention() {
 }
 
 function pickToken(which, i, push) {
-  S.tok = i;
-  S.tp = which;
-  store.save(S, { push });
+  store.update(S, { tok: i, tp: which }, { push });
   refreshToken();
 }
 
 function setTokenHead(layer, head) {
-  S.tl = layer;
-  S.th = head;
-  store.save(S);
+  store.update(S, { tl: layer, th: head });
   drawTokenAttention();
 }
 
@@ -299,13 +294,13 @@ const traceKey = () => JSON.stringify([S.clean, S.corrupted, S.answer, S.wrong, 
 function wire() {
   $("trace-form").addEventListener("submit", (e) => {
     e.preventDefault();
-    trace(true, { edited: true });
+    trace({}, { push: true, edited: true });
   });
   for (const id of ["clean", "corrupted"]) {
     $(id).addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
         e.preventDefault();
-        trace(true, { edited: true });
+        trace({}, { push: true, edited: true });
       }
     });
   }
@@ -313,48 +308,41 @@ function wire() {
     $("examples"),
     EXAMPLES.map((ex) =>
       el("button", { type: "button", class: "example", title: `${ex.clean}\n${ex.corrupted}`, onclick: () => {
-        Object.assign(S, { clean: ex.clean, corrupted: ex.corrupted, answer: ex.answer, wrong: ex.wrong, pos: -1 });
-        syncInputs();
-        trace(true);
+        const { clean, corrupted, answer, wrong } = ex;
+        trace({ clean, corrupted, answer, wrong, pos: -1 }, { push: true });
       } }, ex.name),
     ),
   );
   wireChrome();
   for (const id of ["answer", "wrong"]) {
     $(id).addEventListener("change", () => {
-      S[id] = $(id).value;
-      trace(true);
+      trace({ [id]: $(id).value }, { push: true });
     });
   }
-  $("pos").addEventListener("change", () => trace(true));
-  $("residual").addEventListener("change", () => trace(true));
+  $("pos").addEventListener("change", () => trace({}, { push: true }));
+  $("residual").addEventListener("change", () => trace({}, { push: true }));
   $("direction").addEventListener("click", (e) => {
     const dir = e.target.closest("button")?.dataset.dir;
     if (!dir || dir === S.dir) return;
-    S.dir = dir;
-    trace(true);
+    trace({ dir }, { push: true });
   });
   $("grid-toggle").addEventListener("click", () => {
-    S.grid = !S.grid;
-    trace(true);
+    trace({ grid: !S.grid }, { push: true });
   });
   $("rows").addEventListener("change", () => {
     const parts = $("rows").value.split(/[\s,]+/).filter(Boolean);
     const heads = parts.map(parseHead);
     const bad = parts.filter((_, i) => !heads[i] || (model && (heads[i].layer >= model.n_layers || heads[i].head >= model.n_heads)));
     if (bad.length) return showError(new Error(`not a head of this model: ${bad.join(", ")} (write heads as L9H6)`));
-    S.rows = heads;
-    trace(true);
+    trace({ rows: heads }, { push: true });
   });
   $("rows-top").addEventListener("click", () => {
     const scores = patched?.scores;
     if (!scores) return showError(new Error("trace first: the top heads come from the patching result"));
-    S.rows = rank(scores, 5).map(({ layer, head }) => ({ layer, head }));
-    trace(true);
+    trace({ rows: rank(scores, 5).map(({ layer, head }) => ({ layer, head })) }, { push: true });
   });
   $("rows-clear").addEventListener("click", () => {
-    S.rows = [];
-    trace(true);
+    trace({ rows: [] }, { push: true });
   });
   wireStrip($("clean-tokens"), () => runs?.clean.tokens.length ?? 0, () => (S.tp === "clean" ? S.tok : null), (i, push) => pickToken("clean", i, push));
   wireStrip($("corrupted-tokens"), () => runs?.corrupted.tokens.length ?? 0, () => (S.tp === "corrupted" ? S.tok : null), (i, push) => pickToken("corrupted", i, push));
@@ -368,10 +356,10 @@ function wire() {
   });
   window.addEventListener("popstate", () => {
     const before = traceKey();
-    S = store.fromURL();
+    store.update(S, store.fromURL());
     syncInputs();
     if (runs && traceKey() === before) refreshToken(); // only the token view moved
-    else if (S.clean && S.corrupted) trace(false);
+    else if (S.clean && S.corrupted) trace();
   });
 }
 
@@ -385,7 +373,7 @@ async function start() {
   model = await api.model();
   showModel(model, "heads");
   document.body.dataset.ready = "1";
-  if (S.clean && S.corrupted) await trace(false);
+  if (S.clean && S.corrupted) await trace();
 }
 
 start().catch(showError);

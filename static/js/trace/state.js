@@ -1,5 +1,5 @@
 // The Trace page's view state and its round trip through the URL, so a link reproduces the view.
-import { urlWriter } from "../lib/urlstate.js";
+import { stateUpdater } from "../lib/urlstate.js";
 import { headLabel, parseHead } from "../lib/util.js";
 
 const DEFAULTS = {
@@ -61,5 +61,5 @@ export function toQuery(s) {
   return q.toString();
 }
 
-/** Put the state in the address bar: `save(s, {push})` (see lib/urlstate.js). */
-export const save = urlWriter(toQuery);
+/** Change the state: `update(s, patch, {push})` applies the patch and writes the address bar (see lib/urlstate.js). */
+export const update = stateUpdater(toQuery);
