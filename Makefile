@@ -60,8 +60,8 @@ test-fast: env
 	$(PY) -m pytest -m "not slow and not browser and not load"
 
 lint: env
-	$(PY) -m ruff check app tests bench
-	$(PY) -m ruff format --check app tests bench
+	$(PY) -m ruff check app tests bench headscope
+	$(PY) -m ruff format --check app tests bench headscope
 	$(PY) -m mypy
 
 bench: env model

@@ -28,6 +28,7 @@ from app.api import (
     meta,
     overview,
     similarity,
+    snapshot,
     tracing,
 )
 from app.api.encode import FiniteJSONResponse
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         jobs,
         lecture,
         generate,
+        snapshot,
     ):
         app.include_router(module.router)
     app.include_router(web.router)

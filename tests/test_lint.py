@@ -1,4 +1,4 @@
-"""The code stays lint-clean, formatted, and type-checked (mypy strict on app/)."""
+"""The code stays lint-clean, formatted, and type-checked (mypy strict on app/ and headscope/)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_lint_and_format() -> None:
-    lint = _run("ruff", "check", "app", "tests", "bench")
+    lint = _run("ruff", "check", "app", "tests", "bench", "headscope")
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = _run("ruff", "format", "--check", "app", "tests", "bench")
+    fmt = _run("ruff", "format", "--check", "app", "tests", "bench", "headscope")
     assert (ROOT / "bench").is_dir()
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 

@@ -10,6 +10,7 @@ from app.api.encode import Encoding
 from app.inspect.engine.runs import Prediction
 from app.inspect.observe import registry
 from app.inspect.observe.registry import HeadMetric, SimilarityName
+from app.inspect.observe.similarity import Similarity
 
 
 class Strict(BaseModel):
@@ -242,6 +243,18 @@ class SimilarityOut(BaseModel):
     matrix: list[list[float]]
     collapse: list[LayerCollapse] = Field(description="per layer, mean pairwise value within the layer")
     query_rows: int = Field(description="query positions averaged over (all of them unless the text is long)")
+
+    @classmethod
+    def of(cls, sim: Similarity, metric: str, order: str) -> SimilarityOut:
+        """The response form of a similarity computation."""
+        return cls(
+            metric=metric,
+            order=order,
+            heads=[Head(layer=ly, head=h) for ly, h in sim.heads],
+            matrix=sim.matrix.tolist(),
+            collapse=[LayerCollapse(layer=ly, mean_similarity=v) for ly, v in sim.collapse.items()],
+            query_rows=sim.query_rows,
+        )
 
 
 # -- importance and roles ------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import ServiceDep, checked_ids, checked_index, checked_layers
-from app.api.schemas import ERRORS, Head, LayerCollapse, SimilarityIn, SimilarityOut
+from app.api.schemas import ERRORS, SimilarityIn, SimilarityOut
 from app.errors import InvalidInput
 from app.inspect.observe.similarity import head_similarity
 
@@ -27,14 +27,6 @@ async def similarity(body: SimilarityIn, svc: ServiceDep) -> SimilarityOut:
 
     def work() -> SimilarityOut:
         run = svc.run_for(body.text, ids)
-        sim = head_similarity(run, layout, heads, body.metric, body.order)
-        return SimilarityOut(
-            metric=body.metric,
-            order=body.order,
-            heads=[Head(layer=ly, head=h) for ly, h in sim.heads],
-            matrix=sim.matrix.tolist(),
-            collapse=[LayerCollapse(layer=ly, mean_similarity=v) for ly, v in sim.collapse.items()],
-            query_rows=sim.query_rows,
-        )
+        return SimilarityOut.of(head_similarity(run, layout, heads, body.metric, body.order), body.metric, body.order)
 
     return await svc.call(work, n_tokens=len(ids))

@@ -12,6 +12,7 @@ import { HeadView } from "./heatmap.js";
 import { renderModel } from "./modelcard.js";
 import { IMPORTANCE, Overlays } from "./overlays.js";
 import { Progress } from "./progress.js";
+import { saveHTML } from "./savehtml.js";
 import * as store from "./state.js";
 import { TokenCounter, plural } from "./tokencount.js";
 
@@ -413,6 +414,11 @@ function wire() {
     $(`collapse-${format}`).addEventListener("click", () => plotExport($("collapse"), `headscope-within-layer-${S.metric}`, format));
   }
   $("export-json").addEventListener("click", () => exportJSON(exportData()));
+  for (const view of ["grid", "heat", "sim"]) {
+    $(`${view}-html`).addEventListener("click", () =>
+      ov ? track(saveHTML(ov.text, S, view), "saving HTML…") : showError(new Error("run a prompt first")),
+    );
+  }
   window.addEventListener("popstate", restore);
   let resizeTimer = 0;
   window.addEventListener("resize", () => {

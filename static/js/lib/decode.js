@@ -31,7 +31,11 @@ export function decodeBytes(b64) {
 
 /** The values of base64 little-endian float16 `b64` as a Float32Array (byte order read explicitly). */
 export function decodeF16(b64) {
-  const bytes = decodeBytes(b64);
+  return f16Values(decodeBytes(b64));
+}
+
+/** The values of little-endian float16 `bytes` (a Uint8Array) as a Float32Array. */
+export function f16Values(bytes) {
   const t = table();
   const out = new Float32Array(bytes.length >> 1);
   for (let i = 0; i < out.length; i++) out[i] = t[bytes[2 * i] | (bytes[2 * i + 1] << 8)];

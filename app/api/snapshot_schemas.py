@@ -1,0 +1,23 @@
+"""The request of POST /api/snapshot: which views of one text the saved file holds."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from app.api.schemas import HeadRef, TextIn
+from app.inspect.observe.registry import SimilarityName
+
+MAX_SNAPSHOT_MAPS = 64
+
+
+class SnapshotIn(TextIn):
+    heads: list[HeadRef] = Field(
+        default_factory=list, max_length=MAX_SNAPSHOT_MAPS, description="heads whose full maps the file holds"
+    )
+    thumbnails: bool = Field(True, description="hold the all-heads grid (every head's thumbnail and role scores)")
+    similarity: SimilarityName | None = Field(None, description="hold the heads × heads matrix of this measure")
+    title: str | None = Field(None, max_length=200, description="the file's title (default: what it shows)")
+    cmp: HeadRef | None = Field(None, description="shown beside the first of `heads` when the file opens")
+    scale: Literal["linear", "log"] = "linear"

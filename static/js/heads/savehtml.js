@@ -1,0 +1,33 @@
+// "Save as HTML": the server writes one self-contained file of what a view shows (POST /api/snapshot): the data,
+// the page's view code and plotly.js, so it opens from disk with no network and no server.
+import { ApiError } from "../lib/api.js";
+import { authHeaders } from "../lib/auth.js";
+import { download } from "../lib/util.js";
+
+/** What the file holds for `view` ("grid", "heat" or "sim"): the grid always, the shown heads' maps, the matrix. */
+export function snapshotBody(text, S, view) {
+  const heads = [S.head, S.mode === "compare" ? S.cmp : null].filter(Boolean);
+  return {
+    text,
+    heads,
+    cmp: heads[1] ?? null,
+    thumbnails: true,
+    similarity: view === "sim" ? S.metric : null,
+    scale: S.scale,
+  };
+}
+
+/** Ask the server for the file and download it under the name it gives. */
+export async function saveHTML(text, S, view) {
+  const res = await fetch("/api/snapshot", {
+    method: "POST",
+    headers: { ...authHeaders(), "content-type": "application/json" },
+    body: JSON.stringify(snapshotBody(text, S, view)),
+  });
+  if (!res.ok) {
+    const data = await res.json().catch(() => null);
+    throw new ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);
+  }
+  const name = /filename="([^"]+)"/.exec(res.headers.get("content-disposition") || "")?.[1] ?? "headscope.html";
+  download(name, await res.blob());
+}
