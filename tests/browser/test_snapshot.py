@@ -1,0 +1,100 @@
+"""Snapshots opened in headless Chromium with every request but file: aborted: the plots render, hover and head
+switching work, nothing is requested, no console error. The same for notebook outputs (_repr_html_) embedded
+in one page, and for the file the page's "Save as HTML" button downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import headscope
+from tests.browser.pages import open_app, run_prompt, show_head
+from tests.support.server import Server
+
+pytestmark = pytest.mark.browser
+TEXT = "When Mary and John went to the store, John gave a drink to Mary. When Mary and John went"
+
+
+def offline(page: Any) -> list[str]:
+    """Abort every request that is not for a file: URL; returns the list of every URL the page asked for."""
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+    return asked
+
+
+def hover_map(page: Any, nth: int = 0) -> str:
+    """Hover the lower-left quarter of a view's first map (below the diagonal) and return Plotly's hover text."""
+    root = page.locator(".hs-snap").nth(nth)
+    box = root.locator(".hs-heatmap .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)
+    hover = root.locator(".hs-heatmap .hoverlayer .hovertext").first
+    hover.wait_for(state="visible")
+    return str(hover.text_content())
+
+
+@pytest.fixture(scope="module")
+def scope(tiny_server: Server) -> headscope.Scope:
+    return headscope.connect(tiny_server.url)
+
+
+def test_a_snapshot_opens_offline_with_hover_and_head_switching(
+    page: Any, scope: headscope.Scope, tmp_path: Path, artifacts: Path
+) -> None:
+    path = scope.snapshot(TEXT, heads=["L1H2", "L0H1"], similarity="js").save_html(tmp_path / "snap.html")
+    asked = offline(page)
+    page.goto(path.as_uri())
+    page.wait_for_selector(".hs-snap[data-ready]")
+    assert page.locator(".hs-heatmap").get_attribute("data-heads") == "L1H2"
+    assert page.locator(".hs-similarity .main-svg").count() > 0 and page.locator(".grid canvas.thumbs").count() == 1
+    assert " → " in hover_map(page)
+    page.select_option(".hs-pick", "L0H1")
+    page.wait_for_function("document.querySelector('.hs-heatmap').dataset.heads === 'L0H1'")
+    page.click('.cell[data-head="L1H2"]')
+    page.wait_for_function("document.querySelector('.hs-heatmap').dataset.heads === 'L1H2'")
+    page.click('.cell[data-head="L0H0"]')  # not held: the view says so and keeps what it shows
+    assert "L0H0: not in this snapshot" in page.locator(".hs-info").text_content()
+    page.screenshot(path=str(artifacts / "snapshot-offline.png"), full_page=True)
+    assert asked == [path.as_uri()]
+
+
+def test_notebook_outputs_render_offline_with_plotly_sent_once(
+    page: Any, scope: headscope.Scope, tmp_path: Path
+) -> None:
+    headscope.views.Notebook.plotly_sent = False
+    first = scope.attention(TEXT, heads=["L0H3"])._repr_html_()
+    second = scope.similarity(TEXT, "cosine")._repr_html_()
+    assert len(first) > 1_000_000 > len(second)  # plotly.js (≈ 2 MB gzipped, base64) travels once
+    path = tmp_path / "notebook.html"
+    path.write_text(f"<!doctype html><meta charset='utf-8'><body>{first}<p>between</p>{second}</body>")
+    asked = offline(page)
+    page.goto(path.as_uri())
+    page.wait_for_function("document.querySelectorAll('.hs-snap[data-ready]').length === 2")
+    assert " → " in hover_map(page, 0)
+    assert page.locator(".hs-snap").nth(1).locator(".hs-similarity .main-svg").count() > 0
+    assert asked == [path.as_uri()]
+
+
+def test_the_pages_save_as_html_button_downloads_a_file_that_opens_offline(
+    page: Any, browser: Any, tiny_server: Server, tmp_path: Path
+) -> None:
+    open_app(page, tiny_server.url)
+    run_prompt(page, TEXT)
+    show_head(page, "L1H3")
+    with page.expect_download() as download:
+        page.click("#heat-html")
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    assert path.name == "headscope-Attention-of-L1H3.html"
+    other = browser.new_context().new_page()  # a fresh context: nothing of the server's page carries over
+    errors: list[str] = []
+    other.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    asked = offline(other)
+    other.goto(path.as_uri())
+    other.wait_for_selector(".hs-snap[data-ready]")
+    assert other.locator(".hs-heatmap").get_attribute("data-heads") == "L1H3"
+    assert other.locator(".grid .cell").count() == 8
+    assert asked == [path.as_uri()] and errors == []
+    other.context.close()
