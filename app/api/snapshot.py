@@ -20,7 +20,9 @@ from app.inspect.observe.similarity import head_similarity
 from app.snapshot.page import Snapshot, render
 
 router = APIRouter(prefix="/api", tags=["snapshot"])
-HTML: dict[int | str, dict[str, Any]] = {200: {"content": {"text/html": {}}, "description": "the file (Content-Disposition: attachment)"}}
+HTML: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/html": {}}, "description": "the file (Content-Disposition: attachment)"}
+}
 
 
 def _file_name(title: str) -> str:
