@@ -250,3 +250,31 @@ def test_default_model_ioi_trace(page: Any, smollm: Server, artifacts: Path) -> 
         page.wait_for_timeout(200)
         page.screenshot(path=str(artifacts / f"trace-smollm-{width}-bottom.png"))
         page.eval_on_selector("main.trace", "el => el.scrollTo(0, 0)")
+
+
+def test_noise_ranks_heads_by_their_effect_and_centres_the_colour_on_no_change(page: Any, tiny_server: Server) -> None:
+    """In "noise" 1 means no change: Top heads, the per-position "top 5" and the colour all measure |1 − score|."""
+    noise = post(tiny_server.url, "/api/patch", {**IOI, "direction": "noise"})
+    heads = [(s, f"L{layer}H{head}") for layer, row in enumerate(noise["scores"]) for head, s in enumerate(row)]
+    expected = [label for _, label in sorted(heads, key=lambda x: -abs(1 - x[0]))]
+    assert expected != [label for _, label in sorted(heads, key=lambda x: -abs(x[0]))]  # the pair tells them apart
+    open_trace(page, tiny_server.url, {**IOI, "dir": "noise"})
+    wait_painted(page, "patch-panel")
+    assert page.locator("#top-heads .head-link").all_inner_texts() == expected
+    lo, hi, mid = page.eval_on_selector("#patch-plot", "el => [el.data[0].zmin, el.data[0].zmax, el.data[0].zmid]")
+    assert mid == 1 and math.isclose(1 - lo, hi - 1)
+    assert max(abs(1 - s) for row in noise["scores"] for s in row) == pytest.approx(hi - 1)
+    legend = page.inner_text("#patch-legend")
+    assert "1 = no change" in legend and "0 = " in legend
+    # the per-position "top 5" picks the same heads
+    before = painted(page, "patch-panel")
+    page.click("#rows-top")
+    wait_painted(page, "patch-panel", before)
+    assert query(page)["rows"] == ",".join(expected[:5])
+    # denoise: 0 is no change, the colour centred there
+    before = painted(page, "patch-panel")
+    page.click('#direction button[data-dir="denoise"]')
+    wait_painted(page, "patch-panel", before)
+    assert page.eval_on_selector("#patch-plot", "el => el.data[0].zmid") == 0
+    legend = page.inner_text("#patch-legend")
+    assert "0 = no change" in legend and "1 = " in legend

@@ -9,7 +9,7 @@ import { panelTask } from "../lib/paneltask.js";
 import { el, fill, fmt, headLabel, isAbort, parseHead, sameHead, signed, visible } from "../lib/util.js";
 import { clearDLA, drawHeads, drawLayers, renderSummary } from "./dlaview.js";
 import { drawLens, drawLensGrid, renderLensTable } from "./lensview.js";
-import { drawPatch, drawResidual, drawRows, rank, renderTopHeads } from "./patchview.js";
+import { drawPatch, drawResidual, drawRows, rank, renderLegend, renderTopHeads } from "./patchview.js";
 import { clear } from "./plot.js";
 import { renderPicker, renderStrip, wireStrip } from "./promptview.js";
 import * as store from "./state.js";
@@ -200,6 +200,7 @@ async function drawPatching(signal) {
     if (!isAbort(err)) {
       clear($("patch-plot"), "no patching result (see the error above)");
       fill($("top-heads"));
+      fill($("patch-legend"));
       clear($("rows-plot"));
       clear($("residual-plot"));
     }
@@ -207,13 +208,14 @@ async function drawPatching(signal) {
   }
   const note =
     res.direction === "denoise"
-      ? "Denoise: each head's clean output patched into the corrupted run. 1 = that head alone restores the clean answer, 0 = no effect."
-      : "Noise: each head's corrupted output patched into the clean run. 0 = that head alone destroys the answer, 1 = no effect.";
+      ? "Denoise: each head's clean output patched into the corrupted run."
+      : "Noise: each head's corrupted output patched into the clean run.";
   fill(
     $("patch-hint"),
-    `logit[${visible(res.answer.token)}] − logit[${visible(res.wrong.token)}]: clean ${signed(res.clean_logit_diff, 2)}, corrupted ${signed(res.corrupted_logit_diff, 2)}. ${note} Click a head to open it in the head view (switched off); Shift-click adds a per-position row.`,
+    `logit[${visible(res.answer.token)}] − logit[${visible(res.wrong.token)}]: clean ${signed(res.clean_logit_diff, 2)}, corrupted ${signed(res.corrupted_logit_diff, 2)}. ${note} Heads rank by their distance from "no change". Click a head to open it in the head view (switched off); Shift-click adds a per-position row.`,
   );
   patched = res;
+  renderLegend($("patch-legend"), res.direction);
   await drawPatch($("patch-plot"), res, onHeadClick);
   renderTopHeads($("top-heads"), res, S.clean);
   await drawRows($("rows-plot"), res);
@@ -337,9 +339,8 @@ function wire() {
     trace({ rows: heads }, { push: true });
   });
   $("rows-top").addEventListener("click", () => {
-    const scores = patched?.scores;
-    if (!scores) return showError(new Error("trace first: the top heads come from the patching result"));
-    trace({ rows: rank(scores, 5).map(({ layer, head }) => ({ layer, head })) }, { push: true });
+    if (!patched) return showError(new Error("trace first: the top heads come from the patching result"));
+    trace({ rows: rank(patched.scores, 5, patched.direction).map(({ layer, head }) => ({ layer, head })) }, { push: true });
   });
   $("rows-clear").addEventListener("click", () => {
     trace({ rows: [] }, { push: true });
