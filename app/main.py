@@ -18,6 +18,7 @@ from app import __version__, docs, web
 from app.api import (
     ablate,
     attention,
+    circuits,
     datasets,
     errors,
     generate,
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         importance,
         heads,
         tracing,
+        circuits,
         datasets,
         jobs,
         lecture,

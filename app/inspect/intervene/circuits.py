@@ -33,6 +33,7 @@ from app.inspect.engine.hooks import (
 from app.inspect.engine.nodes import NODE_OUTPUTS, Graph, NodeOutputs, Reads, head_writes, node_outputs, projection_rows
 from app.inspect.engine.rows import TOKEN_BUDGET
 from app.inspect.engine.runs import Run
+from app.inspect.intervene import path_patching
 from app.inspect.intervene.path_patching import cut, metric, wiring
 from app.inspect.model.loaded import Loaded
 
@@ -185,3 +186,29 @@ def _norm_backward(norm: torch.nn.Module, x: torch.Tensor, cotangents: torch.Ten
         y = norm.forward(xs)
         (grad,) = torch.autograd.grad(y, xs, cotangents.to(y.dtype))
     return grad
+
+
+def log_grid(n_edges: int) -> list[int]:
+    """1, 2, 5, 10, 20, 50, … below n_edges, then n_edges itself."""
+    out: list[int] = []
+    scale = 1
+    while scale < n_edges:
+        out += [m * scale for m in (1, 2, 5) if m * scale < n_edges]
+        scale *= 10
+    return [*out, n_edges]
+
+
+def faithfulness(
+    loaded: Loaded,
+    this: Run,
+    other: Run,
+    att: Attribution,
+    position: int,
+    answer: int,
+    wrong: int | None,
+    ns: list[int],
+) -> torch.Tensor:
+    """The metric with the top n edges by |score| patched exactly (path_patching), for each n: (len(ns),) float64."""
+    ranked = att.ranked(max(ns, default=0))
+    rows = [tuple((s, r) for s, r, _ in ranked[:n]) for n in ns]
+    return path_patching.metrics(loaded, this, other, rows, position, answer, wrong)

@@ -1,0 +1,116 @@
+"""Pydantic models of the circuit endpoints: edge attribution (/api/circuit), exact path patching (/api/path_patch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app.api.schemas import Strict
+from app.api.tracing_schemas import POSITION, TOKEN, TOKEN_ID, TokenRef
+
+NODE = Field(min_length=1, max_length=32, description="a node id: emb, L{l}H{h}, L{l}KV{g}, M{l} or logits")
+
+
+class PairIn(Strict):
+    clean: str = Field(min_length=1, max_length=50_000, description="the prompt whose answer is right")
+    corrupted: str = Field(min_length=1, max_length=50_000, description="same number of tokens, answer changed")
+    answer: str | None = TOKEN
+    answer_id: int | None = TOKEN_ID
+    wrong: str | None = TOKEN
+    wrong_id: int | None = TOKEN_ID
+    position: int = POSITION
+    direction: Literal["denoise", "noise"] = Field(
+        "denoise", description="denoise: clean values into the corrupted run; noise: corrupted into the clean run"
+    )
+
+
+class CircuitIn(PairIn):
+    method: Literal["eap", "eap-ig"] = Field(
+        "eap-ig", description="eap: gradients on the run patched into; eap-ig: averaged over `steps` interpolations"
+    )
+    steps: int = Field(5, ge=1, le=64, description="EAP-IG: interpolation steps of the input embeddings")
+    top_n: int = Field(300, ge=0, le=10_000_000, description="edges returned, largest |score| first; 0 = every edge")
+    faithfulness: bool = Field(
+        False, description="also patch the top-n edges exactly, n on a log grid (or `faithfulness_n`)"
+    )
+    faithfulness_n: list[int] | None = Field(
+        None, max_length=32, description="the edge counts of the faithfulness curve (default 1, 2, 5, 10, … all)"
+    )
+
+
+class EdgeIn(Strict):
+    source: str = NODE
+    target: str = NODE
+    channel: str = Field(min_length=1, max_length=8, description="q, k, v or in")
+
+
+class PathPatchIn(PairIn):
+    edges: list[EdgeIn] | Literal["all"] = Field(
+        max_length=1_000_000, description="the edges that carry the other run's values, or 'all'"
+    )
+
+
+class MetricPair(BaseModel):
+    clean: float
+    corrupted: float
+
+
+class NodeScore(BaseModel):
+    id: str
+    score: float = Field(description="the sum of the node's outgoing edges: attribution patching of its output")
+
+
+class EdgeOut(BaseModel):
+    source: str
+    target: str
+    channel: str
+    score: float
+
+
+class FaithPoint(BaseModel):
+    n_edges: int = Field(description="the top n edges by |score|, patched together exactly")
+    metric: float
+    recovered: float | None = Field(
+        description="(metric − the patched-into run's) / (the other run's − the patched-into run's); null when equal"
+    )
+
+
+class Cost(BaseModel):
+    forwards: int = Field(description="model forwards run for the scores (cached runs' are not counted)")
+    backwards: int
+    patched_runs: int = Field(description="exact patched forwards (rows) for the faithfulness curve")
+
+
+class PairOut(BaseModel):
+    tokens_clean: list[str]
+    tokens_corrupted: list[str]
+    token_ids_clean: list[int]
+    token_ids_corrupted: list[int]
+    position: int = Field(description="the resolved, non-negative position")
+    direction: str
+    answer: TokenRef
+    wrong: TokenRef | None
+
+
+class CircuitOut(PairOut):
+    method: str
+    steps: int = Field(description="gradient steps averaged (1 for eap)")
+    metric: MetricPair = Field(description="logit(answer) − logit(wrong) at position (logit(answer) without wrong)")
+    node_scores: list[NodeScore] = Field(description="every sender: emb, each head, each MLP")
+    edges: list[EdgeOut] = Field(description="the top_n edges by |score|, largest first")
+    n_edges: int = Field(description="edges in the model's graph")
+    parallel_blocks: bool = Field(description="attention and MLP read the same block input (GPT-J, NeoX, Phi, …)")
+    wiring: str = Field(description="which senders precede which receivers, in words")
+    cost: Cost
+    faithfulness: list[FaithPoint] | None = Field(description="when asked: the exact effect of the top n edges")
+
+
+class PathPatchOut(PairOut):
+    metric: float = Field(description="the metric with those edges patched")
+    metric_clean: float
+    metric_corrupted: float
+    recovered: float | None = Field(
+        description="(metric − the patched-into run's) / (the other run's − the patched-into run's); null when equal"
+    )
+    n_edges: int = Field(description="distinct edges patched")
