@@ -16,7 +16,7 @@ from app.inspect import checks
 from app.inspect.engine.gates import gate_tensor, head_gates
 from app.inspect.engine.hooks import recording_block_inputs
 from app.inspect.engine.resume import starting_at
-from app.inspect.model import capture, variants
+from app.inspect.model import capture, own_attention, variants
 from app.inspect.model.adapters import Adapter
 from app.inspect.model.families import UnsupportedArchitecture
 from tests.support.families import SPECS, TABLE_END, TABLE_START, VOCAB, WINDOW, Spec, build, by_type, readme_table
@@ -154,6 +154,30 @@ def test_refused_at_start_naming_what_is_missing(model_type: str) -> None:
     with pytest.raises(UnsupportedArchitecture, match=spec.refused):
         capture.install(model)
         checks.check_served(model, Adapter(model))
+
+
+def test_own_attention_code_without_a_reader_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attention module that computes its own scores and has no reader (here BLOOM's, its reader removed)."""
+    monkeypatch.delitem(own_attention.READERS, "BloomAttention")
+    model = build(by_type("bloom"))
+    capture.install(model)
+    with pytest.raises(UnsupportedArchitecture, match="AttentionInterface"):
+        checks.check_served(model, Adapter(model))
+
+
+def test_alibi_changes_the_maps() -> None:
+    """Without the recorded ALiBi bias the BLOOM and MPT maps would differ: the exactness test can fail."""
+    for model_type in ("bloom", "mpt"):
+        eager, _, served, _ = _models(model_type)
+        ids, _ = _ids()
+        with torch.no_grad(), capture.recording() as rec:
+            served(ids[:1])
+            ref = eager(ids[:1], output_attentions=True).attentions
+        qk = rec.captured[0]
+        assert qk.bias is not None
+        unbiased = capture.LayerQK(qk.q, qk.k, qk.mask, qk.scaling)
+        assert (capture.attention_maps(unbiased, list(range(4)), 1)[0] - ref[0][0]).abs().max() > 1e-2
+        assert variants.layer_variants(served, Adapter(served)) == ["global, ALiBi"] * 2
 
 
 def test_soft_cap_and_windows_change_the_maps() -> None:

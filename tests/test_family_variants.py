@@ -22,6 +22,7 @@ def test_layer_variants_are_what_each_layer_ran(model_type: str) -> None:
         assert variant.window == qk.sliding_window, layer
         assert variant.softcap == qk.softcap
         assert variant.sinks == (qk.sinks is not None) == (not qk.rows_sum_to_one)
+        assert variant.alibi == (qk.bias is not None)
         assert variant.window in (None, WINDOW)
 
 

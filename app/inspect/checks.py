@@ -1,8 +1,10 @@
 """The start-up checks: a model is served only if its maps, logits and tracing are reproduced exactly.
 
 A family is served only if one short forward shows every layer's attention going through HeadScope's
-function (transformers' AttentionInterface) with nothing the maps would ignore; otherwise it is refused
-at start with a message naming what is missing, never served with wrong maps. The tracing gaps (logits
+function (transformers' AttentionInterface) with nothing the maps would ignore, or recorded beside the
+family's own attention code (BLOOM, MPT, Falcon: app.inspect.model.own_attention), and every layer's output
+projection called as a module (where the head gates act); otherwise it is refused at start with a message
+naming what is missing, never served with wrong maps. The tracing gaps (logits
 lm_head() does not reproduce, a block layout DLA cannot decompose) are found here too, by probe forwards,
 and kept on the adapter. This module sits above the model, engine and observation packages it checks.
 """
@@ -14,6 +16,7 @@ import logging
 import torch
 from transformers import PreTrainedModel
 
+from app.inspect.engine.hooks import recording_head_outputs
 from app.inspect.model import capture
 from app.inspect.model.adapters import Adapter
 from app.inspect.model.families import UnsupportedArchitecture
@@ -31,12 +34,13 @@ def check_served(model: PreTrainedModel, adapter: Adapter) -> None:
     """
     model_type = adapter.layout.architecture
     impl = getattr(model.config, "_attn_implementation", None)
-    if impl not in (capture.ATTN_NAME, capture.ATTN_NAME_EAGER):
+    own = capture.records_own_attention(model)
+    if not own and impl not in (capture.ATTN_NAME, capture.ATTN_NAME_EAGER):
         raise UnsupportedArchitecture(
             f"architecture {model_type!r}: its attention does not go through transformers' AttentionInterface "
             f"(it runs {impl!r}; e.g. ALiBi or its own attention code), so its maps cannot be captured"
         )
-    if impl == capture.ATTN_NAME_EAGER:
+    if not own and impl == capture.ATTN_NAME_EAGER:
         missing = [
             layer
             for layer in range(adapter.layout.n_layers)
@@ -48,13 +52,24 @@ def check_served(model: PreTrainedModel, adapter: Adapter) -> None:
             )
     device = next(model.parameters()).device
     ids = (torch.arange(PROBE_TOKENS, device=device) % adapter.layout.vocab_size)[None]  # (1, PROBE_TOKENS)
-    with torch.inference_mode(), capture.recording() as rec:
+    heads: dict[int, torch.Tensor] = {}
+    with (
+        torch.inference_mode(),
+        capture.recording() as rec,
+        recording_head_outputs(adapter, heads, keep=lambda x: x[:0]),
+    ):
         adapter.backbone()(input_ids=ids, use_cache=False)
     missed = sorted(set(range(adapter.layout.n_layers)) - set(rec.captured))
     if missed:
         raise UnsupportedArchitecture(
             f"architecture {model_type!r}: layers {missed} do not call transformers' AttentionInterface "
             "(ALiBi or their own attention code), so their maps cannot be captured"
+        )
+    ungated = sorted(set(range(adapter.layout.n_layers)) - set(heads))
+    if ungated:
+        raise UnsupportedArchitecture(
+            f"architecture {model_type!r}: layers {ungated} compute their attention output without calling "
+            f"their output projection ({adapter.family.out_proj}) as a module, so heads cannot be switched off"
         )
     if rec.unknown_kwargs:
         raise UnsupportedArchitecture(

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, PreTrainedModel
 
 from app.inspect import checks
-from app.inspect.model.blocks import PLANS
+from app.inspect.model.blocks import PLANS, falcon_plan
 from app.inspect.model.loaded import Loaded
 from tests.support import models
 from tests.support.models import as_loaded
@@ -125,16 +125,21 @@ SPECS: list[Spec] = [
     Spec("gpt2", "GPT-2", "learned positions, fused QKV", {}, "attn.c_proj"),
     Spec("gpt_neox", "GPT-NeoX / Pythia", "partial rotary, parallel attention/MLP", {}, "attention.dense"),
     Spec("gptj", "GPT-J", "interleaved partial rotary, parallel attention/MLP", {"rotary_dim": 8}, "attn.out_proj"),
+    Spec("bloom", "BLOOM", "ALiBi, LayerNorm on the embeddings, own attention code", {}, "self_attention.dense"),
     Spec(
-        "bloom",
-        "BLOOM",
-        "ALiBi",
+        "mpt",
+        "MPT",
+        "ALiBi, clipped QKV, own attention code",
+        {"attn_config": {"clip_qkv": 1.0}},
+        "attn.out_proj",
+    ),
+    Spec(
+        "falcon",
+        "Falcon",
+        "multi-query, rotary, parallel attention/MLP, own attention code",
         {},
         "self_attention.dense",
-        refused="AttentionInterface",
     ),
-    Spec("mpt", "MPT", "ALiBi", {}, "attn.out_proj", refused="AttentionInterface"),
-    Spec("falcon", "Falcon", "own attention code", {}, "self_attention.dense", refused="AttentionInterface"),
 ]
 
 # config names each family spells differently (GPT-2 style n_embd, …), mapped from COMMON's
@@ -164,8 +169,13 @@ def config_kwargs(spec: Spec) -> dict[str, Any]:
 
 
 def build(spec: Spec, attn: str = "sdpa", seed: int = 0) -> PreTrainedModel:
-    """The family's tiny model in eval mode; `attn` falls back to eager where the family has no SDPA path."""
-    return models.build(spec.model_type, config_kwargs(spec), seed, attn)
+    """The family's tiny model in eval mode; `attn` falls back to eager where the family has no SDPA path.
+
+    Eager is also set in the config, so it holds for a family that cannot switch after construction (Falcon: an
+    SDPA Falcon asked for output_attentions adds its boolean mask to the scores as 0/1).
+    """
+    config = config_kwargs(spec) | ({"attn_implementation": "eager"} if attn == "eager" else {})
+    return models.build(spec.model_type, config, seed, attn)
 
 
 SERVED = [spec.model_type for spec in SPECS if not spec.refused]
@@ -211,6 +221,8 @@ def tracing_note(spec: Spec) -> str:
     config = AutoConfig.for_model(spec.model_type, **config_kwargs(spec))
     plan = PLANS.get(spec.model_type)
     notes = []
+    if spec.model_type == "falcon":
+        plan = falcon_plan(config)
     if (plan is not None and plan.parallel) or getattr(config, "use_parallel_residual", False):
         notes.append("parallel block")
     if plan is not None and plan.attn_out_norm:
@@ -232,7 +244,7 @@ def readme_table() -> str:
     """The README's table of families, from SPECS."""
     rows = ["| family | model_type | what varies | HeadScope | DLA blocks |", "|---|---|---|---|---|"]
     for spec in SPECS:
-        status = f"refused at start ({spec.refused}: ALiBi or its own attention code)" if spec.refused else "served"
+        status = f"refused at start ({spec.refused})" if spec.refused else "served"
         rows.append(f"| {spec.label} | `{spec.model_type}` | {spec.variant} | {status} | {tracing_note(spec)} |")
     return "\n".join([TABLE_START, *rows, TABLE_END])
 

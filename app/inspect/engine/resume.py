@@ -23,10 +23,17 @@ from app.inspect.model.adapters import Adapter
 
 
 class Skipped(nn.Module):
-    """A stand-in for a block before the resume point: returns its input unchanged, computes nothing."""
+    """A stand-in for a block before the resume point: returns its input unchanged, computes nothing.
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return hidden_states
+    Where the family's blocks return (hidden_states, attention weights) — BLOOM, MPT, Falcon — so does it.
+    """
+
+    def __init__(self, as_tuple: bool = False) -> None:
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | tuple[Any, ...]:
+        return (hidden_states, None) if self.as_tuple else hidden_states
 
 
 @contextmanager
@@ -42,7 +49,8 @@ def starting_at(adapter: Adapter, layer: int, hidden: torch.Tensor) -> Iterator[
 
     # prepended: a hook already on the block (a patch of its input) sees the swapped-in stream
     with editing_block_inputs({layer: blocks[layer]}, {layer: swap}, prepend=True):
-        adapter.set_layers(nn.ModuleList([Skipped() for _ in range(layer)] + list(blocks)[layer:]))
+        as_tuple = adapter.family.block_returns_tuple
+        adapter.set_layers(nn.ModuleList([Skipped(as_tuple) for _ in range(layer)] + list(blocks)[layer:]))
         try:
             yield
         finally:

@@ -8,8 +8,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from app.inspect.model import own_attention
 from app.inspect.model.discovery import discover
 from app.inspect.model.families import FAMILIES, QKV, QKV_FOUND, Layout
+
+MAX_POSITIONS = ("max_position_embeddings", "n_positions", "max_seq_len")  # MPT's ALiBi table is max_seq_len long
 
 
 class Adapter:
@@ -58,6 +61,11 @@ class Adapter:
         )
         return [getattr(attention, name) for name in names]
 
+    def qkv_clip(self, layer: int) -> float | None:
+        """The bound queries, keys and values are clamped to (MPT's attention clip_qkv, OLMo's config), or None."""
+        clip = getattr(self.attention(layer), "clip_qkv", None) or getattr(self.model.config, "clip_qkv", None)
+        return float(clip) if clip else None
+
     def out_proj_bias(self, layer: int) -> torch.Tensor | None:
         """The output projection's bias (GPT-2 has one), or None."""
         bias = getattr(self.out_proj(layer), "bias", None)
@@ -69,8 +77,18 @@ class Adapter:
         return found
 
     def block_part(self, layer: int, path: str) -> nn.Module:
-        """A submodule of block `layer` by dotted path (e.g. family.attn_norm, family.mlp_out, "mlp")."""
+        """A submodule of block `layer` by dotted path (e.g. family.attn_norm, family.mlp_out, family.mlp)."""
         found: nn.Module = reduce(getattr, path.split("."), self.layers[layer])
+        return found
+
+    def mlp_output(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Block `layer`'s MLP on its normed input x (…, d) alone: (…, d).
+
+        An MLP that adds the residual it is given (BLOOM, MPT) gets zeros; GPT-OSS's also returns router scores.
+        """
+        mlp = self.block_part(layer, self.family.mlp)
+        out = mlp(x, torch.zeros_like(x)) if self.family.mlp_residual else mlp(x)
+        found: torch.Tensor = out[0] if isinstance(out, tuple) else out
         return found
 
     def logit_scale(self) -> float:
@@ -144,9 +162,9 @@ def _layout(model: PreTrainedModel, model_type: str) -> Layout:
     cfg = model.config
     n_heads = int(cfg.num_attention_heads)
     d_model = int(cfg.hidden_size)
-    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    n_kv = own_attention.kv_heads(cfg) or getattr(cfg, "num_key_value_heads", None) or n_heads
     head_dim = getattr(cfg, "head_dim", None) or d_model // n_heads
-    max_pos = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 0)
+    max_pos = next((getattr(cfg, name) for name in MAX_POSITIONS if getattr(cfg, name, None)), 0)
     return Layout(
         architecture=model_type,
         n_layers=int(cfg.num_hidden_layers),  # type: ignore[arg-type]

@@ -5,8 +5,8 @@ attention, a norm on the attention output (Gemma 2/3, OLMo 2 — "sandwich" bloc
 reads the block input (parallel blocks: Phi, GPT-J, Cohere, NeoX/StableLM with `use_parallel_residual`)
 or the stream after attention, the norm before the MLP, a norm on its output, and a multiplier on both
 outputs (Granite's `residual_multiplier`). Structure cannot tell parallel from sequential, so the
-families that differ from pre-norm sequential blocks are listed in PLANS; `dla.check` verifies the plan
-against a real forward before DLA is served.
+families that differ from pre-norm sequential blocks are listed in PLANS (Falcon's plan depends on its
+config: `falcon_plan`); `dla.check` verifies the plan against a real forward before DLA is served.
 
 A norm is y = A ⊙ P(x) / σ(x) + B (P centres for LayerNorm, σ is the RMS of P(x)). Frozen at one input
 x₀ (σ fixed at σ(x₀)) it is affine, so the parts of its input map to parts of its output that sum exactly
@@ -21,6 +21,7 @@ from weakref import WeakKeyDictionary
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from app.inspect.model.adapters import Adapter
 
@@ -56,12 +57,26 @@ PLANS: dict[str, BlockPlan] = {
 }
 
 
+def falcon_plan(config: PretrainedConfig) -> BlockPlan:
+    """Falcon's wiring, from its config as FalconDecoderLayer reads it: the new decoder architecture (40B, 180B) is
+    parallel with a norm each (or one shared), the old one parallel with one shared norm (7B) or sequential (RW)."""
+    new = bool(getattr(config, "new_decoder_architecture", False))
+    if new and config.num_ln_in_parallel_attn == 2:
+        return BlockPlan(attn_norm="ln_attn", mlp_norm="ln_mlp", parallel=True)
+    if new or config.parallel_attn:
+        return BlockPlan(attn_norm="input_layernorm", mlp_norm="input_layernorm", parallel=True)
+    return BlockPlan(attn_norm="input_layernorm", mlp_norm="post_attention_layernorm")
+
+
 def block_plan(adapter: Adapter, layer: int) -> BlockPlan:
-    """The wiring of block `layer`: from PLANS, else pre-norm sequential (parallel where the block says so)."""
+    """The wiring of block `layer`: from PLANS (Falcon's from its config), else pre-norm sequential (parallel where
+    the block says so)."""
     model_type = adapter.layout.architecture
     multiplier = float(getattr(adapter.model.config, "residual_multiplier", 1.0) or 1.0)
     if model_type in PLANS:
         return replace(PLANS[model_type], residual_multiplier=multiplier)
+    if model_type == "falcon":
+        return falcon_plan(adapter.model.config)
     fam = adapter.family
     return BlockPlan(
         attn_norm=fam.attn_norm,

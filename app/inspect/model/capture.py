@@ -1,28 +1,36 @@
-"""Attention capture through a registered attention function.
+"""Attention capture through a registered attention function, or beside a family's own attention code.
 
 The function computes the real attention output with the function the model itself
 would call — transformers' SDPA path, or the family's own eager function where the
 family has no SDPA path (Gemma 2's soft-cap, GPT-OSS's sinks) — so logits stay
 bit-identical, and, while a `Recorder` is active, keeps each layer's post-RoPE
 queries and keys, its own mask (local layers get their window's), scaling,
-soft-cap and sinks. Any head's map is then softmax(softcap(q·kᵀ·scaling) + mask
+soft-cap and sinks. Families whose attention module computes its own scores (BLOOM,
+MPT, Falcon) keep their code: their modules' forward is wrapped once, here, and a
+reader (app.inspect.model.own_attention) records the same things beside it, plus the
+ALiBi bias. Any head's map is then softmax(softcap(q·kᵀ·scaling) + bias + mask
 [, sink]), computed on demand from those.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakSet
 
 import torch
 from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+from app.inspect.model import own_attention
 
 ATTN_NAME = "headscope"  # delegates to SDPA
 ATTN_NAME_EAGER = "headscope_eager"  # delegates to the family's own eager_attention_forward
@@ -52,6 +60,7 @@ class LayerQK:
     softcap: float | None = None  # Gemma 2: scores ← tanh(scores / softcap) · softcap before the mask
     sinks: torch.Tensor | None = None  # GPT-OSS (n_heads,): an extra logit per head, dropped after the softmax
     sliding_window: int | None = None  # the window the layer's mask carries (for display; the mask is the truth)
+    bias: torch.Tensor | None = None  # ALiBi (B|1, n_heads, 1, S): added per head and key before the mask
 
     @property
     def rows_sum_to_one(self) -> bool:
@@ -61,8 +70,9 @@ class LayerQK:
     @property
     def nbytes(self) -> int:
         size = self.q.numel() * self.q.element_size() + self.k.numel() * self.k.element_size()
-        if self.mask is not None:
-            size += self.mask.numel() * self.mask.element_size()
+        for extra in (self.mask, self.bias):
+            if extra is not None:
+                size += extra.numel() * extra.element_size()
         return size
 
 
@@ -165,12 +175,59 @@ def register() -> None:
     AttentionMaskInterface.register(ATTN_NAME_EAGER, eager_mask)
 
 
+_own: WeakSet[nn.Module] = WeakSet()  # attention modules whose forward records beside their own code
+
+
+def _recording_forward(module: nn.Module, read: own_attention.Reader) -> Callable[..., Any]:
+    """The module's own forward, then, while a Recorder wants its layer, what its reader says the scores were."""
+    forward = module.forward
+    signature = inspect.signature(forward)
+
+    @functools.wraps(forward)
+    def recording_forward(*args: Any, **kwargs: Any) -> Any:
+        out = forward(*args, **kwargs)
+        recorder = _recorder.get()
+        layer = getattr(module, "layer_idx", None)
+        if recorder is not None and layer is not None and recorder.wants(int(layer)):
+            call = signature.bind(*args, **kwargs)
+            call.apply_defaults()
+            with torch.no_grad():
+                seen = read(module, call.arguments)
+            recorder.record(
+                int(layer),
+                LayerQK(
+                    q=seen.q.detach(),
+                    k=seen.k.detach(),
+                    mask=seen.mask,
+                    scaling=seen.scaling,
+                    bias=None if seen.bias is None else seen.bias.detach(),
+                ),
+            )
+        return out
+
+    return recording_forward
+
+
+def records_own_attention(model: PreTrainedModel) -> bool:
+    """Whether capture records beside the model's own attention code (BLOOM, MPT, Falcon)."""
+    return any(module in _own for module in model.modules())
+
+
 def install(model: PreTrainedModel) -> None:
     """Switch a loaded model to the capturing attention function that computes what its own one did.
 
     A model running eager attention (a family without an SDPA path: soft-capping, sinks) keeps its
-    family's eager function and float masks; every other one computes with SDPA.
+    family's eager function and float masks; every other one computes with SDPA. A family whose
+    attention modules compute their own scores keeps them: each module's forward is wrapped to
+    record beside it (once; installing again changes nothing).
     """
+    own = [(module, read) for module in model.modules() if (read := own_attention.reader(module)) is not None]
+    if own:
+        for module, read in own:
+            if module not in _own:
+                module.forward = _recording_forward(module, read)  # type: ignore[method-assign]
+                _own.add(module)
+        return
     register()
     current = getattr(model.config, "_attn_implementation", None)
     eager = current in ("eager", ATTN_NAME_EAGER) or not getattr(model, "_supports_sdpa", True)
@@ -213,6 +270,8 @@ def attention_maps(
     scores = torch.matmul(q, k.transpose(-1, -2)) * qk.scaling  # (B, h, Tq, S)
     if qk.softcap is not None:
         scores = torch.tanh(scores / qk.softcap) * qk.softcap
+    if qk.bias is not None:  # ALiBi: one value per head and key
+        scores = scores + qk.bias[:, idx].float()
     t_q, s = qk.q.shape[2], k.shape[2]
     row_ids = torch.arange(t_q, device=q.device)[rows]
     if qk.mask is None:  # SDPA ran with is_causal: query i sees keys ≤ i (+ any cached prefix)

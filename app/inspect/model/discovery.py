@@ -4,22 +4,26 @@ A family without an entry in adapters.FAMILIES is described by what its modules 
 is the ModuleList of num_hidden_layers blocks under the base model; the attention module is the
 block's child that has a projection from n_heads·head_dim to d_model (the heads side by side — the
 input HeadScope gates and reads), checked by shape (by name among OUT_PROJS where q_proj has the same
-shape); the final norm is the base model's norm child.
+shape); the final norm is the base model's norm child. The MLP is the block's `mlp` (or `ffn`); whether
+its forward takes the residual (BLOOM and MPT add it inside) is read off its signature.
 Anything that cannot be found is named in the UnsupportedArchitecture message.
 """
 
 from __future__ import annotations
 
+import inspect
+
 from torch import nn
 from transformers import PreTrainedModel
 
-from app.inspect.model.families import Family, UnsupportedArchitecture
+from app.inspect.model.families import TUPLE_BLOCKS, Family, UnsupportedArchitecture
 
 OUT_PROJS = ("o_proj", "out_proj", "dense", "c_proj", "wo")  # names of output projections, where shape cannot tell
 FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
 ATTN_NORMS = ("input_layernorm", "ln_1", "ln_attn", "norm_1")
-MLP_NORMS = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "norm_2")
-MLP_OUTS = ("mlp.down_proj", "mlp.fc2", "mlp.c_proj", "mlp.fc_out", "mlp.dense_4h_to_h", "mlp.c_proj")
+MLP_NORMS = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2", "norm_2", "ln_mlp")
+MLPS = ("mlp", "ffn")
+MLP_OUTS = ("down_proj", "fc2", "c_proj", "fc_out", "dense_4h_to_h")  # under the MLP
 
 
 def in_out(module: nn.Module) -> tuple[int, int] | None:
@@ -59,7 +63,7 @@ def discover(model: PreTrainedModel, n_heads: int, head_dim: int, d_model: int, 
         (attn_name, proj_name)
         for attn_name, attn in block.named_children()
         for proj_name, proj in attn.named_children()
-        if in_out(proj) == (heads_width, d_model) and attn_name not in ("mlp", "feed_forward")
+        if in_out(proj) == (heads_width, d_model) and attn_name not in ("mlp", "feed_forward", "ffn")
     ]
     if len(found) > 1:  # n_heads·head_dim = d_model: q_proj has the same shape; the name tells them apart
         found = [(attn, proj) for attn, proj in found if proj in OUT_PROJS]
@@ -75,7 +79,10 @@ def discover(model: PreTrainedModel, n_heads: int, head_dim: int, d_model: int, 
     # the norms and MLP output below are read by DLA only; "" marks what the block does not have
     attn_norm = next((name for name in ATTN_NORMS if hasattr(block, name)), "")
     mlp_norm = next((name for name in MLP_NORMS if hasattr(block, name)), "")
-    mlp_out = next((path for path in MLP_OUTS if _has_path(block, path)), "")
+    mlp = next((name for name in MLPS if hasattr(block, name)), "mlp")
+    mlp_out = next((f"{mlp}.{name}" for name in MLP_OUTS if _has_path(block, f"{mlp}.{name}")), "")
+    forward = getattr(getattr(block, mlp, None), "forward", None)
+    takes_residual = forward is not None and "residual" in inspect.signature(forward).parameters
     return Family(
         name=model_type,
         layers=f"{prefix}.{lists[0]}",
@@ -85,6 +92,9 @@ def discover(model: PreTrainedModel, n_heads: int, head_dim: int, d_model: int, 
         attn_norm=attn_norm,
         mlp_norm=mlp_norm,
         mlp_out=mlp_out,
+        mlp=mlp,
+        mlp_residual=takes_residual,
+        block_returns_tuple=model_type in TUPLE_BLOCKS,
     )
 
 

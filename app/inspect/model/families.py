@@ -21,6 +21,9 @@ class Family:
     attn_norm: str  # attribute of a block: the norm before attention
     mlp_norm: str  # attribute of a block: the norm before the MLP
     mlp_out: str  # dotted path from a block to the MLP's output projection (its bias goes to DLA's `other`)
+    mlp: str = "mlp"  # attribute of a block holding the MLP (MPT: "ffn")
+    mlp_residual: bool = False  # the MLP's forward takes the residual and adds it (BLOOM, MPT)
+    block_returns_tuple: bool = False  # a block returns (hidden_states, attention weights), not hidden_states
 
 
 _LLAMA = Family(
@@ -59,6 +62,8 @@ FAMILIES: dict[str, Family] = {
         mlp_out="mlp.dense_4h_to_h",
     ),
 }
+
+TUPLE_BLOCKS = frozenset({"bloom", "mpt", "falcon"})  # families whose blocks return (hidden_states, weights)
 
 # attributes of the attention module holding the query, key and value projections: three, or one fused
 # (its output features are q, then k, then v by size: GPT-2's c_attn columns, GPT-NeoX's per-head rows)

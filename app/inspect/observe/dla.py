@@ -58,7 +58,8 @@ def value_weight(adapter: Adapter, layer: int) -> tuple[torch.Tensor, torch.Tens
     """The value projection of block `layer`: W (n_kv_heads * head_dim, d_model) and its bias, or None.
 
     Separate projections ([q, k, v]), fused ones with q, k, v side by side (GPT-2's c_attn, Phi-3's
-    qkv_proj), or GPT-NeoX's query_key_value whose rows are [q, k, v] per head.
+    qkv_proj, MPT's Wqkv), or a query_key_value whose rows go per KV head: its query heads, its key, its
+    value (GPT-NeoX and BLOOM: [q, k, v] per head; Falcon: all queries then k, v with multi-query).
     """
     layout = adapter.layout
     width = layout.n_kv_heads * layout.head_dim
@@ -66,10 +67,10 @@ def value_weight(adapter: Adapter, layer: int) -> tuple[torch.Tensor, torch.Tens
     w, b = weight_of(projs[-1])
     if len(projs) == 3:
         return w, b
-    if hasattr(adapter.attention(layer), "query_key_value"):  # per head: [q, k, v] of head_dim rows each
-        hd = layout.head_dim
-        w = w.view(layout.n_heads, 3 * hd, -1)[:, 2 * hd :].reshape(width, -1)
-        return w, None if b is None else b.view(layout.n_heads, 3 * hd)[:, 2 * hd :].reshape(width)
+    if hasattr(adapter.attention(layer), "query_key_value"):  # per KV head: g query heads, k, v of head_dim rows
+        hd, g = layout.head_dim, layout.group_size
+        w = w.view(layout.n_kv_heads, (g + 2) * hd, -1)[:, (g + 1) * hd :].reshape(width, -1)
+        return w, None if b is None else b.view(layout.n_kv_heads, (g + 2) * hd)[:, (g + 1) * hd :].reshape(width)
     return w[-width:], None if b is None else b[-width:]
 
 
@@ -117,12 +118,17 @@ def _block(adapter: Adapter, run: Run, layer: int, p: int, wide: torch.dtype) ->
     normed = part(adapter, layer, plan.attn_norm)(x).to(wide)  # (p+1, d)
     rows = run.maps(layer, list(range(n_heads)), layout.group_size, slice(p, p + 1))[:, 0, : p + 1]
     rows = rows.to(dev, wide)  # (n_heads, p+1); sums to < 1 with sinks
-    # Σ_k a_k (W_V n_k + b_V) = W_V (Σ_k a_k n_k) + b_V Σ_k a_k: mix first, project n_heads rows
-    mixed = rows @ normed  # (n_heads, d)
     w_v, b_v = value_weight(adapter, layer)
-    z = torch.einsum("hd,hed->he", mixed, w_v.to(wide).view(layout.n_kv_heads, hd, -1)[kv])  # (n_heads, hd)
-    if b_v is not None:
-        z = z + rows.sum(-1, keepdim=True) * b_v.to(wide).view(layout.n_kv_heads, hd)[kv]
+    clip = adapter.qkv_clip(layer)
+    if clip is None:  # Σ_k a_k (W_V n_k + b_V) = W_V (Σ_k a_k n_k) + b_V Σ_k a_k: mix first, project n_heads rows
+        mixed = rows @ normed  # (n_heads, d)
+        z = torch.einsum("hd,hed->he", mixed, w_v.to(wide).view(layout.n_kv_heads, hd, -1)[kv])  # (n_heads, hd)
+        if b_v is not None:
+            z = z + rows.sum(-1, keepdim=True) * b_v.to(wide).view(layout.n_kv_heads, hd)[kv]
+    else:  # values clipped (MPT, OLMo): not linear, so each key's value is projected and clipped, then mixed
+        values = normed @ w_v.to(wide).T + (0 if b_v is None else b_v.to(wide))  # (p+1, n_kv_heads * hd)
+        values = values.clamp(-clip, clip).view(p + 1, layout.n_kv_heads, hd)[:, kv]  # (p+1, n_heads, hd)
+        z = torch.einsum("hk,khe->he", rows, values)
     head_out = per_head(adapter.out_proj(layer), z)  # (n_heads, d)
     zero = torch.zeros(layout.d_model, device=dev, dtype=wide)
     o_bias = adapter.out_proj_bias(layer)
@@ -134,8 +140,7 @@ def _block(adapter: Adapter, run: Run, layer: int, p: int, wide: torch.dtype) ->
     x_p = x[p].to(wide)
     mlp_in = x_p if plan.parallel else x_p + attn_write
     mlp_normed = part(adapter, layer, plan.mlp_norm)(mlp_in.to(dtype).view(1, 1, -1))
-    out = adapter.block_part(layer, "mlp")(mlp_normed)
-    m = (out[0] if isinstance(out, tuple) else out).reshape(-1).to(wide)  # (d,); GPT-OSS adds router scores
+    m = adapter.mlp_output(layer, mlp_normed).reshape(-1).to(wide)  # (d,)
     mlp_out = adapter.family.mlp_out
     m_bias = getattr(adapter.block_part(layer, mlp_out), "bias", None) if mlp_out else None
     m_bias_w = m_bias.to(wide) if isinstance(m_bias, torch.Tensor) else zero

@@ -94,7 +94,10 @@ def _chunk(
         own = torch.where(mask, 0.0, metrics.MASKED) if mask.dtype == torch.bool else mask.float()
         bias = own.repeat(group_size, 1)
     scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=qk.scaling)  # (kv, g·c, stop)
-    return metrics.softmax_stats(scores.view(-1, stop - start, stop))  # (H, c, stop): head = kv·g + j
+    scores = scores.view(-1, stop - start, stop)  # (H, c, stop): head = kv·g + j
+    if qk.bias is not None:  # ALiBi: one value per head and key
+        scores = scores + qk.bias[0, :, :, :stop].float()
+    return metrics.softmax_stats(scores)
 
 
 ChunkVisitor = Callable[[int, Chunk, torch.Tensor], None]  # (layer, its rows, maps (H, c, stop)) of each chunk
