@@ -30,6 +30,7 @@ from bench import (
     inputs,
     lecture,
     models,
+    notebook,
     report,
     server,
     timing,
@@ -204,6 +205,9 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
     log.info("generation: 64 greedy tokens, alone and with an ablated row")
     for make in generation.rows(loaded, plan.ablate[-1][1]):
         steps.add(make)
+    if device.type == "cpu" and server.has_server():
+        log.info("notebook: headscope.open() to the first attention(), snapshot sizes (fresh processes)")
+        steps.add(notebook.rows)
     log.info("families: a local/global (Gemma 3) and a MoE (Qwen3-MoE) analysis run at 512 tokens, random-init")
     for make in families.rows(plan.ablate[-1][1], str(device)):
         steps.add(make)

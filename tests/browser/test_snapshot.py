@@ -57,6 +57,12 @@ def test_a_snapshot_opens_offline_with_hover_and_head_switching(
     page.click('.cell[data-head="L0H0"]')  # not held: the view says so and keeps what it shows
     assert "L0H0: not in this snapshot" in page.locator(".hs-info").text_content()
     page.screenshot(path=str(artifacts / "snapshot-offline.png"), full_page=True)
+    for section, name in ((".hs-maps", "headscope-L1H2.svg"), (".hs-sim", "headscope-similarity-js.svg")):
+        with page.expect_download() as download:  # vector export: Plotly's own SVG, made in the browser
+            page.click(f"{section} .hs-svg")
+        assert download.value.suggested_filename == name
+        svg = Path(download.value.path()).read_text()
+        assert svg.startswith("<svg") and "<text" in svg  # text stays text (vectors), not a picture
     assert asked == [path.as_uri()]
 
 

@@ -1,6 +1,8 @@
 // A saved view, offline: what a snapshot file (or a notebook output) carries, drawn with the page's own views
 // (the grid, the head view's maps, the similarity matrix). It never makes a request: the data, plotly.js and
 // this code are all in the file (app/snapshot/page.py writes it; app/snapshot/bundle.py links these modules).
+// Every figure exports SVG the way the page does: Plotly's own SVG in the browser (the grid: its own SVG).
+import { exportGrid, exportPlot, slug } from "../heads/export.js";
 import { Grid } from "../heads/grid.js";
 import { drawMaps } from "../heads/heatmap.js";
 import { decodeBytes, f16Values } from "../lib/decode.js";
@@ -56,6 +58,9 @@ function mapRows(values, n, count) {
   });
 }
 
+/** A small "SVG" button that saves a figure as a vector file. */
+const svgButton = (save) => el("button", { type: "button", class: "btn small hs-svg", title: "Download as SVG (vector)", onclick: save }, "SVG");
+
 /** Wait until `node` is in a laid-out document (a notebook may run an output's script before showing it). */
 function laidOut(node) {
   return new Promise((resolve) => {
@@ -83,7 +88,8 @@ export async function mount(root) {
     const legend = el("div", { class: "legend" });
     const gridInfo = el("div", { class: "grid-info muted" }, "Click: show a head · Alt-click: compare");
     const gridNode = el("div", { class: "grid", role: "group", "aria-label": "all heads" });
-    body.append(el("section", { class: "hs-grid" }, legend, el("div", { class: "grid-scroll" }, gridNode), gridInfo));
+    const save = svgButton(() => exportGrid(grid, "svg"));
+    body.append(el("section", { class: "hs-grid" }, el("div", { class: "controls" }, save), legend, el("div", { class: "grid-scroll" }, gridNode), gridInfo));
     grid = new Grid(gridNode, { legend, info: gridInfo }, { select: (h) => show({ head: h }), toggle: (h) => show({ head: h }), compare: (h) => show({ cmp: h }) });
     if (data.model_info) grid.setModel(data.model_info);
     grid.setRoles(data.roles ?? []);
@@ -100,11 +106,14 @@ export async function mount(root) {
     scale.addEventListener("change", () => show({ scale: scale.value }));
     Object.assign(parts, { pickA, pickB, scale });
     const label = (text, node) => el("label", {}, text, node);
-    body.append(el("section", { class: "hs-maps" }, el("div", { class: "controls" }, label("Head", pickA), label("vs", pickB), label("Scale", scale)), parts.info, parts.heatmap));
+    const save = svgButton(() => exportPlot(parts.heatmap, `headscope-${slug(parts.heatmap.dataset.heads ?? "map")}`, "svg"));
+    const controls = el("div", { class: "controls" }, label("Head", pickA), label("vs", pickB), label("Scale", scale), save);
+    body.append(el("section", { class: "hs-maps" }, controls, parts.info, parts.heatmap));
   }
   if (data.similarity) {
     const sim = el("div", { class: "plot hs-similarity" });
-    body.append(el("section", { class: "hs-sim" }, sim));
+    const save = svgButton(() => exportPlot(sim, `headscope-similarity-${data.similarity.metric}`, "svg"));
+    body.append(el("section", { class: "hs-sim" }, el("div", { class: "controls" }, save), sim));
     await drawSimilarity(sim, data.similarity, (a, b) => show({ head: a, cmp: b }));
   }
 
