@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.inspect.engine.runs import analyse
 from app.inspect.model.loaded import Loaded
-from app.inspect.observe import composition, head_circuits, qkv
+from app.inspect.observe import composition, head_circuits, qk_attribution, qkv
 from tests.support import families
 from tests.support.models import as_loaded, tiny_loaded
 
@@ -177,3 +178,18 @@ def test_planted_previous_token_head() -> None:
     assert got.offset_mass[1] > 5 * max(got.offset_mass[:1] + got.offset_mass[2:])  # positions ≥ 16 see uniform
     rotary = head_circuits.head_circuit(tiny_loaded("llama"), 1, 2).positional
     assert not rotary.defined and rotary.reason is not None and "rotary" in rotary.reason
+
+    ids = [464, 3797, 3332, 319, 262, 2603, 13, 383, 3797]  # 9 tokens: j = i − 1 is the only match mod 8
+    run = analyse(loaded, "", token_ids=ids)
+    weights = run.maps(1, [2], loaded.adapter.layout.group_size)[0]  # (T, T)
+    assert all(int(weights[i].argmax()) == i - 1 for i in range(1, len(ids)))
+    for i in (3, 8):
+        cell = qk_attribution.cell(loaded, run, 1, 2, i, i - 1)
+        emb = cell.nodes.index("emb")
+        top = divmod(int(cell.terms.abs().argmax()), len(cell.nodes))
+        assert top == (emb, emb) and cell.terms[emb, emb] > 0.8 * cell.score
+        row = qk_attribution.query_row(loaded, run, 1, 2, i)
+        # one node dominates, so ranking keys by its key-side sum is the map's ranking of the winner
+        assert int(row.key_sums[emb].argmax()) == int(row.weights.argmax()) == i - 1
+        order = torch.argsort(row.key_sums.sum(0), descending=True)
+        assert torch.equal(order, torch.argsort(row.weights, descending=True))
