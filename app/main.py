@@ -31,6 +31,7 @@ from app.api import (
     similarity,
     snapshot,
     tracing,
+    weights,
 )
 from app.api.encode import FiniteJSONResponse
 from app.config import Settings
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None, loaded: Loaded | None = None) -
         lecture,
         generate,
         snapshot,
+        weights,
     ):
         app.include_router(module.router)
     app.include_router(web.router)
