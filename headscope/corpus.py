@@ -6,6 +6,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from tqdm import tqdm
+
 from headscope.results import Result, _pandas
 from headscope.transport import Client
 from headscope.views import Context, Similarity
@@ -75,8 +77,6 @@ class Job:
 
     def wait(self, progress: bool = True, poll_s: float = 0.5, timeout_s: float | None = None) -> dict[str, Any]:
         """Poll until the job ends (done, failed, cancelled or interrupted), with a tqdm bar when `progress`."""
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=None, unit="text", desc=self.id, disable=not progress)
         started = time.monotonic()
         try:

@@ -11,12 +11,12 @@ import html
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from headscope.heads import label
 
 if TYPE_CHECKING:
     import pandas as pd
-    import torch
 
 
 def _pandas() -> Any:
@@ -28,8 +28,6 @@ def _pandas() -> Any:
 
 
 def _torch(array: np.ndarray) -> torch.Tensor:
-    import torch
-
     return torch.from_numpy(np.ascontiguousarray(array))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from app.snapshot.page import Snapshot, render
 from headscope.heads import Head, label, parse
@@ -17,7 +18,6 @@ from headscope.results import Result, _pandas, _torch, thumbnails
 
 if TYPE_CHECKING:
     import pandas as pd
-    import torch
 
 
 @dataclass
@@ -166,8 +166,8 @@ class Combined(View):
         attention: Attention | None = None,
         similarity: Similarity | None = None,
     ) -> None:
-        tokens = next(r.raw["tokens"] for r in (overview, attention) if r is not None) if overview or attention else []
-        super().__init__({"tokens": tokens}, text, context)
+        shown = overview or attention
+        super().__init__({"tokens": shown.raw["tokens"] if shown else []}, text, context)
         self.overview, self.attention, self.similarity = overview, attention, similarity
 
     def snapshot(self, title: str | None = None) -> Snapshot:
