@@ -14,7 +14,7 @@ from torch import nn
 from app.inspect.engine.runs import analyse
 from app.inspect.model.blocks import norm_form
 from app.inspect.model.loaded import Loaded
-from app.inspect.observe import qk_attribution
+from app.inspect.observe import head_circuits, qk_attribution
 from tests.support import families
 from tests.support.families import WINDOW
 from tests.support.models import as_loaded, tiny_loaded
@@ -177,3 +177,18 @@ def test_each_term_equals_one_from_hooked_node_outputs(arch: str) -> None:
         torch.testing.assert_close(cell.terms, want, atol=1e-6 * (1 + want.abs().max()), rtol=1e-6)
         assert cell.total == pytest.approx(cell.score, rel=1e-6, abs=1e-6)
         assert not math.isnan(cell.weight)
+
+
+def test_alibi_bias_is_reported_beside_the_terms() -> None:
+    loaded = families.served("bloom")
+    run = analyse(loaded, "", token_ids=families.ids(N))
+    row = qk_attribution.query_row(loaded, run, 1, 2, N - 1)
+    assert row.position_bias is not None and row.position_bias.abs().max() > 0
+    torch.testing.assert_close(
+        torch.softmax(row.scores + row.position_bias, -1).float(), row.weights, atol=1e-5, rtol=1e-4
+    )
+    cell = qk_attribution.cell(loaded, run, 1, 2, N - 1, 3)
+    assert cell.position_bias == pytest.approx(float(row.position_bias[3]))
+    assert cell.total == pytest.approx(cell.score, abs=1e-4)  # the terms explain q·k·scale; the bias sits beside
+    positional = head_circuits.head_circuit(loaded, 1, 2).positional
+    assert not positional.defined and positional.reason is not None and positional.reason.startswith("ALiBi")

@@ -1,5 +1,5 @@
 """Why the default model's induction head attends: K-composition from its previous-token head, from the weights
-and on a repeated random sequence (README, "Why a head attends")."""
+and on a repeated sentence (README, "Why a head attends")."""
 
 from __future__ import annotations
 

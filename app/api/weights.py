@@ -155,6 +155,7 @@ async def qk_attribution_cell(body: QkAttributionIn, svc: ServiceDep) -> QkAttri
             masked=cell.masked,
             softcap=cap,
             capped_score=cell.score if cap is None else cap * math.tanh(cell.score / cap),
+            position_bias=cell.position_bias,
             rope=cell.rope,
             row=None if row is None else _row(row, body.row_top),
         )
@@ -176,6 +177,7 @@ def _row(row: qk_attribution.QueryRow, k: int) -> list[RowKey]:
             score=float(row.scores[j]),
             weight=float(row.weights[j]),
             masked=bool(row.masked[j]),
+            position_bias=None if row.position_bias is None else float(row.position_bias[j]),
             terms=[Term(query_node=nodes[a], key_node=nodes[b], value=v) for a, b, v in row.top[j]],
             query_nodes=largest(q_sums[j]),
             key_nodes=largest(k_sums[j]),

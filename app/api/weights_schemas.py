@@ -99,6 +99,7 @@ class RowKey(BaseModel):
     score: float = Field(description="pre-softmax q·k·scale as captured, before any soft-cap")
     weight: float = Field(description="the attention weight in the model's map")
     masked: bool
+    position_bias: float | None = Field(description="the ALiBi bias added to the score at this key, if any")
     terms: list[Term] = Field(description="its largest terms")
     query_nodes: list[NodeValue] = Field(description="its largest query-side sums")
     key_nodes: list[NodeValue] = Field(description="its largest key-side sums")
@@ -118,6 +119,9 @@ class QkAttributionOut(Tokens):
     weight: float = Field(description="the cell's attention weight in the model's map")
     masked: bool = Field(description="the mask removes the key (a sliding window); the score is still attributed")
     softcap: float | None = Field(description="the head's logit soft-cap: the terms explain the score before it")
-    capped_score: float = Field(description="the model's logit: softcap·tanh(score/softcap), or score")
+    capped_score: float = Field(description="softcap·tanh(score/softcap), or score without a soft-cap")
+    position_bias: float | None = Field(
+        description="ALiBi (BLOOM, MPT): the bias the model adds to the (capped) score at this key, not attributed"
+    )
     rope: str = Field(description="the rotation found between the recomputed and the captured q and k")
     row: list[RowKey] | None = Field(description="with `row`: every key position 0..query_pos")

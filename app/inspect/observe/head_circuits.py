@@ -31,6 +31,10 @@ COPYING_DEFINITION = (
     f"{COPY_SAMPLE} vocabulary tokens (E, W_U: their embedding and unembedding rows, norms folded in): +1 when "
     "the head raises the logits of the tokens it attends to (copying), −1 when it lowers them"
 )
+ALIBI_REASON = (
+    "ALiBi: position enters as a per-head bias proportional to the distance, added to the scores and not read "
+    "through W_Q or W_K; QK attribution reports it beside the terms"
+)
 ROTARY_REASON = (
     "rotary positions: position enters as a rotation of q and k by an angle set by the offset, not as a vector "
     "in the residual stream, so the weights alone give no positional QK term; QK attribution on a text shows it"
@@ -121,7 +125,8 @@ def positional(loaded: Loaded, layer: int, q: torch.Tensor, k: torch.Tensor) -> 
     base = loaded.adapter.backbone()
     table = next((getattr(base, n) for n in POSITION_TABLES if isinstance(getattr(base, n, None), nn.Embedding)), None)
     if table is None:
-        return Positional(False, ROTARY_REASON if _rotary(loaded) else "the model has no learned position embeddings")
+        reason = ROTARY_REASON if _rotary(loaded) else "the model has no learned position embeddings"
+        return Positional(False, ALIBI_REASON if _alibi(loaded) else reason)
     n = min(POSITIONS, table.num_embeddings)
     p = table.weight[:n].detach().to(q)  # (n, d)
     form = norm_form(part(loaded.adapter, layer, block_plan(loaded.adapter, layer).attn_norm))
@@ -133,6 +138,14 @@ def positional(loaded: Loaded, layer: int, q: torch.Tensor, k: torch.Tensor) -> 
     probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), -1)
     mass = [float(probs.diagonal(-d).mean()) for d in range(min(OFFSETS, n))]
     return Positional(True, None, mass, mass[1] if len(mass) > 1 else None)
+
+
+def _alibi(loaded: Loaded) -> bool:
+    """Whether the model adds ALiBi biases (BLOOM; MPT's and Falcon's configs say so)."""
+    config = loaded.model.config
+    attn_config = getattr(config, "attn_config", None)
+    alibi = getattr(config, "alibi", False) or getattr(attn_config, "alibi", False)
+    return loaded.adapter.layout.architecture == "bloom" or bool(alibi)
 
 
 def _rotary(loaded: Loaded) -> bool:

@@ -114,6 +114,7 @@ def vectors(adapter: Adapter, run: Run, layer: int, head: int, q_pos: list[int],
     qi = torch.tensor([positions.index(p) for p in q_pos])
     ki = torch.tensor([positions.index(p) for p in k_pos])
     x = run.layer_inputs[layer][0, torch.tensor(positions)]  # (P, d)
+    tol = 1e-3 if x.dtype.itemsize >= 4 else 5e-2  # bf16/fp16 runs carry 2⁻⁸ relative rounding
     wide = torch.promote_types(x.dtype, torch.float32)
     x = x.to(wide)
     w = qkv.raw(adapter, layer, wide)
@@ -152,11 +153,13 @@ def vectors(adapter: Adapter, run: Run, layer: int, head: int, q_pos: list[int],
         q, pre_q = _clipped(q, pre_q, head, qi, clip)
         k, pre_k = _clipped(k, pre_k, g, ki, clip)
 
+    for parts, total in ((q, pre_q[qi, head]), (k, pre_k[ki, g])):  # the nodes rebuild the run's q and k
+        if float((parts.sum(0) - total).abs().max()) > tol * (1 + float(total.abs().max())):
+            raise NotReproduced(f"the node parts of {lay.architecture}'s layer {layer} do not add up to its q and k")
     captured = run.qk[layer]
     after = torch.cat([captured.q[0][:, positions], captured.k[0][:, positions]]).transpose(0, 1).to(wide)
     before = torch.cat([pre_q, pre_k], 1)  # (P, H + kv, hd)
     rot = rotary.identify(before, after.to(before.device), rotary.rotary_dims(adapter.model.config, lay.head_dim))
-    tol = 1e-3 if x.dtype.itemsize >= 4 else 5e-2
     if rot.error > tol:
         raise NotReproduced(
             f"QK attribution cannot rebuild the queries and keys of {lay.architecture} at layer {layer} "
@@ -179,7 +182,7 @@ def _masked(qk: LayerQK, query_pos: int, keys: torch.Tensor) -> torch.Tensor:
 
 def _position_bias(qk: LayerQK, head: int, keys: int) -> torch.Tensor | None:
     """The ALiBi bias the layer adds to the head's scores for keys 0..keys−1 (keys,), or None without one."""
-    bias = getattr(qk, "bias", None)  # (B|1, n_heads, 1, S)
+    bias = qk.bias  # (B|1, n_heads, 1, S)
     return None if bias is None else bias[0, head, -1, :keys].double().cpu()
 
 

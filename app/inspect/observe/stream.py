@@ -56,10 +56,14 @@ def frozen_linear(form: NormForm, v: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 def attention_rows(run: Run, layout: Layout, layer: int, positions: list[int], keys: int) -> torch.Tensor:
-    """Every head's attention row at each position over keys 0..keys−1: (n_heads, P, keys), float32."""
+    """Every head's attention row at each position over keys 0..keys−1: (n_heads, P, keys), float32.
+
+    Evenly spaced positions (a row's keys, a cell's two positions) are one strided slice of the map.
+    """
     heads = list(range(layout.n_heads))
-    if positions == list(range(positions[0], positions[0] + len(positions))):
-        rows = run.maps(layer, heads, layout.group_size, slice(positions[0], positions[-1] + 1))
+    step = positions[1] - positions[0] if len(positions) > 1 else 1
+    if step > 0 and positions == list(range(positions[0], positions[-1] + 1, step)):
+        rows = run.maps(layer, heads, layout.group_size, slice(positions[0], positions[-1] + 1, step))
     else:
         rows = torch.cat([run.maps(layer, heads, layout.group_size, slice(p, p + 1)) for p in positions], 1)
     return rows[..., :keys]
