@@ -43,8 +43,35 @@ export function renderTable(table, t) {
   );
 }
 
+const LEFT = [0, 0.4]; // the two charts' shares of the width; the gap holds the left chart's right-hand axis
+const RIGHT = [0.6, 1]; // and the right chart's title and ticks
+const MARGIN = { l: 44, r: 12, t: 40, b: 70 };
+const CHAR = 6.5; // px of a tick label's character at 10.5 px
+
+/**
+ * The category labels to show on an axis `px` wide: every `step`-th, so none meets its neighbour, and `keep`
+ * (this model's head count) always, its neighbours within a step dropped.
+ */
+export function thinTicks(cats, keep, px) {
+  const need = CHAR * Math.max(...cats.map((c) => c.length)) + 8;
+  const step = Math.max(1, Math.ceil(need / (px / cats.length)));
+  const k = cats.indexOf(keep);
+  return cats.filter((_, i) => i === k || (i % step === 0 && (k < 0 || Math.abs(i - k) >= step)));
+}
+
+const drawn = new WeakMap(); // node → {t, width}: what it was drawn from, to draw again at another width
+const resized = new ResizeObserver((entries) => {
+  for (const { target } of entries) {
+    const d = drawn.get(target);
+    if (d && target.isConnected && Math.abs(target.clientWidth - d.width) > 4) drawTradeoff(target, d.t);
+  }
+});
+
 /** Left: head dim (bars) and projection parameters per layer (line) vs query heads; right: KV cache per token. */
 export function drawTradeoff(node, t) {
+  if (!drawn.has(node)) resized.observe(node);
+  const width = node.clientWidth || 560;
+  drawn.set(node, { t, width });
   const mha = t.configs.filter((c) => c.kind === "MHA");
   const x = mha.map((c) => String(c.n_heads));
   const mqa = t.configs.filter((c) => c.kind === "MQA" || c.n_heads === 1);
@@ -91,23 +118,34 @@ export function drawTradeoff(node, t) {
       hovertemplate: "this model: %{y:.1f} KiB / token<extra></extra>",
     },
   ];
-  const axis = { type: "category", categoryorder: "array", categoryarray: x, title: { text: "query heads", standoff: 4 } };
+  const plotted = (domain) => (width - MARGIN.l - MARGIN.r) * (domain[1] - domain[0]);
+  const axis = (domain) => ({
+    type: "category",
+    categoryorder: "array",
+    categoryarray: x,
+    tickmode: "array",
+    tickvals: thinTicks(x, String(t.real.n_heads), plotted(domain)),
+    tickangle: 0,
+    title: { text: "query heads", standoff: 4 },
+    domain,
+  });
   const layout = {
     height: 300,
-    margin: { l: 44, r: 12, t: 26, b: 96 },
+    width,
+    margin: MARGIN,
     font: { family: "Inter, system-ui, 'DejaVu Sans', sans-serif", size: 10.5, color: "#1f2937" },
     paper_bgcolor: "rgba(0,0,0,0)",
     plot_bgcolor: "#fff",
     showlegend: true,
-    legend: { orientation: "h", x: 0, y: -0.32, yanchor: "top", font: { size: 10 } },
-    xaxis: { ...axis, domain: [0, 0.44] },
+    legend: { orientation: "h", x: 0, y: -0.3, yanchor: "top", font: { size: 10 } },
+    xaxis: axis(LEFT),
     yaxis: { title: { text: "head dim" }, rangemode: "tozero" },
     yaxis3: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, tickformat: ".2s" },
-    xaxis2: { ...axis, domain: [0.58, 1] },
-    yaxis2: { anchor: "x2", title: { text: "KV cache KiB / token" }, rangemode: "tozero" },
+    xaxis2: { ...axis(RIGHT), anchor: "y2" },
+    yaxis2: { anchor: "x2", title: { text: "KV cache KiB / token", standoff: 4 }, rangemode: "tozero" },
     annotations: [
-      { text: "at fixed width: parameters flat, heads narrower", xref: "paper", yref: "paper", x: 0, y: 1.1, showarrow: false, xanchor: "left" },
-      { text: "the KV cache follows the KV heads", xref: "paper", yref: "paper", x: 0.58, y: 1.1, showarrow: false, xanchor: "left" },
+      { text: "at fixed width: parameters flat,<br>heads narrower", xref: "paper", yref: "paper", x: LEFT[0], y: 1.02, yanchor: "bottom", showarrow: false, xanchor: "left", align: "left" },
+      { text: "the KV cache follows<br>the KV heads", xref: "paper", yref: "paper", x: RIGHT[0], y: 1.02, yanchor: "bottom", showarrow: false, xanchor: "left", align: "left" },
     ],
   };
   Plotly.react(node, data, layout, CONFIG);

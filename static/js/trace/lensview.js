@@ -92,22 +92,45 @@ export function renderLensTable(node, res) {
   );
 }
 
+const CELL_FONT = 9; // px, monospace: a character is 0.6 of that wide
+const CELL_CHAR = CELL_FONT * 0.61;
+const GRID_MARGIN = { l: 40, r: 8, t: 6, b: 8 };
+const COLORBAR = 72; // px the colour bar (with its ticks and title) takes beside the cells
+
+/** A cell's label cut to `n` characters (the last one an ellipsis), so it never runs into the next cell. */
+const fit = (s, n) => (s.length <= n ? s : `${s.slice(0, Math.max(0, n - 1))}…`);
+
+const drawnGrids = new WeakMap(); // div → {res, width}: what each grid was drawn from, to redraw at a new width
+
+/** Redraw a grid whose width changed: its labels are cut (and its token ticks thinned) to the width drawn at. */
+const resized = new ResizeObserver((entries) => {
+  for (const { target } of entries) {
+    const drawn = drawnGrids.get(target);
+    if (drawn && target.isConnected && Math.abs(target.clientWidth - drawn.width) > 4) drawLensGrid(target, drawn.res);
+  }
+});
+
 /** Layers × positions: the top-1 token after each block at each position, shaded by its probability. */
 export function drawLensGrid(div, res) {
+  if (!drawnGrids.has(div)) resized.observe(div);
+  drawnGrids.set(div, { res, width: div.clientWidth });
   const g = res.grid;
   const tokens = res.tokens;
   const width = div.clientWidth || 400;
   const nLayers = g.top_ids.length;
-  const label = g.top_tokens.map((row) => row.map((t) => plotlyText(visible(t))));
+  const cell = (width - GRID_MARGIN.l - GRID_MARGIN.r - COLORBAR) / tokens.length;
+  const chars = Math.floor((cell - 3) / CELL_CHAR); // what fits in a cell, leaving a pixel or so each side
+  const shown = g.top_tokens.map((row) => row.map((t) => plotlyText(fit(visible(t), chars))));
   const trace = {
     type: "heatmap",
     z: g.top_probs,
     x: tokenCats(tokens),
     y: layerNames(nLayers),
-    text: label,
-    texttemplate: tokens.length <= 24 ? "%{text}" : "",
-    textfont: { size: 9 },
-    hovertemplate: "%{y} · %{x}: top-1 %{text} (%{z:.3f})<extra></extra>",
+    text: shown,
+    customdata: g.top_tokens.map((row) => row.map((t) => plotlyText(visible(t)))),
+    texttemplate: chars >= 3 ? "%{text}" : "", // narrower cells: no labels (the hover still names each token)
+    textfont: { size: CELL_FONT, family: "'DejaVu Sans Mono', ui-monospace, monospace" },
+    hovertemplate: "%{y} · %{x}: top-1 %{customdata} (%{z:.3f})<extra></extra>",
     colorscale: BLUES.map((c, i) => [i / (BLUES.length - 1), rgb(c)]),
     zmin: 0,
     zmax: 1,
@@ -116,9 +139,10 @@ export function drawLensGrid(div, res) {
     colorbar: { title: { text: "p(top-1)", side: "right" }, thickness: 10, outlinewidth: 0 },
   };
   const lay = layout(Math.min(760, Math.max(260, nLayers * 18 + 110)), {
+    width, // the width the labels were cut for (a resize draws the grid again)
     xaxis: { ...tokenTicks(tokens, width - 90), fixedrange: true },
     yaxis: { type: "category", autorange: "reversed", fixedrange: true },
-    margin: { l: 40, r: 8, t: 6, b: 8 },
+    margin: GRID_MARGIN,
   });
   return draw(div, [trace], lay);
 }
