@@ -303,3 +303,33 @@ def test_narrow_window_brings_the_map_into_view(page: Any, tiny_server: Server, 
     assert page.get_attribute("#heatmap", "data-heads") == "L1H2"  # the head just chosen is the one in view
     assert 0 <= page.evaluate(top) < 700 - 100
     page.screenshot(path=str(artifacts / "tiny-900x700-map.png"))
+
+
+def test_keyboard_focus_keeps_the_heads_thumbnail(page: Any, tiny_server: Server, artifacts: Path) -> None:
+    """The cell the arrow keys reach shows its ring around the thumbnail, not a blank square over it."""
+    page.set_viewport_size({"width": 1280, "height": 720})
+    open_app(page, tiny_server.url)
+    run_prompt(page, PROMPT)
+    page.mouse.move(0, 0)
+    inner = """(label) => {
+      const r = document.querySelector(`#grid .cell[data-head="${label}"]`).getBoundingClientRect();
+      return { x: r.x + 4, y: r.y + 4, width: r.width - 8, height: r.height - 8 };
+    }"""
+    box = page.evaluate(inner, "L1H1")
+    unfocused = page.screenshot(clip=box)
+    page.focus('#grid .cell[tabindex="0"]')
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.dataset.head") == "L1H1"
+    assert page.evaluate("() => document.activeElement.matches(':focus-visible')")
+    assert page.evaluate(inner, "L1H1") == box  # nothing moved
+    assert page.screenshot(clip=box) == unfocused, "the focused cell paints over its thumbnail"
+    # the ring is still there, outside the thumbnail
+    assert "250, 204, 21" in page.evaluate("() => getComputedStyle(document.activeElement).boxShadow")
+    # a switched-off head keeps its cross when focused
+    page.keyboard.press("Shift+Enter")
+    page.wait_for_selector('#grid .cell[data-head="L1H1"].masked')
+    page.mouse.move(0, 0)
+    crossed = page.screenshot(clip=box)
+    assert crossed != unfocused
+    page.screenshot(path=str(artifacts / "tiny-keyboard-focus-1280.png"))
