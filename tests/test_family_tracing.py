@@ -195,7 +195,7 @@ def test_every_family_has_its_spec() -> None:
     assert all(by_type(model_type).model_type == model_type for model_type in SERVED)
 
 
-@pytest.mark.parametrize("model_type", ["gemma2", "olmo2", "phi", "gpt_oss", "granite"])
+@pytest.mark.parametrize("model_type", ["gemma2", "olmo2", "phi", "gpt_oss", "granite", "bloom", "mpt", "falcon"])
 def test_dla_in_bfloat16_is_served_and_sums_within_bf16_rounding(model_type: str) -> None:
     """bf16 weights: the start check still serves DLA, and the parts (rebuilt in float32 from bf16 activations)
     sum to the logit within 2⁻⁶·(1 + |logit|): the model rounds each block's output, norm and projection to
