@@ -193,3 +193,14 @@ def test_planted_previous_token_head() -> None:
         assert int(row.key_sums[emb].argmax()) == int(row.weights.argmax()) == i - 1
         order = torch.argsort(row.key_sums.sum(0), descending=True)
         assert torch.equal(order, torch.argsort(row.weights, descending=True))
+
+
+def test_an_unknown_qk_norm_is_refused_by_name() -> None:
+    """StableLM's per-head LayerNorms on q and k (a ModuleList): neither folded nor frozen, refused with a reason."""
+    spec = families.by_type("stablelm")
+    loaded = as_loaded(families.models.build("stablelm", {**families.config_kwargs(spec), "qk_layernorm": True}))
+    with pytest.raises(qkv.NotLinear, match=r"q_layernorm"):
+        composition.composition(loaded.adapter, "q")
+    with pytest.raises(qkv.NotLinear, match=r"q_layernorm"):
+        qk_attribution.cell(loaded, analyse(loaded, "", token_ids=families.ids(6)), 1, 0, 5, 2)
+    assert composition.composition(loaded.adapter, "v").note is None  # values do not pass through it

@@ -92,7 +92,7 @@ def factors(adapter: Adapter, kind: Kind, dtype: torch.dtype = torch.float32) ->
     fs, xs = [], []
     kv = torch.arange(lay.n_heads) // lay.group_size
     for layer in range(lay.n_layers):
-        w = qkv.folded(adapter, layer, dtype)
+        w = qkv.folded(adapter, layer, dtype, qk_norm=kind != "v")
         fs.append(sender(w.v[kv], w.o))
         xs.append(receiver(kind, w.q, w.k[kv], w.v[kv], w.o))
     return Factors(_unit(torch.cat(fs)), _unit(torch.cat(xs)))
@@ -122,13 +122,13 @@ def column(adapter: Adapter, kind: Kind, layer: int, head: int, dtype: torch.dty
     """Scores of every head (layer-major) as a sender into one receiver, pairwise (‖F_a·X_B‖); NaN where the
     sender is not in an earlier layer: (n_layers * n_heads,)."""
     lay = adapter.layout
-    w = qkv.folded(adapter, layer, dtype)
+    w = qkv.folded(adapter, layer, dtype, qk_norm=kind != "v")
     g = lay.kv_head(head)
     x = _unit(receiver(kind, w.q[head : head + 1], w.k[g : g + 1], w.v[g : g + 1], w.o[head : head + 1]))[0]
     kv = torch.arange(lay.n_heads) // lay.group_size
     out = torch.full((lay.n_layers, lay.n_heads), float("nan"), dtype=dtype)
     for a in range(layer):
-        wa = qkv.folded(adapter, a, dtype)
+        wa = qkv.folded(adapter, a, dtype, qk_norm=False)  # a sender's W_V and W_O
         out[a] = (_unit(sender(wa.v[kv], wa.o)) @ x).flatten(1).norm(dim=-1)
     return out.flatten()
 

@@ -153,9 +153,10 @@ def per_head(form: NormForm) -> NormForm:
     return NormForm(scale, bias, form.centred, form.eps)
 
 
-def folded(adapter: Adapter, layer: int, dtype: torch.dtype = torch.float32) -> HeadWeights:
+def folded(adapter: Adapter, layer: int, dtype: torch.dtype = torch.float32, qk_norm: bool = True) -> HeadWeights:
     """Block `layer`'s attention weights per head with the input norm, any QK-norm and any attention-output norm
-    folded in (biases dropped): W_Q = P·diag(A)·W_Q·P_q·diag(A_q) and so on.
+    folded in (biases dropped): W_Q = P·diag(A)·W_Q·P_q·diag(A_q) and so on. With `qk_norm` False the QK-norm is
+    not looked at (for what reads only W_V and W_O), and q and k are left without it.
 
     Raises:
         NotLinear: a norm whose form is unknown or cannot be folded per head.
@@ -164,7 +165,7 @@ def folded(adapter: Adapter, layer: int, dtype: torch.dtype = torch.float32) -> 
     plan = block_plan(adapter, layer)
     form = _form(part(adapter, layer, plan.attn_norm), f"block {layer}'s input norm")
     q, k, v = (fold_input(form, x) for x in (w.q, w.k, w.v))
-    norms = qk_norms(adapter, layer)
+    norms = qk_norms(adapter, layer) if qk_norm else None
     if norms is not None:  # per-head scales (n, hd) broadcast over d as (n, 1, hd)
         q, k = fold_output(per_head(norms.q), q), fold_output(per_head(norms.k), k)
     o = w.o
