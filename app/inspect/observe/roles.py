@@ -81,7 +81,9 @@ def _chunk(
     """Maps, entropies and largest weights of every head for query rows [start, stop) of a batch-1 run.
 
     Causal rows never see keys ≥ stop, so only keys [0, stop) are scored. The query heads that share a
-    KV head are scored in one GEMM against it, with the scaling and the causal bias fused in.
+    KV head are scored in one GEMM against it, with the scaling and the causal bias fused in. Everything the
+    layer adds to q·kᵀ is applied as capture.attention_maps does: a soft-cap, an ALiBi bias, learned sinks
+    (a row then sums to less than 1, and its entropy is over the keys the map shows).
 
     Returns:
         (maps (H, c, stop), entropy (H, c), confidence (H, c)).
@@ -93,11 +95,20 @@ def _chunk(
         mask = qk.mask[0, 0, start:stop, :stop]
         own = torch.where(mask, 0.0, metrics.MASKED) if mask.dtype == torch.bool else mask.float()
         bias = own.repeat(group_size, 1)
-    scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=qk.scaling)  # (kv, g·c, stop)
+    if qk.softcap is None:
+        scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=qk.scaling)  # (kv, g·c, stop)
+    else:  # Gemma 2: the cap bends the scores before the mask is added
+        scores = torch.tanh(torch.bmm(q, k.transpose(1, 2)) * (qk.scaling / qk.softcap)) * qk.softcap + bias
     scores = scores.view(-1, stop - start, stop)  # (H, c, stop): head = kv·g + j
     if qk.bias is not None:  # ALiBi: one value per head and key
         scores = scores + qk.bias[0, :, :, :stop].float()
-    return metrics.softmax_stats(scores)
+    if qk.sinks is None:
+        return metrics.softmax_stats(scores)
+    # GPT-OSS: the sink is one more logit in each row's softmax; the map (and every score) is over the keys only
+    sink = qk.sinks.float().view(-1, 1, 1).expand(-1, stop - start, 1)
+    maps = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    entropy = -(maps * torch.log(maps + metrics.EPS)).sum(-1)
+    return maps, entropy, maps.amax(-1)
 
 
 ChunkVisitor = Callable[[int, Chunk, torch.Tensor], None]  # (layer, its rows, maps (H, c, stop)) of each chunk
