@@ -54,7 +54,7 @@ async def snapshot(body: SnapshotIn, svc: ServiceDep) -> HTMLResponse:
         variants = variants_of(loaded.model, loaded.adapter)
         shown = [f"L{ly}H{h}" for ly, h in heads[:4]] + (["…"] if len(heads) > 4 else [])
         return Snapshot(
-            title=body.title or (f"Attention of {', '.join(shown)}" if heads else "All heads"),
+            title=body.title or (f"Attention of {', '.join(shown)}" if heads else "HeadScope view"),
             model=loaded.name,
             text=body.text,
             tokens=run.tokens,
@@ -66,6 +66,7 @@ async def snapshot(body: SnapshotIn, svc: ServiceDep) -> HTMLResponse:
                 "layer_variants": [{"layer": i, "label": v.label, "window": v.window} for i, v in enumerate(variants)],
             },
             roles=[RoleInfo.of(m).model_dump() for m in registry.METRICS],
+            figures=[f.model_dump() for f in body.figures],
             show={
                 "head": {"layer": heads[0][0], "head": heads[0][1]} if heads else None,
                 "cmp": {"layer": cmp[0][0], "head": cmp[0][1]} if cmp else None,

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from app.api.schemas import HeadRef, TextIn
+from app.api.schemas import HeadRef, Strict, TextIn
 from app.inspect.observe.registry import SimilarityName
 
 MAX_SNAPSHOT_MAPS = 64
+MAX_FIGURES = 16
+
+
+class FigureIn(Strict):
+    """A figure a page has drawn, as Plotly holds it (`div.data`, `div.layout`): the file redraws it as it is."""
+
+    title: str = Field(max_length=200)
+    data: list[dict[str, Any]] = Field(max_length=64, description="Plotly traces")
+    layout: dict[str, Any] = Field(default_factory=dict, description="Plotly layout")
 
 
 class SnapshotIn(TextIn):
@@ -19,5 +28,8 @@ class SnapshotIn(TextIn):
     thumbnails: bool = Field(True, description="hold the all-heads grid (every head's thumbnail and role scores)")
     similarity: SimilarityName | None = Field(None, description="hold the heads × heads matrix of this measure")
     title: str | None = Field(None, max_length=200, description="the file's title (default: what it shows)")
+    figures: list[FigureIn] = Field(
+        default_factory=list, max_length=MAX_FIGURES, description="figures a page drew (the trace views), kept as drawn"
+    )
     cmp: HeadRef | None = Field(None, description="shown beside the first of `heads` when the file opens")
     scale: Literal["linear", "log"] = "linear"

@@ -32,7 +32,8 @@ def _now() -> str:
 class Snapshot:
     """What a snapshot shows. `maps` are /api/attention maps (either encoding), all n_tokens × n_tokens;
     `overview` an /api/overview response (the grid), `similarity` an /api/similarity response,
-    `model_info` GET /api/model (KV groups for the grid), `roles` GET /api/roles' `roles`;
+    `model_info` GET /api/model (KV groups for the grid), `roles` GET /api/roles' `roles`; `figures` Plotly
+    figures as a page drew them ({title, data, layout}: the trace views);
     `show` the first view: {"head": {layer, head}, "cmp": {...} or None, "scale": "linear" or "log"}."""
 
     title: str
@@ -44,6 +45,7 @@ class Snapshot:
     similarity: dict[str, Any] | None = None
     model_info: dict[str, Any] | None = None
     roles: list[dict[str, Any]] = field(default_factory=list)
+    figures: list[dict[str, Any]] = field(default_factory=list)
     show: dict[str, Any] | None = None
     date: str = field(default_factory=_now)
     version: str = __version__

@@ -11,6 +11,7 @@ import pytest
 
 import headscope
 from tests.browser.pages import open_app, run_prompt, show_head
+from tests.browser.test_trace import open_trace, run_example
 from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
@@ -102,5 +103,33 @@ def test_the_pages_save_as_html_button_downloads_a_file_that_opens_offline(
     other.wait_for_selector(".hs-snap[data-ready]")
     assert other.locator(".hs-heatmap").get_attribute("data-heads") == "L1H3"
     assert other.locator(".grid .cell").count() == 8
+    assert asked == [path.as_uri()] and errors == []
+    other.context.close()
+
+
+def test_the_trace_pages_save_as_html_keeps_every_figure_as_drawn(
+    page: Any, browser: Any, tiny_server: Server, tmp_path: Path, artifacts: Path
+) -> None:
+    open_trace(page, tiny_server.url)
+    run_example(page)
+    drawn = page.eval_on_selector("#patch-plot", "el => el.data[0].z")
+    with page.expect_download() as download:
+        page.click("#trace-html")
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    assert path.name.startswith("headscope-Trace-") and path.suffix == ".html"
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    errors: list[str] = []
+    other.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    asked = offline(other)
+    other.goto(path.as_uri())
+    other.wait_for_selector(".hs-snap[data-ready]")
+    titles = other.locator(".hs-fig h3").all_text_contents()
+    assert "Activation patching · patch plot" in titles and any(
+        t.startswith("Direct logit attribution") for t in titles
+    )
+    saved = other.eval_on_selector_all(".hs-figure", "els => els.map((el) => el.data[0].z ?? null)")
+    assert drawn in saved  # the patching heatmap's numbers, exactly as the page drew them
+    other.screenshot(path=str(artifacts / "snapshot-trace.png"), full_page=True)
     assert asked == [path.as_uri()] and errors == []
     other.context.close()

@@ -110,12 +110,24 @@ export async function mount(root) {
     const controls = el("div", { class: "controls" }, label("Head", pickA), label("vs", pickB), label("Scale", scale), save);
     body.append(el("section", { class: "hs-maps" }, controls, parts.info, parts.heatmap));
   }
+  const figures = (data.figures ?? []).map((fig) => {
+    const div = el("div", { class: "plot hs-figure" });
+    const save = svgButton(() => exportPlot(div, `headscope-${slug(fig.title)}`, "svg"));
+    body.append(el("section", { class: "hs-fig" }, el("div", { class: "controls" }, el("h3", {}, fig.title), save), div));
+    return [div, fig];
+  });
+  let sim = null;
   if (data.similarity) {
-    const sim = el("div", { class: "plot hs-similarity" });
+    sim = el("div", { class: "plot hs-similarity" });
     const save = svgButton(() => exportPlot(sim, `headscope-similarity-${data.similarity.metric}`, "svg"));
     body.append(el("section", { class: "hs-sim" }, el("div", { class: "controls" }, save), sim));
-    await drawSimilarity(sim, data.similarity, (a, b) => show({ head: a, cmp: b }));
   }
+  // every section is in place before anything is drawn, so each plot takes its section's final width
+  for (const [div, fig] of figures) {
+    const { width, ...layout } = fig.layout ?? {}; // the page's width need not fit here: fill the section
+    await window.Plotly.react(div, fig.data, layout, { displaylogo: false, responsive: true });
+  }
+  if (sim) await drawSimilarity(sim, data.similarity, (a, b) => show({ head: a, cmp: b }));
 
   /** Change what is shown: a head the snapshot holds is drawn; any other is named as missing. */
   async function show(patch) {
