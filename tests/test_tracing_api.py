@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from tests.test_api import assert_error, post
@@ -95,6 +96,27 @@ def test_logit_lens_last_layer_is_the_model_s_prediction(client: TestClient) -> 
         assert got["prob"] == pytest.approx(want["prob"], rel=1e-5)
     assert [row["layer"] for row in out["layers"]] == [0, 1] and out["grid"] is None
     assert out["target"]["token"] == " mat" and all(row["target_rank"] >= 1 for row in out["layers"])
+
+
+def test_logit_lens_gives_the_target_logit_and_the_embeddings_reading(client: TestClient) -> None:
+    """Each block's raw logit of the target, and the stream before block 0 (the embeddings) read the same way:
+    TransformerLens's accumulated residual has n_layers + 1 entries, the first the embeddings."""
+    out = post(client, "/api/logit_lens", text=TEXT, top_k=3, target=" mat")
+    loaded = client.app.state.service.model  # type: ignore[attr-defined]
+    target = out["target"]["id"]
+    ids = torch.tensor([out["token_ids"]])
+    with torch.no_grad():
+        own = loaded.model(ids).logits[0, -1].float()  # (V,) the model's own logits after the text
+        emb = loaded.model.get_input_embeddings()(ids)[0, -1:]  # (1, d): the llama adds nothing before block 0
+        early = loaded.adapter.lm_head()(loaded.adapter.final_norm()(emb))[0].float()  # (V,)
+    assert out["layers"][-1]["target_logit"] == pytest.approx(float(own[target]), abs=1e-4)
+    assert all(math.isfinite(row["target_logit"]) for row in out["layers"])
+    e = out["embed"]
+    assert e["target_logit"] == pytest.approx(float(early[target]), abs=1e-4)
+    assert e["target_prob"] == pytest.approx(float(torch.softmax(early, -1)[target]), rel=1e-4)
+    assert e["target_rank"] == 1 + int((early > early[target]).sum())
+    assert [t["id"] for t in e["top_k"]] == torch.topk(early, 3).indices.tolist()
+    assert [row["layer"] for row in out["layers"]] == [0, 1]  # still one entry per block
 
 
 def test_logit_lens_grid_equals_per_position_lens(client: TestClient) -> None:

@@ -15,6 +15,7 @@ from app.api.tracing_schemas import (
     LensIn,
     LensLayerOut,
     LensOut,
+    LensReadingOut,
     PatchIn,
     PatchOut,
     PositionScores,
@@ -140,15 +141,15 @@ async def logit_lens(body: LensIn, svc: ServiceDep) -> LensOut:
         decode = loaded.tokenizer.decode
         run = svc.run_for(body.text, ids)
         tgt = target if target is not None else int(lens.final_logits(loaded, run, position).argmax())
-        layers = [
-            LensLayerOut(
-                layer=layer,
-                top_k=[TopToken(token=decode([i]), id=i, prob=p) for i, p in zip(r.top_ids, r.top_probs, strict=True)],
-                target_prob=r.target_prob,
-                target_rank=r.target_rank,
-            )
-            for layer, r in enumerate(lens.lens(loaded, run, position, tgt, body.top_k))
-        ]
+
+        def reading(r: lens.LensLayer) -> LensReadingOut:
+            top = [TopToken(token=decode([i]), id=i, prob=p) for i, p in zip(r.top_ids, r.top_probs, strict=True)]
+            rank, logit = r.target_rank, r.target_logit
+            return LensReadingOut(top_k=top, target_prob=r.target_prob, target_rank=rank, target_logit=logit)
+
+        blocks = lens.lens(loaded, run, position, tgt, body.top_k)
+        layers = [LensLayerOut(layer=layer, **dict(reading(r))) for layer, r in enumerate(blocks)]
+        embed = reading(lens.embeddings_lens(loaded, run, position, tgt, body.top_k))
         grid: LensGridOut | None = None
         if body.grid:
             g = lens.grid(loaded, run)
@@ -162,6 +163,7 @@ async def logit_lens(body: LensIn, svc: ServiceDep) -> LensOut:
             position=position,
             target=token_ref(svc, tgt),
             layers=layers,
+            embed=embed,
             grid=grid,
         )
 

@@ -108,11 +108,15 @@ class LensIn(PositionIn):
     grid: bool = Field(False, description="also the layers × positions top-1 grid for the whole text")
 
 
-class LensLayerOut(BaseModel):
-    layer: int
+class LensReadingOut(BaseModel):
     top_k: list[TopToken]
     target_prob: float
     target_rank: int = Field(description="1-based rank of the target among all tokens")
+    target_logit: float = Field(description="the target's raw logit read from this stream (nats scale, not normalised)")
+
+
+class LensLayerOut(LensReadingOut):
+    layer: int
 
 
 class LensGridOut(BaseModel):
@@ -125,6 +129,10 @@ class LensOut(Tokens):
     position: int
     target: TokenRef
     layers: list[LensLayerOut] = Field(description="one per block; the last is the model's own distribution")
+    embed: LensReadingOut = Field(
+        description="the stream before block 0 (the embeddings) read the same way: with `layers`, the n_layers + 1 "
+        "readings of TransformerLens's accumulated residual"
+    )
     grid: LensGridOut | None
 
 

@@ -81,6 +81,12 @@ def test_ioi_pair_draws_patching_dla_and_lens(page: Any, tiny_server: Server, ar
         "() => document.querySelector('#patch-panel .trace-progress').textContent.includes('patching 8')"
     )
     assert "outdated" in (page.get_attribute("#patch-panel", "class") or "")
+    # its busy mark is drawn in CSS (no emoji: without an emoji font that is an empty box)
+    mark = page.eval_on_selector(
+        "#patch-panel .trace-progress",
+        "el => { const s = getComputedStyle(el, '::before'); return [s.content, s.animationName]; }",
+    )
+    assert mark == ['""', "spin"]
     for route in held:
         route.continue_()
     page.unroute("**/api/patch")
@@ -105,9 +111,16 @@ def test_ioi_pair_draws_patching_dla_and_lens(page: Any, tiny_server: Server, ar
     assert math.isclose(float(page.get_attribute("#dla-summary", "data-logit") or "nan"), dla["logit"], abs_tol=1e-6)
     assert "logit[·Mary] − logit[·John]" in page.inner_text("#dla-summary")
     assert page.locator("#dla-layers .bars path").count() == 2 * 2
-    # the lens: probability and rank curves, one table row per layer
+    # the lens: probability and rank curves, one table row per layer and one for the embeddings (before block 0),
+    # each with the answer's logit
     assert page.locator("#lens-plot .scatterlayer .trace").count() == 2
-    assert page.locator("#lens-table tbody tr").count() == 2
+    assert page.eval_on_selector("#lens-plot", "el => el.data[0].x.length") == 3
+    assert page.locator("#lens-table tbody tr").count() == 3
+    lens = post(tiny_server.url, "/api/logit_lens", {"text": CLEAN, "target": " Mary", "top_k": 10})
+    cells = page.locator("#lens-table tbody tr").first.locator("td").all_inner_texts()
+    assert cells[0] == "L1" and cells[2] == f"{lens['layers'][-1]['target_logit']:.2f}"
+    cells = page.locator("#lens-table tbody tr").last.locator("td").all_inner_texts()
+    assert cells[0] == "emb" and cells[2] == f"{lens['embed']['target_logit']:.2f}"
     q = query(page)
     assert q["clean"] == CLEAN and q["corrupted"] == CORRUPTED and q["answer"] == " Mary" and q["wrong"] == " John"
     # the on-demand grid: layers × positions
@@ -149,7 +162,7 @@ def test_click_token_shows_every_heads_attention_from_it(page: Any, tiny_server:
     assert close(plot_z(page, "token-layer-plot"), [row[:10] for row in att["weights"][1]])
     # the per-layer lens for that position: target = the next token (·gave)
     assert "·gave" in page.inner_text("#token-lens-caption")
-    assert page.locator("#token-lens-table tbody tr").count() == 2
+    assert page.locator("#token-lens-table tbody tr").count() == 3  # 2 blocks and the embeddings
     # keyboard: → moves the query token
     before = painted(page, "token-panel")
     page.focus("#token-text")
@@ -241,7 +254,7 @@ def test_default_model_ioi_trace(page: Any, smollm: Server, artifacts: Path) -> 
     assert page.get_attribute("#patch-plot", "data-cells") == str(30 * 9)
     residual = plot_z(page, "residual-plot")
     assert len(residual) == 30 and len(residual[0]) == page.locator("#clean-tokens .t").count()
-    assert page.locator("#lens-table tbody tr").count() == 30
+    assert page.locator("#lens-table tbody tr").count() == 30 + 1  # every block and the embeddings
     for width, height in SIZES:
         page.set_viewport_size({"width": width, "height": height})
         page.wait_for_timeout(400)  # Plotly's responsive relayout

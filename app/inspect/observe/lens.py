@@ -1,9 +1,10 @@
 """Logit lens: the residual stream after each block, read through the final norm and the LM head.
 
 The stream after block l is the cached input of block l+1; after the last block it is the run's own
-final hidden state, so the last entry is the model's next-token distribution. adapter.lm_head()
-includes the model's readout (a logit scale, a final soft-cap), so every block is read as the model
-reads its last one. No forward runs.
+final hidden state, so the last entry is the model's next-token distribution. The stream before block 0
+(the embeddings, as block 0 receives them) is read the same way, as TransformerLens's accumulated residual
+begins. adapter.lm_head() includes the model's readout (a logit scale, a final soft-cap), so every block is
+read as the model reads its last one. No forward runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app.inspect.engine import runs
 from app.inspect.engine.nexttoken import Scratch
 from app.inspect.engine.runs import LOGIT_CHUNK, Run
 from app.inspect.model.loaded import Loaded
@@ -26,6 +28,7 @@ class LensLayer:
     top_probs: list[float]
     target_prob: float
     target_rank: int  # 1-based: 1 + how many tokens have a larger logit
+    target_logit: float  # the target's raw logit (after the model's readout scale and soft-cap, if any)
 
 
 @dataclass
@@ -62,9 +65,26 @@ def lens_logits(loaded: Loaded, run: Run, position: int) -> torch.Tensor:
     return logits
 
 
+def _readings(logits: torch.Tensor, target: int, k: int) -> list[LensLayer]:
+    """One LensLayer per row of (N, V) logits."""
+    probs = torch.softmax(logits, dim=-1)
+    top = torch.topk(probs, min(k, probs.shape[-1]), dim=-1)
+    ranks = 1 + (logits > logits[:, target : target + 1]).sum(-1)  # (N,)
+    return [
+        LensLayer(
+            top_ids=top.indices[row].tolist(),
+            top_probs=top.values[row].tolist(),
+            target_prob=float(probs[row, target]),
+            target_rank=int(ranks[row]),
+            target_logit=float(logits[row, target]),
+        )
+        for row in range(logits.shape[0])
+    ]
+
+
 @torch.inference_mode()
 def lens(loaded: Loaded, run: Run, position: int, target: int, k: int) -> list[LensLayer]:
-    """Per block at `position`: top-k tokens and probabilities, the target's probability and rank.
+    """Per block at `position`: top-k tokens and probabilities, the target's probability, rank and logit.
 
     Args:
         loaded: the model.
@@ -73,19 +93,23 @@ def lens(loaded: Loaded, run: Run, position: int, target: int, k: int) -> list[L
         target: the token id to follow through the blocks.
         k: how many top tokens per block.
     """
-    logits = lens_logits(loaded, run, position)  # (L, V)
-    probs = torch.softmax(logits, dim=-1)
-    top = torch.topk(probs, min(k, probs.shape[-1]), dim=-1)
-    ranks = 1 + (logits > logits[:, target : target + 1]).sum(-1)  # (L,)
-    return [
-        LensLayer(
-            top_ids=top.indices[layer].tolist(),
-            top_probs=top.values[layer].tolist(),
-            target_prob=float(probs[layer, target]),
-            target_rank=int(ranks[layer]),
-        )
-        for layer in range(logits.shape[0])
-    ]
+    return _readings(lens_logits(loaded, run, position), target, k)
+
+
+@torch.inference_mode()
+def embeddings_lens(loaded: Loaded, run: Run, position: int, target: int, k: int) -> LensLayer:
+    """The stream before block 0 (the embeddings as block 0 receives them) at `position`, read as `lens` reads a block.
+
+    Args:
+        loaded: the model.
+        run: the analysed text (its block inputs are recorded if the run has none yet).
+        position: query position, 0 ≤ position < n_tokens.
+        target: the token id to follow.
+        k: how many top tokens.
+    """
+    stream = runs.layer_inputs(loaded, run)[0][0, position : position + 1]  # (1, d_model)
+    logits: torch.Tensor = loaded.adapter.lm_head()(loaded.adapter.final_norm()(stream)).float()  # (1, V)
+    return _readings(logits, target, k)[0]
 
 
 def _top1_chunks(loaded: Loaded, run: Run, layer: int, scratch: Scratch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

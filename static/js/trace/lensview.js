@@ -1,9 +1,10 @@
 // The logit lens, drawn: the target's probability and rank after each block, the top tokens per layer,
 // and on demand the layers × positions top-1 grid.
-import { BLUES, el, fill, percent, plotlyText, rgb, visible } from "../lib/util.js";
+import { BLUES, el, fill, fmt, percent, plotlyText, rgb, visible } from "../lib/util.js";
 import { draw, layerNames, layout, tokenCats, tokenTicks } from "./plot.js";
 
 const PROB = "#2563eb";
+const TABLE_K = 5; // top tokens per row of a table
 const RANK = "#d97706";
 
 /** A log axis for ranks, 1 on top, ticked at 1-2-5 steps up to the worst rank shown. */
@@ -25,38 +26,56 @@ function rankAxis(layers) {
   };
 }
 
-/** Target probability (left axis) and rank (right axis, log, rank 1 on top) per layer. */
+/** The readings in depth order: the embeddings (before block 0, drawn at x = −1) when given, then every block. */
+function readings(res) {
+  const blocks = res.layers.map((r) => ({ ...r, x: r.layer, label: `L${r.layer}` }));
+  return res.embed ? [{ ...res.embed, x: -1, label: "emb" }, ...blocks] : blocks;
+}
+
+/** Target probability (left axis) and rank (right axis, log, rank 1 on top) per layer, from the embeddings on. */
 export function drawLens(div, res, height = 240) {
-  const layers = res.layers.map((r) => r.layer);
-  const hover = res.layers.map((r) =>
-    r.top_k.map((t) => `${plotlyText(visible(t.token))} ${percent(t.prob)}`).join("<br>"),
-  );
+  const rows = readings(res);
+  const x = rows.map((r) => r.x);
   const target = plotlyText(visible(res.target.token));
+  const hover = rows.map((r) => [
+    r.label,
+    fmt(r.target_logit, 2),
+    r.top_k.map((t) => `${plotlyText(visible(t.token))} ${percent(t.prob)}`).join("<br>"),
+  ]);
   const prob = {
     type: "scatter",
     mode: "lines+markers",
     name: `p(${target})`,
-    x: layers,
-    y: res.layers.map((r) => r.target_prob),
+    x,
+    y: rows.map((r) => r.target_prob),
     line: { color: PROB, width: 2 },
     marker: { size: 5 },
     customdata: hover,
-    hovertemplate: `L%{x}: p(${target}) = %{y:.3f}<br><b>top</b><br>%{customdata}<extra></extra>`,
+    hovertemplate: `%{customdata[0]}: p(${target}) = %{y:.3f}, logit %{customdata[1]}<br><b>top</b><br>%{customdata[2]}<extra></extra>`,
   };
   const rank = {
     type: "scatter",
     mode: "lines",
     name: `rank of ${target}`,
-    x: layers,
-    y: res.layers.map((r) => r.target_rank),
+    x,
+    y: rows.map((r) => r.target_rank),
+    customdata: hover,
     yaxis: "y2",
     line: { color: RANK, width: 1.5, dash: "dot" },
-    hovertemplate: `L%{x}: rank %{y}<extra></extra>`,
+    hovertemplate: `%{customdata[0]}: rank %{y}<extra></extra>`,
   };
+  const step = res.layers.length > 16 ? 4 : 1;
+  const ticks = x.filter((v) => v < 0 || v % step === 0);
   const lay = layout(height, {
-    xaxis: { title: { text: "layer", standoff: 2 }, dtick: layers.length > 16 ? 4 : 1, fixedrange: true, gridcolor: "#eef0f4" },
+    xaxis: {
+      title: { text: "layer (emb: the embeddings, before block 0)", standoff: 2 },
+      tickvals: ticks,
+      ticktext: ticks.map((v) => (v < 0 ? "emb" : String(v))),
+      fixedrange: true,
+      gridcolor: "#eef0f4",
+    },
     yaxis: { range: [0, 1.02], title: { text: "probability", font: { color: PROB } }, fixedrange: true, gridcolor: "#eef0f4" },
-    yaxis2: { ...rankAxis(res.layers), title: { text: "rank", font: { color: RANK } } },
+    yaxis2: { ...rankAxis(rows), title: { text: "rank", font: { color: RANK } } },
     legend: { orientation: "h", x: 0, y: 1.14, font: { size: 11 } },
     margin: { l: 48, r: 44, t: 22, b: 36 },
     hovermode: "x",
@@ -64,25 +83,31 @@ export function drawLens(div, res, height = 240) {
   return draw(div, [prob, rank], lay);
 }
 
-/** One row per layer: its top tokens with probabilities, the target's rank. */
+/** One row per layer, last first, then the embeddings: its top tokens with probabilities, the target's rank and logit. */
 export function renderLensTable(node, res) {
   const targetId = res.target.id;
+  const logit = `the raw logit of ${visible(res.target.token)} read from this stream`;
   fill(
     node,
-    el("thead", {}, el("tr", {}, el("th", {}, "layer"), el("th", {}, "rank"), el("th", {}, "top tokens"))),
+    el(
+      "thead",
+      {},
+      el("tr", {}, el("th", {}, "layer"), el("th", {}, "rank"), el("th", { title: logit }, "logit"), el("th", {}, "top tokens")),
+    ),
     el(
       "tbody",
       {},
-      [...res.layers].reverse().map((r) =>
+      readings(res).reverse().map((r) =>
         el(
           "tr",
-          {},
-          el("td", { class: "num" }, `L${r.layer}`),
+          { class: r.x < 0 ? "embed" : null, title: r.x < 0 ? "the embeddings, before block 0" : null },
+          el("td", { class: "num" }, r.label),
           el("td", { class: "num" }, String(r.target_rank)),
+          el("td", { class: "num" }, fmt(r.target_logit, 2)),
           el(
             "td",
             {},
-            r.top_k.map((t) =>
+            r.top_k.slice(0, TABLE_K).map((t) =>
               el("span", { class: t.id === targetId ? "lens-tok target" : "lens-tok", title: `${percent(t.prob)}` }, visible(t.token), el("small", {}, percent(t.prob))),
             ),
           ),
