@@ -97,3 +97,18 @@ def test_save_as_html_returns_one_file_of_the_text(client: TestClient) -> None:
     assert [r["name"] for r in data["roles"]] == [r["name"] for r in client.get("/api/roles").json()["roles"]]
     bad = client.post("/api/snapshot", json={**body, "heads": [{"layer": 5, "head": 0}]})
     assert bad.status_code == 422 and bad.json()["error"] == "invalid_input"
+
+
+def test_figures_a_page_drew_are_kept_without_running_the_text(client: TestClient) -> None:
+    figure = {"title": "patching", "data": [{"type": "heatmap", "z": [[0.5, -1]]}], "layout": {"height": 200}}
+    body = {"text": "Corpus job x", "thumbnails": False, "figures": [figure]}
+    res = client.post("/api/snapshot", json=body)
+    assert res.status_code == 200 and res.headers["content-disposition"].endswith('"headscope-HeadScope-figures.html"')
+    data = _data(res.text)
+    assert data["figures"] == [figure] and data["tokens"] == [] and data["maps"] is None
+    nan = client.post(
+        "/api/snapshot",
+        content=json.dumps({**body, "figures": [{**figure, "layout": {"x": float("nan")}}]}),
+        headers={"content-type": "application/json"},
+    )
+    assert nan.status_code == 422 and nan.json()["error"] == "invalid_input"

@@ -17,12 +17,24 @@ from app.api.snapshot_schemas import SnapshotIn
 from app.inspect.model.variants import variants_of
 from app.inspect.observe import registry
 from app.inspect.observe.similarity import head_similarity
+from app.service import Service
 from app.snapshot.page import Snapshot, render
 
 router = APIRouter(prefix="/api", tags=["snapshot"])
 HTML: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/html": {}}, "description": "the file (Content-Disposition: attachment)"}
 }
+
+
+def _figures(body: SnapshotIn, svc: Service) -> Snapshot:
+    """A file of figures a page drew: nothing to compute, so the text is not run."""
+    return Snapshot(
+        title=body.title or "HeadScope figures",
+        model=svc.model.name,
+        text=body.text,
+        tokens=[],
+        figures=[f.model_dump() for f in body.figures],
+    )
 
 
 def _file_name(title: str) -> str:
@@ -74,7 +86,8 @@ async def snapshot(body: SnapshotIn, svc: ServiceDep) -> HTMLResponse:
             },
         )
 
-    snap = await svc.call(work, n_tokens=len(ids))
+    figures_only = not heads and not body.thumbnails and body.similarity is None
+    snap = _figures(body, svc) if figures_only else await svc.call(work, n_tokens=len(ids))
     page = await asyncio.to_thread(render, snap)
     disposition = f'attachment; filename="{_file_name(snap.title)}"'
     return HTMLResponse(page, headers={"Content-Disposition": disposition})

@@ -18,6 +18,7 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from app import __version__
+from app.errors import InvalidInput
 from app.snapshot.assets import ROOT, plotly_gz_base64, snapshot_css
 from app.snapshot.bundle import bundle
 
@@ -80,7 +81,10 @@ def pack_maps(maps: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
 
 def _json(data: Any) -> str:
     """JSON safe inside a <script> element: no '<', '>' or '&' survives unescaped."""
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:  # NaN or ±Infinity, which a page's figure may hold: JSON cannot
+        raise InvalidInput("a snapshot holds numbers only JSON can carry: no NaN or Infinity") from exc
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

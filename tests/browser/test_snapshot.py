@@ -133,3 +133,28 @@ def test_the_trace_pages_save_as_html_keeps_every_figure_as_drawn(
     other.screenshot(path=str(artifacts / "snapshot-trace.png"), full_page=True)
     assert asked == [path.as_uri()] and errors == []
     other.context.close()
+
+
+def test_the_corpus_pages_save_as_html_keeps_the_jobs_figures(
+    page: Any, browser: Any, scope: headscope.Scope, tiny_server: Server, tmp_path: Path
+) -> None:
+    ds = scope.datasets.create("snapshot texts", ["one two three one two three", "a b c d a b c d", "x y z x y z"])
+    job = scope.jobs.start(ds["id"], analyses=["roles", "similarity"], max_tokens=16)
+    assert job.wait(progress=False, poll_s=0.1, timeout_s=120)["state"] == "done"
+    page.goto(f"{tiny_server.url}/corpus?job={job.id}")
+    page.wait_for_selector("#scatter .main-svg")
+    page.wait_for_selector("#simplot .main-svg")
+    with page.expect_download() as download:
+        page.click("#corpus-html")
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    assert path.name == f"headscope-Corpus-job-{job.id.replace('_', '-')}.html"
+    other = browser.new_context().new_page()
+    asked = offline(other)
+    other.goto(path.as_uri())
+    other.wait_for_selector(".hs-snap[data-ready]")
+    titles = other.locator(".hs-fig h3").all_text_contents()
+    assert any(t.startswith("Heads by two metrics") for t in titles), titles
+    assert any(t.startswith("Similarity across the dataset") for t in titles), titles
+    assert other.locator(".hs-figure .main-svg").count() >= 2 and asked == [path.as_uri()]
+    other.context.close()
