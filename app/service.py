@@ -59,8 +59,10 @@ class Service:
     """Holds the model; runs all model work on one thread: requests first, long work in slices between them.
 
     Scheduling: the model thread takes the oldest waiting request if there is one, else one slice of
-    the next background task (round robin). A request therefore waits for at most one slice, so
-    slices are kept short (corpus batches sized by tokens, sweep slices by rows × tokens).
+    a request's own long work (`sliced`: generation, the ablation sweep), else one slice of a background
+    job (each kind round robin). A request therefore waits for at most one slice, so slices are kept short
+    (about one forward of a few hundred tokens: corpus jobs, engine.segments), and a request's long work
+    never takes turns with a job.
     Requests that need no forward (maps of a cached run) do not wait at all: `read()` runs them on a
     reader thread at normal priority while the model thread runs at nice 10, so a corpus batch that
     takes a second cannot make a cached /api/attention wait for it. Reading a cached run's Q/K
@@ -77,6 +79,7 @@ class Service:
         self.stopping = False
         self.load_error: str | None = None  # why the model failed to load, once it has
         self._requests: deque[_Request] = deque()
+        self._interactive: deque[Sliced[Any]] = deque()  # a request's own long work: before any job
         self._background: deque[Sliced[Any]] = deque()
         self._wakeup = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -106,7 +109,7 @@ class Service:
         self.ready = False
         with self._wakeup:
             self._closing = True
-            for task in self._background:
+            for task in (*self._interactive, *self._background):
                 task.cancelled = True
             self._wakeup.notify_all()
             thread = self._thread
@@ -177,12 +180,17 @@ class Service:
         return await self.call(lambda: fn(self.run_for(text, token_ids)), n_tokens=n_tokens)
 
     def submit(
-        self, name: str, steps: Generator[Any, None, T], on_slice: Callable[[Any], None] | None = None
+        self,
+        name: str,
+        steps: Generator[Any, None, T],
+        on_slice: Callable[[Any], None] | None = None,
+        interactive: bool = False,
     ) -> Sliced[T]:
         """Queue long work as background slices (NotReady while loading or stopping).
 
-        One slice is one `next()` of `steps` (a batch of a corpus job, a few heads of the ablation sweep): a
-        request waits for at most one, so they are kept short. What a slice yields goes to `on_slice`.
+        One slice is one `next()` of `steps` (a few blocks of a corpus batch, a few heads of the ablation sweep):
+        a request waits for at most one, so they are kept short. What a slice yields goes to `on_slice`.
+        `interactive`: a request is waiting for this work; its slices go before any background job's.
         """
         if self.stopping or not self.ready:
             steps.close()
@@ -190,7 +198,7 @@ class Service:
         task = Sliced(name, steps, on_slice)
         with self._wakeup:
             task.wake = self._notify
-            self._background.append(task)
+            (self._interactive if interactive else self._background).append(task)
             self._ensure_thread()
             self._wakeup.notify()
         return task
@@ -221,7 +229,7 @@ class Service:
         client has disconnected or when this coroutine is cancelled."""
         self._admit(n_tokens)
         try:
-            task = self.submit(name, steps)
+            task = self.submit(name, steps, interactive=True)
         except BaseException:
             self._release()
             raise
@@ -255,14 +263,15 @@ class Service:
         _lower_model_thread_priority()
         while True:
             with self._wakeup:
-                while not self._requests and not self._background and not self._closing:
+                while not self._requests and not self._interactive and not self._background and not self._closing:
                     self._wakeup.wait()
                 if self._requests:
                     request: _Request | None = self._requests.popleft()
                     task = None
-                elif self._background:
-                    request, task = None, self._background[0]
-                    self._background.rotate(-1)  # round robin between background tasks
+                elif self._interactive or self._background:
+                    tasks = self._interactive or self._background
+                    request, task = None, tasks[0]
+                    tasks.rotate(-1)  # round robin between tasks of a kind
                 else:
                     return  # closing, nothing left
             if request is not None:
@@ -295,8 +304,9 @@ class Service:
         finally:
             if task.done:
                 with self._wakeup:
-                    if task in self._background:
-                        self._background.remove(task)
+                    for tasks in (self._interactive, self._background):
+                        if task in tasks:
+                            tasks.remove(task)
 
     def _timed(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         start = time.monotonic()

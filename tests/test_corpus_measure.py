@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from app.corpus import measure
-from app.inspect.engine import rows as engine_rows
 from app.inspect.engine import runs
 from app.inspect.engine.steps import drain
 from app.inspect.intervene import importance
@@ -94,11 +93,55 @@ def test_similarity_sums_match_one_text_matrices(loaded: Loaded, padding: measur
     assert all(t.values == {} for t in result.texts)
 
 
+def test_gradient_in_small_steps_is_the_gradient_of_one_backward(
+    loaded: Loaded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One block per forward segment, LM-head pieces of 3 positions, the backward chunk by chunk: still each text's
+    own gradient importance, and the steps are many."""
+    batch = items(loaded)
+    monkeypatch.setattr(measure, "SLICE_TOKENS", 3)
+    steps = measure.measure_batch_steps(loaded, batch, frozenset({"importance"}), "gradient")
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result = done.value
+            break
+        pauses += 1
+        assert hook_count(loaded.model) == 0 and torch.is_grad_enabled()  # paused with nothing changed
+    n_pieces = sum(-(-(len(ids) - 1) // 3) for _, ids in batch if len(ids) > 1)
+    assert pauses >= 2 * loaded.adapter.layout.n_layers + n_pieces // 2  # blocks forward and backward, LM-head pieces
+    for (_, ids), text in zip(batch, result.texts, strict=True):
+        if len(ids) > 1:
+            grad = importance.gradient_importance(loaded, ids).double().numpy()
+            np.testing.assert_allclose(text.values["importance"], grad, atol=TOL, rtol=0)
+
+
+def test_similarity_in_steps_of_one_query_row_is_the_matrix_at_once(loaded: Loaded) -> None:
+    """A corpus job computes each text's JS matrix a few query rows per step: the rows' sums add up to the whole."""
+    layout = loaded.adapter.layout
+    run = alone(loaded, items(loaded)[0][1])
+    heads = [(ly, h) for ly in range(layout.n_layers) for h in range(layout.n_heads)]
+    steps = similarity.similarity_steps(run, layout, heads, "js", "layer", step_work=1)  # one row per step
+    pauses = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            sliced = done.value
+            break
+        pauses += 1
+    assert pauses == run.n_tokens - 1
+    whole = similarity.similarity_steps(run, layout, heads, "js", "layer", step_work=1 << 62)
+    np.testing.assert_allclose(sliced.matrix.numpy(), drain(whole).matrix.numpy(), atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("padding", ["right", "left"])
 def test_ablation_matches_the_single_head_sweep(padding: measure.Padding, monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = tiny_loaded("gpt2")  # GPT-2: the out-projection bias stays when a head is zeroed
     batch = items(loaded)[:3]
-    monkeypatch.setattr(engine_rows, "TOKEN_BUDGET", 40)  # several forwards per layer
+    monkeypatch.setattr(measure, "SLICE_TOKENS", 40)  # several forwards per layer, a few blocks per step
     result = drain(measure.measure_batch_steps(loaded, batch, frozenset({"importance"}), "ablation", padding=padding))
     for (_, ids), text in zip(batch, result.texts, strict=True):
         sweep = importance.ablation_sweep(loaded, alone(loaded, ids))
@@ -106,10 +149,12 @@ def test_ablation_matches_the_single_head_sweep(padding: measure.Padding, monkey
 
 
 def test_ablation_steps_yield_between_forwards_with_no_hook_left(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A job's slice ends at each ablation forward: the model worker is never held for a whole sweep."""
+    """A job's slice ends at each ablation forward (and each block of the batch's own forward, each piece of its
+    LM head): the model worker is never held for a whole sweep, and the numbers do not depend on the slicing."""
     loaded = tiny_loaded("llama")
     batch = items(loaded)[:2]
-    monkeypatch.setattr(engine_rows, "TOKEN_BUDGET", 1)  # one head per forward
+    whole = drain(measure.measure_batch_steps(loaded, batch, frozenset({"importance"}), "ablation"))
+    monkeypatch.setattr(measure, "SLICE_TOKENS", 1)  # one head per forward, one block per step
     steps = measure.measure_batch_steps(loaded, batch, frozenset({"importance"}), "ablation")
     pauses = 0
     while True:
@@ -121,10 +166,9 @@ def test_ablation_steps_yield_between_forwards_with_no_hook_left(monkeypatch: py
         pauses += 1
         assert hook_count(loaded.model) == 0  # paused with the model as it was
     layout = loaded.adapter.layout
-    assert pauses == layout.n_layers * layout.n_heads
-    whole = drain(measure.measure_batch_steps(loaded, batch, frozenset({"importance"}), "ablation"))
+    assert pauses >= layout.n_layers * layout.n_heads + layout.n_layers  # the sweep's forwards + the batch's blocks
     for a, b in zip(result.texts, whole.texts, strict=True):
-        np.testing.assert_array_equal(a.values["importance"], b.values["importance"])
+        np.testing.assert_allclose(a.values["importance"], b.values["importance"], atol=1e-6)
 
 
 def test_left_padding_needs_position_ids() -> None:

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.corpus import jobs as jobs_module
 from app.corpus import measure, stats
 from app.corpus.jobs import Jobs
+from app.errors import Cancelled
 from app.inspect.engine.runs import encode
 from app.inspect.engine.steps import drain
 from app.inspect.model.loaded import Loaded
@@ -179,18 +180,66 @@ def test_cancel_keeps_finished_batches_and_a_second_cancel_is_409(
     slow_measure(monkeypatch, 0.3, calls)
     job_id = client.post("/api/jobs", json={"dataset": dataset(client)}).json()["id"]
     wait_state(client, job_id, {"running"})
-    while not calls:
+    while client.get(f"/api/jobs/{job_id}").json()["progress"]["done"] == 0:
         time.sleep(0.01)
     r = client.delete(f"/api/jobs/{job_id}")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
+    measured = len(calls)
     time.sleep(0.5)
     job = client.get(f"/api/jobs/{job_id}").json()
     assert job["state"] == "cancelled" and 0 < job["progress"]["done"] < len(TEXTS)
-    assert len(calls) <= 2  # the batch under way when it was cancelled, no more
+    assert job["progress"] == r.json()["progress"]  # nothing counted after the cancel
+    assert len(calls) == measured  # no batch started after it
     again = client.delete(f"/api/jobs/{job_id}")
     assert again.status_code == 409 and again.json()["error"] == "conflict"
     heads = client.get(f"/api/jobs/{job_id}/heads").json()
     assert heads["partial"] is True and heads["n_texts"] == job["progress"]["done"]
+
+
+def test_cancel_stops_a_real_job_within_one_slice_and_resume_continues_from_what_was_committed(
+    client: TestClient, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Roles + gradient importance on the tiny model, one decoder block per slice: after DELETE answers, at most
+    the block under way runs, nothing more is committed, and resume measures only the batches not committed."""
+    monkeypatch.setattr(measure, "SLICE_TOKENS", 8)  # one block of a batch per slice (blocks_per_step)
+    loaded: Loaded = client.app.state.service.model  # type: ignore[attr-defined]
+    blocks = {"run": 0}
+
+    def count(*_: Any) -> None:
+        blocks["run"] += 1
+
+    handles = [block.register_forward_pre_hook(count) for block in loaded.adapter.layers]
+    texts = TEXTS * 8
+    jobs = jobs_of(client)
+    try:
+        body = {"dataset": dataset(client, texts), "analyses": ["roles", "importance"], "importance": "gradient"}
+        job_id = client.post("/api/jobs", json=body).json()["id"]
+        while client.get(f"/api/jobs/{job_id}").json()["progress"]["done"] < 6:
+            time.sleep(0.005)
+        task = jobs._tasks[job_id]
+        answer = client.delete(f"/api/jobs/{job_id}").json()
+        at_cancel = blocks["run"]
+        assert answer["state"] == "cancelled" and 6 <= answer["progress"]["done"] < len(texts)
+        assert isinstance(task.future.exception(timeout=30), Cancelled)  # the work has stopped
+        assert blocks["run"] - at_cancel <= 1  # the slice under way: one block, no more
+        time.sleep(0.2)
+        assert client.get(f"/api/jobs/{job_id}").json()["progress"] == answer["progress"]
+        with sqlite3.connect(data_dir / "headscope.sqlite") as db:
+            stored = db.execute("SELECT count(*) FROM job_texts WHERE job_id = ?", (job_id,)).fetchone()[0]
+            batches = db.execute("SELECT count(*) FROM job_batches WHERE job_id = ?", (job_id,)).fetchone()[0]
+        assert stored == answer["progress"]["done"]  # the counter is what the store holds
+
+        measured = jobs.forwards
+        resumed = client.post(f"/api/jobs/{job_id}/resume").json()
+        assert resumed["progress"]["done"] == answer["progress"]["done"]  # from the last committed batch
+        job = wait_state(client, job_id, {"done", "failed"})
+        assert job["state"] == "done" and job["progress"]["done"] == len(texts), job
+        plan = measure.length_batches(lens(loaded, texts), jobs.max_batch_tokens, jobs.max_batch_texts)
+        assert jobs.forwards - measured == len(plan) - batches  # only the batches not committed
+        assert client.get(f"/api/jobs/{job_id}/heads").json()["n_texts"] == len(texts)  # each text once
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def test_a_dataset_a_running_job_reads_cannot_be_deleted(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

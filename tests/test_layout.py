@@ -76,7 +76,7 @@ def test_hooks_are_registered_in_one_module_and_blocks_skipped_in_one() -> None:
         if "starting_at(" in text and "def starting_at(" not in text:
             resuming.add(rel)
     assert registering == {"app/inspect/engine/hooks.py"}
-    assert resuming == {"app/inspect/engine/rows.py"}
+    assert resuming == {"app/inspect/engine/segments.py"}
 
 
 def test_a_router_never_imports_a_router_and_dependencies_come_from_deps() -> None:

@@ -60,6 +60,23 @@ def test_requests_run_between_slices_and_background_tasks_take_turns(tiny_loaded
     svc.shutdown()
 
 
+def test_a_requests_long_work_goes_before_a_jobs_slices(tiny_loaded: dict[str, Loaded]) -> None:
+    """Generation or a sweep runs in slices too, but never takes turns with a job: a job's slice runs only
+    when no request and no request's long work is waiting."""
+    svc = _service(tiny_loaded["llama"])
+    log: list[str] = []
+    job = svc.submit("job", _slices(log, "job", 20, 0.02))
+    time.sleep(0.05)
+    before = len(log)
+    asked = svc.submit("gen", _slices(log, "gen", 5, 0.0), interactive=True)
+    assert asked.future.result(5) == "gen done"
+    first, last = log.index("gen0"), log.index("gen4")
+    assert log[first : last + 1] == [f"gen{i}" for i in range(5)]  # no job slice in between
+    assert first - before <= 1  # it waited for the job's slice under way, no more
+    job.cancel()
+    svc.shutdown()
+
+
 def test_cancel_closes_the_work_before_its_next_slice(tiny_loaded: dict[str, Loaded]) -> None:
     svc = _service(tiny_loaded["llama"])
     log: list[str] = []
@@ -198,7 +215,7 @@ def test_sliced_work_is_closed_and_raises_client_gone_once_the_client_has_left(t
 def test_sweep_in_slices_equals_the_sweep_at_once(tiny_loaded: dict[str, Loaded]) -> None:
     loaded = tiny_loaded["gpt2"]
     run = runs.analyse(loaded, LONG)
-    steps = importance.sweep_slices(loaded, run, slice_tokens=1)  # one head per slice
+    steps = importance.sweep_slices(loaded, run, slice_tokens=len(run.token_ids))  # one head per slice
     n = 0
     while True:
         try:

@@ -1,10 +1,13 @@
 """Corpus jobs: run analyses over a dataset in length-bucketed batches on the model worker, persistently.
 
 What crosses the boundary: job parameters in; job records (state, progress) and change notifications
-out. A job is a generator of slices (a Sliced task) run by app.service: one slice per batch, so interactive
-requests run between batches. Each finished batch is committed to the JobStore in one transaction
-before the next starts, so a cancel, a restart or SIGTERM loses at most the batch in flight, and a
-resumed job skips what is stored. An out-of-memory error in a batch retries it in halves, down to
+out. A job is a generator of slices (a Sliced task) run by app.service after every waiting request: a
+batch is many slices, each about one forward of SLICE_TOKENS tokens (a few decoder blocks of the batch, a
+piece of its LM head, a backward chunk, one text's statistics), so a request waits for one such slice at
+most, and a cancel stops the work within one. Each finished batch is committed to the JobStore in one
+transaction, only while the job is running and this run is still its current one, so a cancel, a restart
+or SIGTERM loses at most the batch in flight, nothing computed after a cancel is counted, and a resumed
+job skips what is stored. An out-of-memory error in a batch retries it in halves, down to
 one text (app.corpus.batches); a text that does not fit alone fails the job with a message that says so.
 
 With a Ray cluster (app.corpus.cluster) the same task runs on a driver thread of its own instead: the same plan,
@@ -36,6 +39,7 @@ from app.corpus.records import BatchResult
 from app.corpus.results import Results
 from app.errors import Cancelled, Conflict, InvalidInput, NotReady
 from app.inspect.engine.runs import encode
+from app.inspect.engine.segments import SLICE_TOKENS
 from app.inspect.engine.steps import Sliced, is_oom
 from app.inspect.model.loaded import Loaded
 from app.service import Service
@@ -47,8 +51,12 @@ IMPORTANCE = ("gradient", "ablation")
 RESUMABLE = frozenset({"interrupted", "cancelled", "failed"})
 ACTIVE = frozenset({"queued", "running"})
 TOKENIZE_CHUNK = 256  # texts tokenized per slice while a job plans its batches
-MAX_BATCH_TOKENS = 2048  # padded tokens per batch: one batch is one slice of the model worker
+MAX_BATCH_TOKENS = 2048  # padded tokens per batch (measured in slices of about SLICE_TOKENS each)
 MAX_BATCH_TEXTS = 64
+
+
+class _Superseded(Exception):
+    """This run may not commit: its job was cancelled, interrupted or failed, or resumed as a newer run."""
 
 
 @dataclass(frozen=True)
@@ -249,10 +257,18 @@ class Jobs:
             if self._tasks.get(job_id) is task:
                 del self._tasks[job_id]
 
-    def _current(self, job_id: str, token: object) -> bool:
-        """Whether `token` is still the job's current run (a resume after a cancel starts a new one)."""
-        with self._lock:
-            return self._runs.get(job_id) is token
+    def _end(self, job_id: str, token: object, expect: frozenset[str], **changes: Any) -> bool:
+        """Set the job's state as run `token` ends, if it is still the job's current run (a resume after a cancel
+        starts a new one) and its state is one of `expect`. True if it changed."""
+        with self._lock:  # resume swaps the run under this lock: no new run can start between check and update
+            return self._runs.get(job_id) is token and self.store.update(job_id, expect=expect, **changes)
+
+    def _batch_tokens(self, job: JobRecord) -> int:
+        """Padded tokens per batch. The ablation sweep reads each of its forwards whole (the LM head over every
+        position of the batch, in one step), so on the model worker its batches hold one slice's worth."""
+        if self.cluster is None and "importance" in job.analyses and job.importance == "ablation":
+            return min(self.max_batch_tokens, SLICE_TOKENS)
+        return self.max_batch_tokens
 
     def _run(self, job_id: str, token: object) -> Generator[Any, None, None]:
         """The job as slices: plan the batches, then one batch per slice, each committed when it ends.
@@ -270,7 +286,7 @@ class Jobs:
             for start in range(0, len(texts), TOKENIZE_CHUNK):
                 lengths += [len(self._ids(tokenizer, t, job.max_tokens)) for t in texts[start : start + TOKENIZE_CHUNK]]
                 yield
-            plan = length_batches(lengths, self.max_batch_tokens, self.max_batch_texts)
+            plan = length_batches(lengths, self._batch_tokens(job), self.max_batch_texts)
             started = job.started or now_iso()
             shape = (layout.n_layers, layout.n_heads, layout.group_size)
             if not self.store.update(
@@ -289,32 +305,30 @@ class Jobs:
             stored = self.store.stored_texts(job_id)
             todo = [(n, [i for i in batch if i not in stored]) for n, batch in enumerate(plan) if n not in finished]
             if self.cluster is None:
-                yield from self._in_process(loaded, job, texts, todo)
+                yield from self._in_process(loaded, job, texts, todo, token)
             else:
-                yield from self._on_cluster(self.cluster, tokenizer, job, texts, todo)
-            if self.store.update(job_id, expect=frozenset({"running"}), state="done", finished=now_iso()):
+                yield from self._on_cluster(self.cluster, tokenizer, job, texts, todo, token)
+            if self._end(job_id, token, expect=frozenset({"running"}), state="done", finished=now_iso()):
                 self._publish(job_id)
+        except _Superseded:  # cancelled, interrupted or resumed while it measured: whoever did it set the state
+            return
         except GeneratorExit:  # cancelled (state already set) or the server stopping
-            if self._current(job_id, token) and self.store.update(job_id, expect=ACTIVE, state="interrupted"):
+            if self._end(job_id, token, expect=ACTIVE, state="interrupted"):
                 self._publish(job_id)
             raise
         except ClusterLost as exc:
             log.warning("job %s: %s", job_id, exc)
-            if self._current(job_id, token) and self.store.update(
-                job_id, expect=ACTIVE, state="interrupted", error=str(exc)
-            ):
+            if self._end(job_id, token, expect=ACTIVE, state="interrupted", error=str(exc)):
                 self._publish(job_id)
         except Exception as exc:
             oom = isinstance(exc, OutOfMemoryInBatch | MemoryError)
             message = str(exc) if oom else f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", job_id)
-            if self._current(job_id, token) and self.store.update(
-                job_id, expect=ACTIVE, state="failed", error=message, finished=now_iso()
-            ):
+            if self._end(job_id, token, expect=ACTIVE, state="failed", error=message, finished=now_iso()):
                 self._publish(job_id)
 
     def _in_process(
-        self, loaded: Loaded, job: JobRecord, texts: list[str], todo: list[tuple[int, list[int]]]
+        self, loaded: Loaded, job: JobRecord, texts: list[str], todo: list[tuple[int, list[int]]], token: object
     ) -> Generator[Any, None, None]:
         """The batches on the model worker, one slice each; out-of-memory halves run as slices of their own."""
         for number, batch in todo:
@@ -322,7 +336,7 @@ class Jobs:
             while pieces:
                 yield
                 piece = pieces.pop(0)
-                split = yield from self._measure(loaded, job, piece, number if not pieces else None)
+                split = yield from self._measure(loaded, job, piece, number if not pieces else None, token)
                 if split:
                     pieces[:0] = split
                 else:
@@ -330,7 +344,13 @@ class Jobs:
             self.store.finish_batch(job.id, number)  # when its texts were stored before (or in pieces)
 
     def _on_cluster(
-        self, cluster: Cluster, tokenizer: Any, job: JobRecord, texts: list[str], todo: list[tuple[int, list[int]]]
+        self,
+        cluster: Cluster,
+        tokenizer: Any,
+        job: JobRecord,
+        texts: list[str],
+        todo: list[tuple[int, list[int]]],
+        token: object,
     ) -> Generator[Any, None, None]:
         """The batches on the cluster's actors, each committed here as it arrives (any order)."""
         batches: list[tuple[int, Items]] = []
@@ -342,18 +362,18 @@ class Jobs:
 
         def commit(result: BatchResult, batch: int | None, seconds: float) -> None:
             self.forwards += 1
-            self._commit(job, result, seconds, batch)
+            self._commit(job, result, seconds, batch, token)
             self._publish(job.id)
 
         yield from cluster.measure(batches, list(job.analyses), job.importance, commit)
 
     def _measure(
-        self, loaded: Loaded, job: JobRecord, items: Items, batch: int | None
+        self, loaded: Loaded, job: JobRecord, items: Items, batch: int | None, token: object
     ) -> Generator[Any, None, list[Items]]:
         """Measure and commit one piece of a batch; on out-of-memory, its two halves to run instead.
 
-        Yields between the forwards of an ablation-importance sweep, so one batch does not hold the
-        model worker for a whole sweep.
+        Yields between the measurement's steps (measure_batch_steps), so one batch does not hold the model
+        worker for more than one step.
         """
         if not items:
             return []
@@ -368,14 +388,20 @@ class Jobs:
             split = halves(items, exc)
             log.warning("job %s: out of memory on %d texts; retrying in halves", job.id, len(items))
             return list(split)
-        self._commit(job, result, time.monotonic() - began, batch)
+        self._commit(job, result, time.monotonic() - began, batch, token)
         return []
 
-    def _commit(self, job: JobRecord, result: BatchResult, seconds: float, batch: int | None) -> None:
-        try:
-            self.store.commit(job.id, result.texts, result.similarity_sum, seconds, batch)
-        except sqlite3.IntegrityError as exc:  # a text already stored: a bug, and nothing was written
-            raise RuntimeError(f"job {job.id}: batch {batch} was already stored") from exc
+    def _commit(self, job: JobRecord, result: BatchResult, seconds: float, batch: int | None, token: object) -> None:
+        """Store a measured batch, only while the job runs as run `token` (else _Superseded: nothing stored)."""
+        with self._lock:  # as in _end: a resume cannot start a new run between the check and the commit
+            if self._runs.get(job.id) is not token:
+                raise _Superseded
+            try:
+                committed = self.store.commit(job.id, result.texts, result.similarity_sum, seconds, batch)
+            except sqlite3.IntegrityError as exc:  # a text already stored: a bug, and nothing was written
+                raise RuntimeError(f"job {job.id}: batch {batch} was already stored") from exc
+        if not committed:
+            raise _Superseded
 
     def _driver_tokenizer(self, loaded: Loaded) -> Any:
         if self._tokenizer is None:

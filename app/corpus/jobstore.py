@@ -5,7 +5,8 @@ counters), `job_texts` (one row per finished text, keyed by (job_id, text_index)
 and where each head does it most), `job_batches` (finished batches of the job's batch plan) and
 `job_similarity` (running sums of the per-text similarity matrices and how many texts they hold).
 A batch's texts, its similarity sums and the progress counters are written in ONE transaction, and a
-text already stored makes the whole transaction fail: a batch is committed whole, never twice.
+text already stored makes the whole transaction fail: a batch is committed whole, never twice, and only
+while its job is running (never after a cancel).
 """
 
 from __future__ import annotations
@@ -174,12 +175,16 @@ class JobStore:
         similarity: dict[str, np.ndarray],
         seconds: float,
         batch: int | None,
-    ) -> None:
-        """Store a batch's texts, add its similarity sums, advance the progress, mark `batch` finished: all or nothing.
+    ) -> bool:
+        """Store a batch's texts, add its similarity sums, advance the progress, mark `batch` finished: all or nothing,
+        and only while the job is running. False (nothing stored) once it has been cancelled, interrupted or failed.
 
         Raises sqlite3.IntegrityError (and stores nothing) when a text or the batch is already stored.
         """
         with self._db.transaction() as db:
+            state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if state is None or state[0] != "running":
+                return False
             for t in texts:
                 metrics = sorted(t.values)
                 vals = np.stack([t.values[m] for m in metrics]).astype(np.float64)
@@ -205,6 +210,7 @@ class JobStore:
                 "UPDATE jobs SET done = done + ?, tokens = tokens + ?, run_s = run_s + ? WHERE id = ?",
                 (len(texts), sum(t.n_tokens for t in texts), seconds, job_id),
             )
+        return True
 
     def finish_batch(self, job_id: str, batch: int) -> None:
         """Mark a batch finished whose texts were committed in pieces (after an out-of-memory retry)."""

@@ -9,8 +9,8 @@ the batch it ran in. Nothing here is sized by the dataset: only by the batch.
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from contextlib import nullcontext
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from app.corpus.records import BatchResult, TextResult
+from app.inspect.engine import segments
 from app.inspect.engine.gates import head_gates
 from app.inspect.engine.hooks import recording_block_inputs
 from app.inspect.engine.nexttoken import next_token
 from app.inspect.engine.rows import Base, Batch, gated, run_rows
 from app.inspect.engine.runs import Run
+from app.inspect.engine.segments import SLICE_TOKENS
 from app.inspect.engine.steps import Progress
 from app.inspect.model import capture
 from app.inspect.model.capture import LayerQK
@@ -30,7 +32,7 @@ from app.inspect.model.families import Layout
 from app.inspect.model.loaded import Loaded
 from app.inspect.observe import registry, roles
 from app.inspect.observe.registry import SIMILARITY_NAMES
-from app.inspect.observe.similarity import head_similarity
+from app.inspect.observe.similarity import similarity_steps
 
 Padding = Literal["right", "left"]
 PADDING: Padding = "right"  # right padding keeps every text at positions 0..n−1 without position ids
@@ -127,8 +129,10 @@ def measure_batch_steps(
 ) -> Steps:
     """Every requested metric of every head on each text of one batch, from one padded forward.
 
-    A generator: it yields between the forwards of the single-head ablation sweep (hooks off), so a
-    scheduler can serve other work there, and returns the BatchResult.
+    A generator: it yields between steps that each cost about a forward of SLICE_TOKENS tokens (a few
+    decoder blocks of the batch, a piece of the LM head, a backward chunk, one text's statistics, a forward
+    of the ablation sweep), with no hook on the model, so a scheduler serves other work there; it returns
+    the BatchResult.
 
     Args:
         loaded: the model.
@@ -173,33 +177,50 @@ def _measure(
     importance: str,
     padding: Padding,
 ) -> Steps:
-    """measure_batch_steps on texts that all have tokens."""
+    """measure_batch_steps on texts that all have tokens: one forward in segments, then each text's numbers.
+
+    Every step costs about a forward of SLICE_TOKENS tokens: a few decoder blocks of the batch (engine.segments),
+    the LM head over a few hundred positions, a backward chunk, or one text's statistics.
+    """
     layout = loaded.adapter.layout
     batch = pad([ids for _, ids in texts], padding, loaded.device)
+    token_ids = [ids for _, ids in texts]
     gradient = "importance" in analyses and importance == "gradient"
     ablation = "importance" in analyses and importance == "ablation"
     gates = torch.ones(len(texts), layout.n_layers, layout.n_heads, device=loaded.device, requires_grad=gradient)
+    captured: dict[int, LayerQK] = {}
     inputs: dict[int, torch.Tensor] = {}
-    with (
-        torch.inference_mode(not gradient),
-        torch.enable_grad() if gradient else torch.no_grad(),
-        capture.recording(None if analyses & {"roles", "similarity"} else frozenset()) as rec,
-        head_gates(loaded.adapter, gates, "zero"),  # all ones: the plain model (and Michel et al.'s ξ)
-        recording_block_inputs(loaded.adapter, inputs) if ablation else nullcontext(),
-    ):
-        hidden = loaded.adapter.backbone()(**batch.inputs(), use_cache=False).last_hidden_state  # (B, T, d)
-        if gradient or ablation:  # the loss costs an LM-head pass: only when importance needs it
-            losses = _losses(loaded, hidden, batch, [ids for _, ids in texts])  # (B,)
-        if gradient:
-            (grad,) = torch.autograd.grad(losses.sum(), gates)  # rows are independent: row b's own ∂L_b/∂ξ_b
+
+    @contextmanager
+    def hooked() -> Iterator[None]:
+        with (
+            capture.recording(None if analyses & {"roles", "similarity"} else frozenset()) as rec,
+            head_gates(loaded.adapter, gates, "zero"),  # all ones: the plain model (and Michel et al.'s ξ)
+            recording_block_inputs(loaded.adapter, inputs) if ablation else nullcontext(),
+        ):
+            yield
+        captured.update(rec.captured)
+
+    work = batch.input_ids.numel() * (2 if gradient else 1)  # a backward chunk costs about twice its forward
+    per_step = segments.blocks_per_step(layout.n_layers, work, SLICE_TOKENS)
+    ran = yield from segments.forward(loaded, batch.inputs(), hooked, per_step=per_step, grad=gradient)
+    hidden = ran[-1].end.detach()  # (B, T, d)
+    if gradient or ablation:  # the loss costs an LM-head pass: only when importance needs it
+        losses, grad_end = yield from _loss_steps(loaded, hidden, batch, token_ids, gradient)  # (B,), (B, T, d)
+    if gradient:
+        assert grad_end is not None
+        grad = yield from segments.backward(ran, grad_end, gates)  # rows are independent: row b's own ∂L_b/∂ξ_b
+    del ran  # the forward's graph, when it kept one
     results = []
     for row, (index, ids) in enumerate(texts):
         values: dict[str, np.ndarray] = {}
         where: dict[str, np.ndarray] = {}
         if "roles" in analyses:
-            run = text_run(loaded, rec.captured, hidden.detach(), row, batch.windows[row], ids)
-            found = roles.Where(len(ids), layout, loaded.device)
-            stats = roles.head_stats(run, layout, visit=found)  # the /api/heads scores, and where, in one pass
+            yield Progress(row, len(texts))  # one text's statistics per step
+            with torch.inference_mode():
+                run = text_run(loaded, captured, hidden, row, batch.windows[row], ids)
+                found = roles.Where(len(ids), layout, loaded.device)
+                stats = roles.head_stats(run, layout, visit=found)  # the /api/heads scores, and where, in one pass
             for metric, score in stats.scores.items():
                 values[metric] = _nan_grid(layout) if score is None else score.double().numpy()
             where.update({metric: cell.numpy() for metric, cell in found.result().items()})
@@ -210,13 +231,13 @@ def _measure(
                 values["importance"] = grad[row].abs().double().cpu().numpy()
         results.append(TextResult(index=index, n_tokens=len(ids), values=values, where=where))
     if ablation:
-        deltas = yield from _ablation_deltas(loaded, batch, [ids for _, ids in texts], inputs, losses.detach())
+        deltas = yield from _ablation_deltas(loaded, batch, token_ids, inputs, losses)
         for result, delta in zip(results, deltas, strict=True):
             if result.n_tokens > 1:
                 result.values["importance"] = delta
     sums = {}
     if "similarity" in analyses:
-        sums = _similarity_sums(loaded, rec.captured, hidden.detach(), batch, texts)
+        sums = yield from _similarity_sums(loaded, captured, hidden, batch, texts)
     return BatchResult(texts=results, similarity_sum=sums)
 
 
@@ -231,6 +252,55 @@ def _losses(loaded: Loaded, hidden: torch.Tensor, batch: Padded, token_ids: list
         targets = torch.tensor(ids[1:], device=hidden.device)
         losses.append(next_token(loaded.adapter.lm_head(), hidden[row : row + 1, window], targets).loss[0])
     return torch.stack(losses)
+
+
+def _loss_steps(
+    loaded: Loaded, hidden: torch.Tensor, batch: Padded, token_ids: list[list[int]], gradient: bool
+) -> Generator[Progress, None, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Each text's mean next-token loss (B,), as `_losses`, and with `gradient` its gradient wrt `hidden` (B, T, d).
+
+    The LM head runs over pieces of a few positions, a step's worth each (`_head_positions`): a long text or a wide
+    batch never holds the model worker for its whole LM head.
+    """
+    lm_head = loaded.adapter.lm_head()
+    per_step = _head_positions(loaded, gradient)
+    picked = torch.zeros(len(token_ids), device=hidden.device)  # Σ log p(next token) per text
+    grad_end = torch.zeros_like(hidden) if gradient else None
+    pieces = [
+        (row, start, min(start + per_step, len(ids) - 1))
+        for row, ids in enumerate(token_ids)
+        for start in range(0, len(ids) - 1, per_step)
+    ]
+    done = per_step  # the forward's last segment took the step before
+    for row, start, stop in pieces:
+        if done >= per_step:
+            yield Progress(row, len(token_ids))
+            done = 0
+        done += stop - start
+        offset = batch.windows[row].start
+        h = hidden[row : row + 1, offset + start : offset + stop]  # (1, c, d): positions with a next token
+        targets = torch.tensor(token_ids[row][start + 1 : stop + 1], device=hidden.device)  # (c,)
+        if grad_end is None:
+            with torch.inference_mode():
+                picked[row] += next_token(lm_head, h, targets).target_logprobs.sum()
+            continue
+        with torch.enable_grad():
+            leaf = h.detach().requires_grad_()
+            total = next_token(lm_head, leaf, targets).target_logprobs.sum()
+            (g,) = torch.autograd.grad(-total / (len(token_ids[row]) - 1), leaf)
+        picked[row] += total.detach()
+        grad_end[row, offset + start : offset + stop] = g[0]
+    n_targets = torch.tensor([max(len(ids) - 1, 1) for ids in token_ids], device=hidden.device)
+    return -picked / n_targets, grad_end
+
+
+def _head_positions(loaded: Loaded, gradient: bool) -> int:
+    """LM-head positions that cost about a forward of SLICE_TOKENS tokens (its backward costs twice its forward):
+    by parameter count, the head's share of a forward (a quarter for the default model, most of it for a model
+    with a small d_model and a large vocabulary)."""
+    head = sum(p.numel() for p in loaded.adapter.lm_head().parameters())
+    blocks = sum(p.numel() for p in loaded.adapter.layers.parameters())
+    return max(1, SLICE_TOKENS * (blocks + head) // (head * (3 if gradient else 1)))
 
 
 def _ablation_deltas(
@@ -265,6 +335,7 @@ def _ablation_deltas(
         start=lambda h: h[0],
         install=gated(loaded, lambda h: [h], n=n),
         read=read,
+        token_budget=SLICE_TOKENS,
         max_rows=layout.n_heads,
     )
     delta = torch.stack(found, dim=1).view(n, layout.n_layers, layout.n_heads)  # (n, heads) → per text
@@ -277,13 +348,15 @@ def _similarity_sums(
     hidden: torch.Tensor,
     batch: Padded,
     texts: list[tuple[int, list[int]]],
-) -> dict[str, np.ndarray]:
-    """Sum over the batch's texts of each text's /api/similarity matrix (all heads, layer order)."""
+) -> Generator[Progress, None, dict[str, np.ndarray]]:
+    """Sum over the batch's texts of each text's /api/similarity matrix (all heads, layer order), in steps."""
     layout = loaded.adapter.layout
     heads = [(ly, h) for ly in range(layout.n_layers) for h in range(layout.n_heads)]
     sums: dict[str, np.ndarray] = {m: np.zeros((len(heads), len(heads))) for m in SIMILARITY_NAMES}
     for row, (_, ids) in enumerate(texts):
         run = text_run(loaded, captured, hidden, row, batch.windows[row], ids)
         for metric in SIMILARITY_NAMES:
-            sums[metric] += head_similarity(run, layout, heads, metric, "layer").matrix.double().numpy()
+            yield Progress(row, len(texts))
+            found = yield from similarity_steps(run, layout, heads, metric, "layer")  # JS: a few rows per step
+            sums[metric] += found.matrix.double().numpy()
     return sums

@@ -4,8 +4,10 @@ A row is one intervened forward (a set of heads switched off, activations patche
 Rows are grouped by the first block they change: nothing before it differs from the unchanged run, so each
 group starts there from the cached residual stream (engine.resume). A group runs in chunks of at most
 `max_rows` rows and `token_budget` batch entries × tokens; the runner yields a `Progress` before each
-forward, when no hook is on the model, so the model worker serves waiting requests there. The caller gives
-`install` (the hook contexts of a chunk's rows) and `read` (a chunk's hidden states → one value per row).
+forward, when no hook is on the model, so the model worker serves waiting requests there; a forward over
+more than the budget (one row of a wide base) runs in segments of a few blocks (engine.segments), a step each.
+The caller gives `install` (the hook contexts of a chunk's rows) and `read` (a chunk's hidden states → one
+value per row).
 
 One base may hold several texts (a corpus batch, padded): each row then spans `base.n` batch entries,
 row i holding entries i·n .. (i+1)·n − 1.
@@ -14,14 +16,15 @@ row i holding entries i·n .. (i+1)·n − 1.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Generic, TypeVar
 
 import torch
 
+from app.inspect.engine import segments
 from app.inspect.engine.gates import Mode, gate_tensor, head_gates
-from app.inspect.engine.resume import starting_at
 from app.inspect.engine.steps import Progress, Steps
 from app.inspect.model.loaded import Loaded
 
@@ -73,7 +76,8 @@ def run_rows(
     token_budget: int | None = None,
     max_rows: int = MAX_ROWS,
 ) -> Steps[Progress, list[V]]:
-    """Run every row; yields Progress(rows done, rows) before each forward; returns one value per row, in order.
+    """Run every row; yields Progress(rows done, rows) before each forward (each segment); returns one value per
+    row, in order.
 
     Args:
         loaded: the model.
@@ -84,9 +88,12 @@ def run_rows(
             resume point's stand-ins, so a context may find its blocks by index.
         read: a chunk's final hidden states (len(rows)·n, n_tokens, d_model) → one value per row; called, as
             the forward runs, in inference mode (hooks already off).
-        token_budget, max_rows: the most batch entries × tokens (default TOKEN_BUDGET), and rows, in one forward.
+        token_budget, max_rows: the most batch entries × tokens (default TOKEN_BUDGET), and rows, in one step: a
+            forward over more (one row already over the budget) runs in segments of blocks that each cost about
+            a forward of the budget.
     """
     budget = TOKEN_BUDGET if token_budget is None else token_budget
+    n_layers = loaded.adapter.layout.n_layers
     per_forward = max(1, min(max_rows, budget // (base.n * base.n_tokens)))
     groups: dict[int, list[int]] = {}
     for i, row in enumerate(rows):
@@ -95,23 +102,30 @@ def run_rows(
     for first in sorted(groups):
         members = groups[first]
         for i in range(0, len(members), per_forward):
-            yield Progress(len(out), len(rows))
             chunk = members[i : i + per_forward]
             batch = Batch(first, [rows[j] for j in chunk])
-            # install first: its contexts find their blocks by index, before the resume point swaps blocks out
-            with torch.inference_mode(), install(batch), _resumed(loaded, base, first, len(chunk)):
-                hidden = loaded.adapter.backbone()(**base.inputs(len(chunk)), use_cache=False).last_hidden_state
+            per_step = segments.blocks_per_step(n_layers, len(chunk) * base.n * base.n_tokens, budget)
+            ran = yield from segments.forward(
+                loaded,
+                base.inputs(len(chunk)),
+                partial(install, batch),
+                first,
+                _stream(base, first, len(chunk)),
+                per_step,
+                progress=Progress(len(out), len(rows)),
+            )
+            hidden = ran[-1].end
             with torch.inference_mode():  # as the forward: readers then take nexttoken's in-place paths
                 out.update(zip(chunk, read(hidden, batch), strict=True))
     return [out[i] for i in range(len(rows))]
 
 
-def _resumed(loaded: Loaded, base: Base, first: int, k: int) -> AbstractContextManager[Any]:
-    """Start at block `first` from the base's stream there (k copies of its texts); block 0 needs nothing."""
+def _stream(base: Base, first: int, k: int) -> torch.Tensor | None:
+    """The base's stream entering block `first`, for k copies of its texts; None at block 0 (nothing to resume)."""
     if first == 0:
-        return nullcontext()
+        return None
     stream = base.layer_inputs[first]  # (n or 1, n_tokens, d_model)
-    return starting_at(loaded.adapter, first, stream.repeat(k, 1, 1) if stream.shape[0] > 1 else stream)
+    return stream.repeat(k, 1, 1) if stream.shape[0] > 1 else stream
 
 
 def gated(
