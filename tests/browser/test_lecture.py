@@ -137,3 +137,25 @@ def test_dataset_view_and_click(tiny_server: Server, page: Any, artifacts: Path)
     q = query(page)
     assert q["text"] == TEXT  # a dataset point opens its first text
     assert masked(q) == labels(rnd["pruned_order"][1][:4])
+
+
+def test_a_threshold_at_the_curves_resolution_reads_as_a_range(tiny_server: Server, page: Any) -> None:
+    """Between two points the curve cannot tell where the loss crossed: the summary gives the range, not 0."""
+    base = tiny_server.url
+    made = call(base, "/api/datasets", {"name": "lecture coarse", "texts": [TEXT, OTHER]})
+
+    def coarse(route: Any) -> None:
+        """The curve as a large model gives it: every order crosses before its second point (4 heads)."""
+        res = route.fetch().json()
+        first = res["points"][0]
+        res["thresholds"] = [{"n_pruned": 0, "loss": first["loss"], "exact": False} for _ in res["thresholds"]]
+        res["threshold_n_pruned"] = 0.0
+        route.fulfill(json=res)
+
+    page.route("**/api/prune_curve", coarse)
+    open_lecture(page, base, {"src": "dataset", "dataset": made["id"], "texts": "2", "steps": "3", "seeds": "2"})
+    summary = page.inner_text("#curve-summary")
+    assert "Importance order: 0–3 of 8 heads" in summary, summary
+    assert "Random order: 0–3 (2 seeds: 0–3, 0–3)" in summary, summary
+    assert "0.0" not in summary.split("Loss with")[0]
+    assert "4 heads apart" in summary

@@ -1,6 +1,6 @@
 // The pruning curve: importance order vs random orders (mean, min–max band, each seed), the 0.1-nat point marked.
 import { PLOT_CONFIG } from "../lib/plot.js";
-import { fill, fmt } from "../lib/util.js";
+import { el, fill, fmt } from "../lib/util.js";
 
 const IMP = "#4f46e5";
 const RND = "#6b7280";
@@ -67,7 +67,8 @@ function traces(imp, rnd) {
       marker: { symbol: "diamond", size: 9, color: RND, line: { color: "#fff", width: 1 } },
       name: "random: last point under +0.1",
       showlegend: false,
-      hovertemplate: "seed's 0.1-nat point: %{x} heads off · loss %{y:.3f}<extra></extra>",
+      text: rnd.thresholds.map((_, k) => span(thresholdRange(rnd, k))),
+      hovertemplate: "seed's 0.1-nat point: %{text} heads off · loss %{y:.3f}<extra></extra>",
     });
   }
   if (imp) {
@@ -89,8 +90,10 @@ function traces(imp, rnd) {
       customdata: [["importance", 0, t.n_pruned]],
       mode: "markers",
       marker: { symbol: "star", size: 17, color: "#f59e0b", line: { color: "#92400e", width: 1 } },
-      name: `0.1-nat point: ${t.n_pruned} heads`,
-      hovertemplate: "importance: %{x} heads off before the loss rises by 0.1 nats · loss %{y:.3f}<extra></extra>",
+      name: `0.1-nat point: ${span(thresholdRange(imp, 0))} heads`,
+      hovertemplate: t.exact
+        ? "importance: %{x} heads off before the loss rises by 0.1 nats · loss %{y:.3f}<extra></extra>"
+        : `importance: the loss rises by 0.1 nats between ${span(thresholdRange(imp, 0))} heads off (the curve's resolution)<extra></extra>`,
     });
   }
   return out;
@@ -126,7 +129,27 @@ export function drawCurve(node, imp, rnd, onPick) {
   });
 }
 
-/** One line per order: how many heads can go before the loss rises by `rise`. */
+/**
+ * Where order k's threshold can lie: [n, n] when it is exact, else [n, next point − 1] (the loss crossed somewhere
+ * before the curve's next point, and the curve cannot say where).
+ */
+export function thresholdRange(curve, k) {
+  const t = curve.thresholds[k];
+  if (t.exact) return [t.n_pruned, t.n_pruned];
+  const next = curve.points.find((p) => p.n_pruned > t.n_pruned);
+  return [t.n_pruned, next ? next.n_pruned - 1 : t.n_pruned];
+}
+
+const num = (x) => (Number.isInteger(x) ? String(x) : fmt(x, 1));
+const span = ([lo, hi]) => (lo === hi ? num(lo) : `${num(lo)}–${num(hi)}`);
+const bold = (cls, text) => el("b", { class: cls }, text);
+
+/** The widest gap between two points of a curve around a threshold that is not exact, or 0. */
+function coarseness(curve) {
+  return Math.max(0, ...curve.thresholds.map((_, k) => thresholdRange(curve, k)).map(([lo, hi]) => (hi > lo ? hi - lo + 1 : 0)));
+}
+
+/** One line per order: how many heads can go before the loss rises by `rise` (a range where the curve is too coarse). */
 export function renderSummary(node, imp, rnd) {
   const any = imp || rnd;
   const parts = [];
@@ -135,19 +158,22 @@ export function renderSummary(node, imp, rnd) {
       ? `on this text (${any.n_tokens} tokens)`
       : `on the first ${any.n_texts} texts of ${any.dataset} (${any.n_tokens} tokens; importance and loss are means over texts)`;
   if (imp) {
-    const [t] = imp.thresholds;
-    const b = document.createElement("b");
-    b.className = "imp";
-    b.textContent = String(t.n_pruned);
-    parts.push("Importance order: ", b, ` of ${imp.n_heads} heads can go before the loss rises by ${imp.rise} nats`);
-    parts.push(t.exact ? "" : " (to the curve's resolution)", ". ");
+    parts.push("Importance order: ", bold("imp", span(thresholdRange(imp, 0))), ` of ${imp.n_heads} heads can go before the loss rises by ${imp.rise} nats. `);
   }
   if (rnd) {
-    const b = document.createElement("b");
-    b.className = "rnd";
-    b.textContent = fmt(rnd.threshold_n_pruned, 1);
-    const ns = rnd.thresholds.map((t) => t.n_pruned);
-    parts.push("Random order: ", b, ` (mean of ${ns.length} seeds: ${ns.join(", ")}). `);
+    const ranges = rnd.thresholds.map((_, k) => thresholdRange(rnd, k));
+    const n = ranges.length;
+    if (ranges.every(([lo, hi]) => lo === hi)) {
+      parts.push("Random order: ", bold("rnd", fmt(rnd.threshold_n_pruned, 1)), ` (mean of ${n} seeds: ${ranges.map(span).join(", ")}). `);
+    } else {
+      const mean = (i) => ranges.reduce((a, r) => a + r[i], 0) / n;
+      parts.push("Random order: ", bold("rnd", span([mean(0), mean(1)])), ` (${n} seed${n > 1 ? "s" : ""}: ${ranges.map(span).join(", ")}). `);
+    }
+  }
+  const gap = Math.max(imp ? coarseness(imp) : 0, rnd ? coarseness(rnd) : 0);
+  if (gap) {
+    const how = any.dataset === null ? "more points narrow a range, and “exact” finds the very head" : "more points narrow a range";
+    parts.push(`A range is as close as the curve can tell: its points are up to ${gap} heads apart (${how}). `);
   }
   parts.push(`Loss with no head off ${fmt(any.points[0].loss)} nats, with every head off ${fmt(any.points.at(-1).loss)}; measured ${where}.`);
   fill(node, parts);

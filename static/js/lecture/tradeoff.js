@@ -140,7 +140,8 @@ export function drawTradeoff(node, t) {
     legend: { orientation: "h", x: 0, y: -0.3, yanchor: "top", font: { size: 10 } },
     xaxis: axis(LEFT),
     yaxis: { title: { text: "head dim" }, rangemode: "tozero" },
-    yaxis3: { overlaying: "y", side: "right", rangemode: "tozero", showgrid: false, tickformat: ".2s" },
+    // an explicit range: a flat line's autorange puts a tick at a rounding error above 0 ("910f")
+    yaxis3: { overlaying: "y", side: "right", range: [0, 1.15 * Math.max(...mha.map((c) => c.params_per_layer))], showgrid: false, tickformat: ".2s" },
     xaxis2: { ...axis(RIGHT), anchor: "y2" },
     yaxis2: { anchor: "x2", title: { text: "KV cache KiB / token", standoff: 4 }, rangemode: "tozero" },
     annotations: [
