@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -99,11 +99,14 @@ def pad(token_lists: list[list[int]], padding: Padding, device: torch.device) ->
 
 def _text_qk(qk: LayerQK, row: int, window: slice) -> LayerQK:
     """One text's slice of a batched layer capture, as a batch-1 capture of that text alone."""
-    mask = qk.mask
+    mask, bias = qk.mask, qk.bias
     if mask is not None:
         mask = mask[row : row + 1] if mask.shape[0] > 1 else mask
         mask = mask[..., window, window]
-    return LayerQK(q=qk.q[row : row + 1, :, window], k=qk.k[row : row + 1, :, window], mask=mask, scaling=qk.scaling)
+    if bias is not None:  # ALiBi (B|1, n_heads, 1, S)
+        bias = (bias[row : row + 1] if bias.shape[0] > 1 else bias)[..., window]
+    q, k = qk.q[row : row + 1, :, window], qk.k[row : row + 1, :, window]
+    return replace(qk, q=q, k=k, mask=mask, bias=bias)
 
 
 def text_run(
