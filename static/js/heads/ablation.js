@@ -51,6 +51,7 @@ export class Ablation {
   /** Re-run with `mask` switched off; a newer call aborts this one. Resolves to the result, or null if stale. */
   async update(mask, mode, maps = []) {
     this.requests.cancel();
+    this.cancelled = false;
     if (!this.run) return null;
     if (!mask.length) {
       this.result = null;
@@ -65,6 +66,14 @@ export class Ablation {
     this.render();
     this.onResult(this.result);
     return this.result;
+  }
+
+  /** Stop waiting for the ablated run under way (the status bar's Cancel): the panel shows the baseline, and says so. */
+  cancel() {
+    this.requests.cancel();
+    this.result = null;
+    this.cancelled = true;
+    this.render();
   }
 
   render() {
@@ -105,7 +114,7 @@ export class Ablation {
         el("span", { class: "prob" }, percent(t.prob)),
       );
     });
-    return el("div", { class: "top-col" }, el("h3", {}, title), rows.length ? el("ol", {}, rows) : el("p", { class: "empty" }, "Switch heads off in the grid (shift-click) to compare."));
+    return el("div", { class: "top-col" }, el("h3", {}, title), rows.length ? el("ol", {}, rows) : el("p", { class: "empty" }, this.cancelled ? "Cancelled. Switch a head off or on to run it again." : "Switch heads off in the grid (shift-click) to compare."));
   }
 
   /** The text, each token coloured by its log-prob change under the ablation (or by surprisal without one). */

@@ -159,7 +159,7 @@ async function run(text, { push = true } = {}) {
   markPainted($("grid"), "hs:grid", "hs:enter");
   ablation.setRun(ov);
   refreshAblation();
-  track(applyOverlay(), "scoring heads…");
+  track(applyOverlay(), "scoring heads…", () => overlays.cancel());
   refreshView();
 }
 
@@ -190,7 +190,7 @@ async function applyOverlay() {
     if (!runs.isCurrent(asked) || S.color !== o.name) return;
     grid.setOverlay(o.label, g, o.description);
   } catch (err) {
-    if (runs.isCurrent(asked) && S.color === o.name) grid.setLegendNote(`${o.label}: not available`);
+    if (runs.isCurrent(asked) && S.color === o.name) grid.setLegendNote(`${o.label}: ${isAbort(err) ? "cancelled" : "not available"}`);
     throw err;
   } finally {
     clearInterval(timer);
@@ -199,7 +199,7 @@ async function applyOverlay() {
 
 function refreshAblation() {
   const wantMap = S.view === "head" && S.mode === "diff" && S.head;
-  track(ablation.update(S.mask, S.abl, wantMap ? [S.head] : []), "ablating…");
+  track(ablation.update(S.mask, S.abl, wantMap ? [S.head] : []), "ablating…", () => ablation.cancel());
   if (wantMap && !S.mask.length) track(drawHead(), "loading map…");
 }
 
@@ -336,6 +336,7 @@ function keepTop() {
   track(
     overlays.scores(IMPORTANCE[0]).then((g) => setMask(allButTop(g, k))),
     "scoring heads…",
+    () => overlays.cancel(),
   );
 }
 
@@ -387,7 +388,7 @@ function wire() {
   $("color-by").addEventListener("change", () => {
     overlays.note = "";
     step({ color: $("color-by").value }, () =>
-      track(applyOverlay(), S.color === "importance_ablation" ? "switching off each head…" : "scoring heads…"),
+      track(applyOverlay(), S.color === "importance_ablation" ? "switching off each head…" : "scoring heads…", () => overlays.cancel()),
     );
   });
   $("show-maps").addEventListener("change", () => $("grid").classList.toggle("no-maps", !$("show-maps").checked));

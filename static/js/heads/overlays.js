@@ -17,6 +17,7 @@ export class Overlays {
     this.pending = {}; // overlay name → promise of its n_layers × n_heads grid
     this.arrived = {}; // the same, once they arrived (for the JSON export)
     this.note = ""; // why the overlay fell back to nothing
+    this.asking = new Set(); // AbortControllers of the score requests under way (cancel())
   }
 
   setRoles(roles) {
@@ -69,14 +70,22 @@ export class Overlays {
   /** An importance overlay's n_layers × n_heads scores for this text (role scores come with the overview). */
   scores(o) {
     if (!this.pending[o.name]) {
-      const p = api.importance(this.run.text, o.method, { signal: this.signal }).then((res) => res.scores);
+      const asked = new AbortController(); // cancel() stops it; so does the run's signal (a newer run)
+      this.asking.add(asked);
+      const signal = AbortSignal.any([this.signal, asked.signal].filter(Boolean));
+      const p = api.importance(this.run.text, o.method, { signal }).then((res) => res.scores);
       const pending = (this.pending[o.name] = p);
       const arrived = this.arrived;
       p.then(
         (g) => (arrived[o.name] = g),
         () => this.pending[o.name] === pending && delete this.pending[o.name], // a failure is not kept: asking again retries
-      );
+      ).finally(() => this.asking.delete(asked));
     }
     return this.pending[o.name];
+  }
+
+  /** Stop the score requests under way (the status bar's Cancel); asking again starts them afresh. */
+  cancel() {
+    for (const asked of this.asking) asked.abort();
   }
 }

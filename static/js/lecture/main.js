@@ -17,7 +17,8 @@ let curves = null; // {importance, random, state}: what is drawn
 
 // -- status, errors, stale panels ----------------------------------------------------------------
 
-const task = (panel, label, work) => panelTask(panel, label, work, ".lprogress");
+/** A panel's work under the status; `cancel` puts a Cancel beside it (the pruning curve's: stop its requests). */
+const task = (panel, label, work, cancel = null) => panelTask(panel, label, work, ".lprogress", cancel);
 
 // -- state ↔ controls ----------------------------------------------------------------------------
 
@@ -69,7 +70,7 @@ async function prune(push = false) {
     curves = { importance, random, state };
     renderSummary($("curve-summary"), importance, random);
     drawCurve($("curve-plot"), importance, random, pick);
-  });
+  }, () => prunes.cancel());
 }
 
 /** A clicked point: the main page on the text (a dataset's first text) with exactly those heads off. */

@@ -1,10 +1,12 @@
-// The page chrome every page shares: the status dot (busy while any tracked work runs, with what it is doing),
-// the error bar (the one error shape, "code: message") and the model chip.
+// The page chrome every page shares: the status dot (busy while any tracked work runs, with what it is doing, for
+// how long, and a Cancel for work that can be cancelled), the error bar (the one error shape, "code: message") and
+// the model chip.
 import { ApiError } from "./api.js";
 import { isAbort } from "./util.js";
 
 const $ = (id) => document.getElementById(id);
-let pending = 0;
+const pending = new Set(); // tracked work still running: {label, t0, cancel}
+let ticking = 0;
 
 /** The model chip's text, as each page has always shown it (the Heads page adds device and dtype). */
 const CHIP = {
@@ -13,9 +15,12 @@ const CHIP = {
   heads: (m) => `${m.name} · ${m.n_layers}×${m.n_heads} heads`,
 };
 
-/** Wire the error bar's close button; call once when the page starts. */
+/** Wire the error bar's close button and the status Cancel; call once when the page starts. */
 export function wireChrome() {
   $("error-close").addEventListener("click", hideError);
+  $("status-cancel").addEventListener("click", () => {
+    for (const work of pending) work.cancel?.();
+  });
 }
 
 /** Name the model in the top bar: `form` is "full", "shape" or "heads" (see CHIP). */
@@ -23,20 +28,34 @@ export function showModel(model, form) {
   $("model-chip").textContent = CHIP[form](model);
 }
 
-/** Show `label` while `promise` runs; any failure but a cancellation lands in the error bar. */
-export function track(promise, label) {
-  pending++;
-  $("status").classList.add("busy");
-  $("status-text").textContent = label;
+/**
+ * Show `label` while `promise` runs, with the seconds it has taken; with `cancel` (e.g. a request slot's cancel),
+ * a Cancel button beside it calls it. Any failure but a cancellation lands in the error bar.
+ */
+export function track(promise, label, cancel = null) {
+  const work = { label, t0: performance.now(), cancel };
+  pending.add(work);
+  showStatus();
   return promise
     .catch((err) => {
       if (!isAbort(err)) showError(err);
     })
     .finally(() => {
-      if (--pending) return;
-      $("status").classList.remove("busy");
-      $("status-text").textContent = "idle";
+      pending.delete(work);
+      showStatus();
     });
+}
+
+/** The status: the latest tracked work's label and seconds (ticking), Cancel while any of them can be cancelled. */
+function showStatus() {
+  const latest = [...pending].at(-1);
+  clearInterval(ticking);
+  $("status").classList.toggle("busy", !!latest);
+  $("status-text").textContent = latest ? latest.label : "idle";
+  $("status-cancel").hidden = ![...pending].some((w) => w.cancel);
+  const tick = () => ($("status-time").textContent = latest ? ` ${((performance.now() - latest.t0) / 1000).toFixed(1)} s` : "");
+  tick();
+  if (latest) ticking = setInterval(tick, 100);
 }
 
 /** An error as the pages show it: "code: message" for the API's errors, else the message. */

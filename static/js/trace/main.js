@@ -47,7 +47,8 @@ async function cached(name, body, fn, signal) {
 
 // -- status, errors, stale panels ----------------------------------------------------------------
 
-const task = (panel, label, work) => panelTask(panel, label, work, ".trace-progress");
+/** A panel's work under the status, with a Cancel that stops its requests (`slot`: the trace's, or the token view's). */
+const task = (panel, label, work, slot = traces) => panelTask(panel, label, work, ".trace-progress", () => slot.cancel());
 
 // -- state ↔ controls ----------------------------------------------------------------------------
 
@@ -266,7 +267,7 @@ function refreshToken() {
     fill($("token-lens-caption"), next === undefined ? "(target: the model's top-1)" : `(target: the next token, ${visible(lens.target.token)})`);
     renderLensTable($("token-lens-table"), lens);
     await drawLens($("token-lens-plot"), lens, 200);
-  });
+  }, tokenReads);
 }
 
 function drawTokenAttention() {
