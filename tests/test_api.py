@@ -260,8 +260,24 @@ WHITESPACE_BODIES = [
 def test_whitespace_only_text_is_refused_everywhere(client: TestClient, path: str, extra: dict) -> None:  # type: ignore[type-arg]
     for text in (" ", "\n\n\t ", ""):
         body = assert_error(client.post(path, json={"text": text, **extra}), 422, "invalid_request")
-        assert [e["loc"] for e in body["detail"]] == [["body", "text"]]
+        wrong = "must not be empty" if not text else "must hold a character other than whitespace"
+        assert body["detail"] == f"text: {wrong}"
     post(client, path, text=" a b", **extra)  # leading whitespace is fine when there is something else
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({}, "text: is required"),
+        ({"text": "a b", "mode": "half"}, "mode: must be 'zero' or 'mean'"),
+        ({"text": "a b", "top_k": "many"}, "top_k: must be a whole number"),
+        ({"text": 5}, "text: must be a string"),
+    ],
+)
+def test_a_field_error_is_one_sentence_like_every_other_error(client: TestClient, body: dict, detail: str) -> None:  # type: ignore[type-arg]
+    """Every error's detail is text in words (issue 26, item 5): a field error names the field, not a list."""
+    err = assert_error(client.post("/api/ablate", json=body), 422, "invalid_request")
+    assert err["detail"] == detail
 
 
 @pytest.mark.parametrize("layer", [-1, 2, 10_001, 10**30])

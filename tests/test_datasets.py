@@ -350,6 +350,16 @@ BAD_FILES: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
+def test_a_bad_json_line_says_where_in_words(api: TestClient) -> None:
+    """Python's JSON messages end in "at" for a position they leave out: the detail completes the sentence."""
+    files = {"file": ("a.jsonl", b'{"text": "a"}\n{"text": "b\n')}
+    detail = assert_error(api.post("/api/datasets", files=files), 422, "invalid_input")
+    assert detail == "line 2: not valid JSON: unterminated string starting at column 10"
+    files = {"file": ("a.jsonl", b'{"text": oops}\n')}
+    detail = assert_error(api.post("/api/datasets", files=files), 422, "invalid_input")
+    assert detail == "line 1: not valid JSON: expecting value at column 10"
+
+
 @pytest.mark.parametrize(("case", "request_args", "message"), BAD_FILES, ids=[c[0] for c in BAD_FILES])
 def test_api_bad_files_are_422_and_change_nothing(
     api: TestClient, data_dir: Path, case: str, request_args: dict[str, Any], message: str

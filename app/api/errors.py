@@ -29,7 +29,8 @@ def error_response(
 
 
 RULES = """\
-Every error is `{"error": code, "detail": ...}`, never a traceback. One rule per kind of mistake:
+Every error is `{"error": code, "detail": ...}`, never a traceback; `detail` is a sentence in words (a field's
+mistake reads `field: what is wrong`, several joined by `; `). One rule per kind of mistake:
 
 - **Bodies are JSON** sent with `Content-Type: application/json` (file uploads: `multipart/form-data`). A body
   without that header, or with another type (curl's `-d` alone sends a form type), is 422 `invalid_request`
@@ -55,9 +56,54 @@ def _not_json(request: Request) -> str | None:
     return kind or "no Content-Type"
 
 
-def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    # Only location and message: the offending input may be huge, non-finite or not JSON-encodable.
-    return [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()]
+# Pydantic's error types in words; the rest are its message with "Input should" made "must" (see _in_words).
+WORDS = {
+    "missing": "is required",
+    "extra_forbidden": "is not a field of this request",
+    "json_invalid": "is not valid JSON",
+    "string_type": "must be a string",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+}
+NO_WHITESPACE_ONLY = r"\S"  # the pattern every `text` field carries
+
+
+def _in_words(error: Mapping[str, Any]) -> str:
+    """One field error as a phrase ("must be a whole number"). Never the input: it may be huge or not JSON."""
+    kind = str(error.get("type", ""))
+    ctx = error.get("ctx") or {}
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NO_WHITESPACE_ONLY:
+        return "must hold a character other than whitespace"
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return "must not be empty"
+    if kind in WORDS:
+        return WORDS[kind]
+    msg = str(error.get("msg", ""))
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    for head in ("Input should", "String should", "List should", "Value should", "Dictionary should"):
+        if msg.startswith(head):
+            return "must" + msg[len(head) :]
+    return msg[:1].lower() + msg[1:]
+
+
+def _field_errors(exc: RequestValidationError) -> str:
+    """Every field error of a request as one sentence: "field: what is wrong; other.field: …"."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ())]
+        field = ".".join(loc[1:] if loc[:1] in (["body"], ["query"], ["path"], ["header"]) else loc) or "the body"
+        parts.append(f"{field}: {_in_words(error)}")
+    return "; ".join(dict.fromkeys(parts))  # a union type can report one mistake once per member
 
 
 def install(app: FastAPI, retry_after_s: int) -> None:

@@ -44,11 +44,17 @@ def jsonl_texts(content: str) -> list[str]:
         try:
             record: Any = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise InvalidInput(f"line {number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+            raise InvalidInput(f"line {number}: not valid JSON: {_where(exc)}") from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise InvalidInput(f'line {number}: expected an object with a string "text" field')
         texts.append(record["text"])
     return texts
+
+
+def _where(exc: json.JSONDecodeError) -> str:
+    """The parser's message as a phrase with its column: some ("Unterminated string starting at") end in "at"."""
+    what = exc.msg[:1].lower() + exc.msg[1:]
+    return f"{what} column {exc.colno}" if what.endswith(" at") else f"{what} at column {exc.colno}"
 
 
 def txt_texts(content: str) -> list[str]:
