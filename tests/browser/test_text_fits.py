@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from tests.browser.pages import open_app
 from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
@@ -72,6 +73,21 @@ def overflow(page: Any, panels: str = ".panel") -> list[str]:
 
 def overlaps(page: Any, selector: str, slack: float = 1.0) -> list[str]:
     return [str(x) for x in page.evaluate(OVERLAPS, [selector, slack])]
+
+
+def test_next_token_lists_show_whole_tokens(page: Any, tiny_server: Server, artifacts: Path) -> None:
+    text = "The Eiffel Tower is in the city of Paris, and the Colosseum is in the city of"
+    page.set_viewport_size(SMALL)
+    open_app(page, tiny_server.url, urlencode({"text": text, "mask": "L0H0,L0H1,L1H2"}))
+    page.wait_for_selector('#prediction[data-state="ablated"]')
+    tokens = page.locator("#topk .tok").all_text_contents()
+    assert len(tokens) == 20
+    clipped = [c for c in page.evaluate(CLIPPED, "#topk .tok") if len(c[0]) <= 12]
+    assert not clipped, f"tokens cut short: {clipped}"
+    # the ▲ ▼ "new" marks sit beside the token, never over it
+    assert not overlaps(page, "#topk .tok, #topk .move", slack=0)
+    assert not overflow(page)
+    page.screenshot(path=str(artifacts / "fits-heads-topk-1280.png"))
 
 
 def test_corpus_example_cards_stay_in_their_panel(page: Any, tiny_server: Server, artifacts: Path) -> None:

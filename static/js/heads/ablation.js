@@ -30,6 +30,13 @@ export function toggleAll(mask, heads) {
 /** "worse" or "better" only for a real change: no colour for a missing (one-token) or zero Δ loss. */
 const trend = (delta) => (typeof delta !== "number" || delta === 0 ? "" : delta > 0 ? "worse" : "better");
 
+/** The mark beside an ablated prediction's token: its move against the baseline's top 10 (glyph, title). */
+const MOVES = {
+  up: ["▲", "ranked higher than in the baseline"],
+  down: ["▼", "ranked lower than in the baseline"],
+  new: ["◆", "new: not in the baseline's top 10"],
+};
+
 export class Ablation {
   /** nodes: {panel, metrics, topk, tokens, caption}; onResult(result) after each ablated run lands. */
   constructor(nodes, onResult) {
@@ -105,16 +112,19 @@ export class Ablation {
     const rank = new Map((reference ?? []).map((t, i) => [t.id, i]));
     const rows = (list ?? []).map((t, i) => {
       const before = rank.get(t.id);
-      const moved = reference && (before === undefined ? "new" : before > i ? "up" : before < i ? "down" : "");
+      const moved = reference ? (before === undefined ? "new" : before > i ? "up" : before < i ? "down" : "") : "";
+      const token = visible(t.token);
       return el(
         "li",
-        { class: `top ${moved || ""}` },
-        el("span", { class: "tok" }, visible(t.token)),
-        el("span", { class: "bar" }, el("span", { style: { width: `${Math.max(1, t.prob * 100)}%` } })),
+        { class: `top ${moved}` },
+        el("span", { class: "tok", title: token.length > 12 ? token : null }, token),
+        el("span", { class: "move", title: MOVES[moved]?.[1] ?? null }, MOVES[moved]?.[0] ?? ""),
         el("span", { class: "prob" }, percent(t.prob)),
+        el("span", { class: "bar" }, el("span", { style: { width: `${Math.max(1, t.prob * 100)}%` } })),
       );
     });
-    return el("div", { class: "top-col" }, el("h3", {}, title), rows.length ? el("ol", {}, rows) : el("p", { class: "empty" }, this.cancelled ? "Cancelled. Switch a head off or on to run it again." : "Switch heads off in the grid (shift-click) to compare."));
+    const key = reference && rows.length ? el("p", { class: "topk-key" }, "▲▼ rank change · ◆ new in the top 10") : null;
+    return el("div", { class: "top-col" }, el("h3", {}, title), rows.length ? el("ol", {}, rows) : el("p", { class: "empty" }, this.cancelled ? "Cancelled. Switch a head off or on to run it again." : "Switch heads off in the grid (shift-click) to compare."), key);
   }
 
   /** The text, each token coloured by its log-prob change under the ablation (or by surprisal without one). */
