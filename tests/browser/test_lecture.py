@@ -129,14 +129,32 @@ def test_dataset_view_and_click(tiny_server: Server, page: Any, artifacts: Path)
     assert f"the first 2 texts of {made['id']}" in summary
     page.screenshot(path=str(artifacts / "lecture-dataset.png"))
 
+    # "exact" bisects on a text only: on a dataset its box is off as well as disabled, and the state keeps it
+    assert page.is_disabled("#exact") and not page.is_checked("#exact")
+    assert "exact" not in query(page)
+
     body = {"dataset": made["id"], "max_texts": 2, "max_tokens": 12, "steps": 3, "seeds": 2}
     rnd = call(base, "/api/prune_curve", {**body, "order": "random"})
     seed_line = f"seed {rnd['seeds'][1]}"
+    # a point of a dataset's curve is a mean over its texts: the click asks which text to open
+    url = page.url
     click_point(page, seed_line, 4)
-    page.wait_for_url("**/?*mask=*")
+    page.wait_for_selector("#curve-picks:not([hidden]) a")
+    assert page.url == url
+    note = page.inner_text("#curve-picks")
+    assert "4 heads off" in note and "mean over 2 texts" in note
+    links = page.locator("#curve-picks a")
+    assert links.count() == 2
+    page.screenshot(path=str(artifacts / "lecture-dataset-picks.png"))
+    with page.expect_navigation():
+        links.nth(1).click()
     q = query(page)
-    assert q["text"] == TEXT  # a dataset point opens its first text
+    assert q["text"] == OTHER
     assert masked(q) == labels(rnd["pruned_order"][1][:4])
+    page.go_back()
+    page.wait_for_selector("#curve-panel[data-painted]")
+    page.click('#source button[data-src="text"]')
+    assert page.is_enabled("#exact") and page.is_checked("#exact")
 
 
 def test_a_threshold_at_the_curves_resolution_reads_as_a_range(tiny_server: Server, page: Any) -> None:

@@ -7,6 +7,7 @@ import { Latest } from "../lib/latest.js";
 import { panelTask } from "../lib/paneltask.js";
 import { el, fill } from "../lib/util.js";
 import { drawCurve, headsAt, renderSummary } from "./curve.js";
+import { hidePicks, renderPicks } from "./picks.js";
 import * as store from "./state.js";
 import { drawTradeoff, renderTable, renderTradeoffSummary } from "./tradeoff.js";
 
@@ -33,7 +34,7 @@ function readInputs() {
     tokens: n($("max-tokens"), S.tokens),
     steps: n($("steps"), S.steps),
     seeds: n($("seeds"), S.seeds),
-    exact: $("exact").checked,
+    exact: $("exact").disabled ? S.exact : $("exact").checked, // a dataset leaves the text's choice as it was
   };
 }
 
@@ -48,7 +49,7 @@ function syncInputs(src = S.src) {
   $("max-tokens").value = String(S.tokens);
   $("steps").value = String(S.steps);
   $("seeds").value = String(S.seeds);
-  $("exact").checked = S.exact;
+  $("exact").checked = S.exact && src !== "dataset"; // bisecting is for a text: never shown ticked on a dataset
   $("exact").disabled = src === "dataset";
   for (const b of $("source").querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.src === src));
   $("text-fields").hidden = src !== "text";
@@ -68,25 +69,28 @@ async function prune(push = false) {
     );
     if (!prunes.isCurrent(signal)) return;
     curves = { importance, random, state };
+    hidePicks($("curve-picks"));
     renderSummary($("curve-summary"), importance, random);
     drawCurve($("curve-plot"), importance, random, pick);
   }, () => prunes.cancel());
 }
 
-/** A clicked point: the main page on the text (a dataset's first text) with exactly those heads off. */
+/** A clicked point: the main page on the text with exactly those heads off; on a dataset, the list of its texts. */
 async function pick(order, k, n) {
   if (!curves) return;
-  const heads = headsAt(curves[order], k, n);
-  let text = curves.state.text;
-  if (curves.state.src === "dataset") {
-    try {
-      text = (await api.datasetTexts(curves.state.dataset, 0, 1)).texts[0].text;
-    } catch (err) {
-      showError(err);
-      return;
-    }
+  const curve = curves[order];
+  const heads = headsAt(curve, k, n);
+  const { state } = curves;
+  if (state.src !== "dataset") return location.assign(headsURL({ text: state.text, mask: heads }));
+  let texts;
+  try {
+    texts = (await api.datasetTexts(state.dataset, 0, curve.n_texts)).texts;
+  } catch (err) {
+    return showError(err);
   }
-  location.assign(headsURL({ text, mask: heads }));
+  const loss = curve.points.find((p) => p.n_pruned === n)?.losses[k];
+  const seed = order === "random" ? curve.seeds[k] : null;
+  renderPicks($("curve-picks"), { heads, loss, order, seed, texts, nTexts: curve.n_texts });
 }
 
 // -- start ---------------------------------------------------------------------------------------
