@@ -175,7 +175,8 @@ def test_one_token_prompt_draws_nothing_false(page: Any, tiny_server: Server) ->
         "s.value = 'importance'; s.dispatchEvent(new Event('change')); }"
     )
     page.wait_for_selector("#error:not([hidden])")
-    assert "invalid" in page.inner_text("#error-text")
+    assert "needs at least 2 tokens" in page.inner_text("#error-text")  # in words; the code is data-code
+    assert page.get_attribute("#error", "data-code") == "invalid_input"
 
 
 def test_compare_outline_only_in_compare_mode_and_similarity_by_kv_group(page: Any, tiny_server: Server) -> None:

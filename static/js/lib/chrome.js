@@ -1,6 +1,6 @@
 // The page chrome every page shares: the status dot (busy while any tracked work runs, with what it is doing, for
-// how long, and a Cancel for work that can be cancelled), the error bar (the one error shape, "code: message") and
-// the model chip.
+// how long, and a Cancel for work that can be cancelled), the error bar (the one error shape's message, its code in
+// data-code) and the model chip.
 import { ApiError } from "./api.js";
 import { isAbort } from "./util.js";
 
@@ -58,14 +58,15 @@ function showStatus() {
   if (latest) ticking = setInterval(tick, 100);
 }
 
-/** An error as the pages show it: "code: message" for the API's errors, else the message. */
-export const errorText = (err) => (err instanceof ApiError ? `${err.code}: ${err.message}` : String(err?.message || err));
+/** An error as the pages show it: its message in words (an API error's code only when it has no message). */
+export const errorText = (err) => String(err?.message || err?.code || err);
 
 /** Show an error in the error bar, with an optional `note` on a line of its own. */
 export function showError(err, note = "") {
   console.warn(err);
   const message = errorText(err);
   $("error-text").textContent = note ? `${message}\n${note}` : message;
+  $("error").dataset.code = err instanceof ApiError ? err.code : ""; // the API's code, for a test or a script
   $("error").hidden = false;
 }
 
