@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from app.config import Settings
-from app.errors import Busy, ClientGone, NotReady, OutOfMemory
+from app.errors import Busy, ClientGone, LoadFailed, NotReady, OutOfMemory, ServiceError
 from app.inspect.engine import runs
 from app.inspect.engine.runs import Run, RunCache
 from app.inspect.engine.steps import Sliced, is_oom
@@ -117,10 +117,16 @@ class Service:
             thread.join()
         self._reader.shutdown(wait=True)
 
+    def unavailable(self) -> ServiceError:
+        """Why no request can use the model now, in the words /api/health and /api/ready use too."""
+        if self.load_error is not None:
+            return LoadFailed(f"the model failed to load: {self.load_error}")
+        return NotReady("the server is shutting down" if self.stopping else "the model is still loading")
+
     @property
     def model(self) -> Loaded:
         if self.loaded is None or not self.ready:
-            raise NotReady("the model is still loading")
+            raise self.unavailable()
         return self.loaded
 
     @property
@@ -139,7 +145,7 @@ class Service:
         """Count one more request in, or raise 503 at once (not ready, shutting down, queue full)."""
         if self.stopping or not self.ready:
             self.telemetry.rejections.labels("not_ready").inc()
-            raise NotReady("the server is shutting down" if self.stopping else "the model is still loading")
+            raise self.unavailable()
         with self._lock:
             if self._waiting >= self.settings.queue_size:
                 self.telemetry.rejections.labels("queue_full").inc()
@@ -194,7 +200,7 @@ class Service:
         """
         if self.stopping or not self.ready:
             steps.close()
-            raise NotReady("the server is shutting down" if self.stopping else "the model is still loading")
+            raise self.unavailable()
         task = Sliced(name, steps, on_slice)
         with self._wakeup:
             task.wake = self._notify

@@ -82,7 +82,9 @@ def test_health_reports_a_model_that_failed_to_load(tmp_path: Path) -> None:
         assert health.json()["error"] == "load_failed" and "failed to load" in health.json()["detail"]
         ready = client.get("/api/ready")
         assert ready.status_code == 503 and ready.json()["error"] == "load_failed"
-        assert client.post("/api/tokenize", json={"text": "hi"}).status_code == 503
+        # every endpoint says the same thing (issue 26, item 6), not "the model is still loading"
+        for r in (client.get("/api/model"), client.post("/api/tokenize", json={"text": "hi"})):
+            assert r.status_code == 503 and r.json() == health.json(), r.text
 
 
 def test_health_is_ok_while_loading_and_after(tiny_dirs: dict[str, Path]) -> None:

@@ -19,7 +19,7 @@ from app.api.schemas import (
     TextIn,
     TokenizeOut,
 )
-from app.errors import LoadFailed, NotReady
+from app.errors import NotReady
 from app.inspect.engine.runs import token_strings
 from app.inspect.model.variants import variants_of
 from app.inspect.observe import registry
@@ -36,7 +36,7 @@ def health(svc: ServiceDep) -> Health:
     """Liveness (the Docker healthcheck): 200 while the process can serve, 503 `load_failed` once the model
     failed to load. Never touches the model."""
     if svc.load_error is not None:
-        raise LoadFailed(f"the model failed to load: {svc.load_error}")
+        raise svc.unavailable()
     return Health(status="ok")
 
 
@@ -45,7 +45,7 @@ def ready(svc: ServiceDep) -> Health:
     """Readiness: 200 once the model is loaded and warmed; 503 before that, while shutting down, and after a
     failed load."""
     if svc.load_error is not None:
-        raise LoadFailed(f"the model failed to load: {svc.load_error}")
+        raise svc.unavailable()
     if svc.stopping:
         raise NotReady("shutting down")
     if not svc.ready:
