@@ -7,8 +7,8 @@ score(A → B) = ‖W_OV^A·M_B‖_F / (‖W_OV^A‖_F·‖M_B‖_F), W_OV^A = W
 Factorised, never a d×d product per pair: with RᵀR = ṼᵀṼ, ‖Ṽ·O·X‖ = ‖R·O·X‖, so W_OV^A has the factor
 F_A = R_A·O_A (head_dim × d) with W_OV^Aᵀ·W_OV^A = F_Aᵀ·F_A, and M_B·M_Bᵀ = X_B·X_Bᵀ with X_B (d × head_dim):
 X = W_Q·R_Kᵀ (q), W_K·R_Qᵀ (k), W_V·R_Oᵀ (v). Then ‖W_OV^A·M_B‖² = ‖F_A·X_B‖² = ⟨F_Aᵀ·F_A, X_B·X_Bᵀ⟩: one
-receiver is a small product per sender (`column`); every pair is one GEMM over the packed upper triangles of
-the d×d Grams (`composition`), cheaper than the pairwise form when d < 2·head_dim².
+receiver is a small product per sender (`column`); every pair is one GEMM over the packed upper blocks of the
+d×d Grams (`composition`), cheaper than the pairwise form when d < 2·head_dim².
 """
 
 from __future__ import annotations
@@ -98,24 +98,57 @@ def factors(adapter: Adapter, kind: Kind, dtype: torch.dtype = torch.float32) ->
     return Factors(_unit(torch.cat(fs)), _unit(torch.cat(xs)))
 
 
-def pair_scores(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """‖F_a·X_b‖_F for unit factors f (a, hd, d) and x (b, d, hd'): (a, b), the scores of every pair.
+def _block(d: int) -> int:
+    """The block size the Grams are packed by: a divisor of d (64 for most models), or d itself."""
+    return next((b for b in (64, 48, 32, 16) if d % b == 0 and d > b), d)
 
-    Computed as ⟨F_aᵀF_a, X_b·X_bᵀ⟩ over packed upper triangles (off-diagonal entries weighted √2 on each
-    side), one d×d Gram per head; senders' Grams are built a chunk at a time to bound memory.
+
+def packed_grams(a: torch.Tensor) -> torch.Tensor:
+    """The Grams a·aᵀ (d × d) of a (n, d, k), packed: (n, P).
+
+    Only the upper blocks (of `_block(d)` rows) are formed, off-diagonal ones weighted √2, so that the dot
+    product of two packed Grams is the Frobenius inner product ⟨G, G'⟩ of the full ones (both symmetric) at
+    about half the work of forming them.
     """
-    d = f.shape[-1]
-    i, j = torch.triu_indices(d, d, device=f.device)
-    flat = i * d + j
-    weight = torch.where(i == j, 1.0, math.sqrt(2.0)).to(f)
+    n, d, k = a.shape
+    size = _block(d)
+    i, j = torch.triu_indices(d // size, d // size, device=a.device)
+    blocks = a.reshape(n, d // size, size, k)
+    grams = blocks[:, i] @ blocks[:, j].transpose(-1, -2)  # (n, pairs, size, size)
+    weight = torch.where(i == j, 1.0, math.sqrt(2.0)).to(a)
+    return (grams * weight[:, None, None]).flatten(1)
 
-    def packed(gram: torch.Tensor) -> torch.Tensor:  # (n, d, d) → (n, d(d+1)/2)
-        return gram.flatten(1)[:, flat] * weight
 
-    chunk = max(1, (64 << 20) // (4 * d * d))  # heads per chunk: a 64 MB Gram block
-    xg = torch.cat([packed(c @ c.transpose(-1, -2)) for c in torch.split(x, chunk)])  # (b, P)
-    out = torch.cat([packed(c.transpose(-1, -2) @ c) @ xg.T for c in torch.split(f, chunk)])  # (a, b)
+def _chunk(d: int) -> int:
+    return max(1, (64 << 20) // (4 * d * d))  # heads per chunk: about 64 MB of packed Grams
+
+
+def pair_scores(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """‖F_a·X_b‖_F for unit factors f (a, hd, d) and x (b, d, hd'): (a, b), the scores of every pair, as
+    ⟨F_aᵀF_a, X_b·X_bᵀ⟩ over packed Grams, senders' a chunk at a time."""
+    xg = torch.cat([packed_grams(c) for c in torch.split(x, _chunk(x.shape[1]))])  # (b, P)
+    out = torch.cat([packed_grams(c.transpose(-1, -2)) @ xg.T for c in torch.split(f, _chunk(f.shape[-1]))])
     return out.clamp_min(0).sqrt()
+
+
+def later_scores(f: torch.Tensor, x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """`pair_scores` of every head (layer-major) into every head of a later layer, NaN elsewhere: (n, n).
+
+    Receivers of the first layer and senders of the last are never formed, and each chunk of sender layers is
+    multiplied only with the receivers after its first layer (about half the pairs).
+    """
+    n = f.shape[0]
+    layers = n // n_heads
+    out = torch.full((n, n), float("nan"), dtype=f.dtype, device=f.device)
+    xg = torch.cat([packed_grams(c) for c in torch.split(x[n_heads:], _chunk(x.shape[1]))])  # receivers, layer ≥ 1
+    step = max(1, _chunk(f.shape[-1]) // n_heads)  # sender layers per chunk
+    for a in range(0, layers - 1, step):
+        rows = slice(a * n_heads, min(a + step, layers - 1) * n_heads)
+        sg = packed_grams(f[rows].transpose(-1, -2))
+        out[rows, (a + 1) * n_heads :] = (sg @ xg[a * n_heads :].T).clamp_min(0).sqrt()
+    layer_of = torch.arange(layers, device=f.device).repeat_interleave(n_heads)
+    out[layer_of[None, :] <= layer_of[:, None]] = float("nan")
+    return out
 
 
 def column(adapter: Adapter, kind: Kind, layer: int, head: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -165,9 +198,7 @@ def composition(adapter: Adapter, kind: Kind) -> Composition:
     param = next(adapter.model.parameters())
     dtype = torch.promote_types(param.dtype, torch.float32)
     fac = factors(adapter, kind, dtype)
-    scores = pair_scores(fac.f.to(param.device), fac.x.to(param.device)).float().cpu()
-    layer_of = torch.arange(lay.n_layers).repeat_interleave(lay.n_heads)
-    scores[layer_of[None, :] <= layer_of[:, None]] = float("nan")
+    scores = later_scores(fac.f.to(param.device), fac.x.to(param.device), lay.n_heads).float().cpu()
     mean, std = baseline(kind, lay.d_model, lay.head_dim)
     qk_norm = kind != "v" and any(qkv.qk_norms(adapter, layer) for layer in range(lay.n_layers))
     heads = [(layer, head) for layer in range(lay.n_layers) for head in range(lay.n_heads)]
