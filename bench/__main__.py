@@ -22,6 +22,7 @@ import torch
 from app.inspect.model.loaded import Loaded
 from bench import (
     analysis,
+    circuits,
     cluster,
     corpus,
     families,
@@ -198,6 +199,9 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
             steps.add(lambda: cluster.rows(loaded, models.DEFAULT, n_texts))
     log.info("causal tracing: patching at 64 and 512 tokens, DLA, logit lens")
     for step in tracing.rows(loaded, plan.ablate[-1][1]):
+        steps.add(step)
+    log.info("circuits: EAP and EAP-IG over every edge, exact path patching of 20 edges, at 64 tokens")
+    for step in circuits.rows(loaded, plan.ablate[-1][1], memory=device.type == "cpu"):
         steps.add(step)
     n = plan.ablate[-1][0]
     log.info("pruning curve: 10 points × (importance + 5 random orders) at %d tokens", n)

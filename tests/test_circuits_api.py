@@ -28,7 +28,7 @@ def test_circuit_contract(client: TestClient) -> None:
     assert out["method"] == "eap" and out["steps"] == 1 and out["direction"] == "denoise"
     assert out["n_edges"] == N_EDGES == len(out["edges"])
     assert out["parallel_blocks"] is False and "sequential" in out["wiring"]
-    assert out["cost"] == {"forwards": 3, "backwards": 1, "patched_runs": 0} and out["faithfulness"] is None
+    assert out["cost"] == {"forwards": 2, "backwards": 1, "patched_runs": 0} and out["faithfulness"] is None
     scores = [abs(e["score"]) for e in out["edges"]]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0
     assert {e["channel"] for e in out["edges"]} == {"q", "k", "v", "in"}

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app.inspect.engine import runs
 from app.inspect.engine.hooks import (
     Edit,
     editing_block_inputs,
@@ -36,6 +37,8 @@ from app.inspect.engine.runs import Run
 from app.inspect.intervene import path_patching
 from app.inspect.intervene.path_patching import cut, metric, wiring
 from app.inspect.model.loaded import Loaded
+
+SCORE_BYTES = 64 << 20  # senders' differences held at once while scoring (a chunk of positions)
 
 
 @dataclass
@@ -78,39 +81,37 @@ def attribute(
     """
     graph, wires = Graph.of(loaded.adapter), wiring(loaded)
     n = position + 1
-    forwards = int(NODE_OUTPUTS not in this.memo) + int(NODE_OUTPUTS not in other.memo)
-    mine, theirs = cut(node_outputs(loaded, this), n), cut(node_outputs(loaded, other), n)
-    diffs = _differences(graph, wires, mine, theirs)  # (S, T, d)
-    scores = torch.zeros(len(graph.receivers), len(graph.senders), dtype=torch.float64, device=diffs.device)
+    forwards = int(NODE_OUTPUTS not in other.memo)
+    theirs = cut(node_outputs(loaded, other), n)
+    kept = this.memo.get(NODE_OUTPUTS)
+    # this run's outputs: kept on the run, or recorded by the first gradient forward (its first row is this run)
+    mine = cut(kept, n) if kept is not None else NodeOutputs(runs.layer_inputs(loaded, this)[0][0, :n], {}, {})
+    scores = torch.zeros(len(graph.receivers), len(graph.senders), dtype=torch.float64, device=mine.emb.device)
     alphas = [k / steps for k in range(steps)]
     per_forward = max(1, TOKEN_BUDGET // n)
     chunks = [alphas[i : i + per_forward] for i in range(0, steps, per_forward)]
-    for chunk in chunks:
-        for first, grads in _channel_gradients(
-            loaded, graph, wires, this.token_ids[:n], mine, theirs, chunk, answer, wrong
-        ):
-            p = graph.prefix[first]
-            block = grads.flatten(1) @ diffs[:p].flatten(1).T  # (channels, p)
-            scores[first : first + grads.shape[0], :p] += block.double() / steps
+    for i, chunk in enumerate(chunks):
+        record = mine if i == 0 and kept is None else None
+        grads = _gradients(loaded, wires, this.token_ids[:n], mine, theirs, chunk, answer, wrong, record)
+        _score(graph, wires, grads, mine, theirs, scores)
     own = float(metric(loaded, this.hidden[position : position + 1], answer, wrong)[0])
     theirs_m = float(metric(loaded, other.hidden[position : position + 1], answer, wrong)[0])
-    return Attribution(graph, scores.cpu(), own, theirs_m, forwards + len(chunks), len(chunks))
+    return Attribution(graph, (scores / steps).cpu(), own, theirs_m, forwards + len(chunks), len(chunks))
 
 
-def _differences(graph: Graph, wires: list[Reads], mine: NodeOutputs, theirs: NodeOutputs) -> torch.Tensor:
-    """out_s(other) − out_s(this) of every sender, in its order: (S, T, d_model), float32 or wider."""
-    wide = torch.promote_types(mine.emb.dtype, torch.float32)
-    parts = [(theirs.emb - mine.emb).to(wide)[None]]
-    for layer, wire in enumerate(wires):
-        dz = theirs.z[layer].to(wide) - mine.z[layer].to(wide)  # (T, H·hd)
-        parts.append(head_writes(wire, dz, graph.n_heads))  # (H, T, d)
-        parts.append(((theirs.mlp[layer].to(wide) - mine.mlp[layer].to(wide)) * wire.multiplier)[None])
-    return torch.cat(parts)
+@dataclass
+class _Grads:
+    """What one backward leaves, per block: the norms' inputs, the gradients at the query/key/value projections'
+    outputs and at the MLP's input, and at the final norm's input; each (B, T, …), B the interpolation rows."""
+
+    inputs: dict[tuple[str, int], torch.Tensor]  # ("attn" | "mlp", layer) → (B, T, d)
+    projections: dict[tuple[int, int], torch.Tensor]  # (layer, projection) → (B, T, out features)
+    mlp: dict[int, torch.Tensor]  # (B, T, d)
+    final: list[torch.Tensor]  # one (B, T, d)
 
 
-def _channel_gradients(
+def _gradients(
     loaded: Loaded,
-    graph: Graph,
     wires: list[Reads],
     ids: list[int],
     mine: NodeOutputs,
@@ -118,58 +119,103 @@ def _channel_gradients(
     alphas: list[float],
     answer: int,
     wrong: int | None,
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """One forward and backward of len(alphas) interpolated inputs; yields (first receiver index, gradients
-    (channels, T, d) summed over the rows) for runs of channels that read the same senders: each block's
-    attention channels, its MLP, and last the logits."""
+    record: NodeOutputs | None = None,
+) -> _Grads:
+    """One forward and backward of len(alphas) rows, row k's block-0 input moved alphas[k] of the way from this
+    run's to the other's. With `record`, the first row's head and MLP outputs go into it (the first row is this run
+    itself when alphas[0] = 0)."""
     adapter = loaded.adapter
-    dtype = mine.emb.dtype
-    wide = torch.promote_types(dtype, torch.float32)
-    b = len(alphas)
+    wide = torch.promote_types(mine.emb.dtype, torch.float32)
     alpha = torch.tensor(alphas, dtype=wide, device=mine.emb.device)[:, None, None]
     e_this, e_other = mine.emb.clone().to(wide), theirs.emb.clone().to(wide)
-    start = (e_this + alpha * (e_other - e_this)).to(dtype).requires_grad_()  # (B, T, d): the leaf
-    inputs: dict[tuple[str, int], torch.Tensor] = {}
-    proj_grads: dict[tuple[int, int], torch.Tensor] = {}
-    mlp_grads: dict[int, torch.Tensor] = {}
-    final: list[torch.Tensor] = []
+    start = (e_this + alpha * (e_other - e_this)).to(mine.emb.dtype).requires_grad_()  # (B, T, d): the leaf
+    grads = _Grads({}, {}, {}, [])
 
     def keep_input(key: tuple[str, int], x: torch.Tensor) -> None:
-        inputs[key] = x.detach()
+        grads.inputs[key] = x.detach()
 
     def keep_proj_grad(key: tuple[int, int], y: torch.Tensor) -> None:
-        on_grad(y, lambda g: proj_grads.__setitem__(key, g))
+        on_grad(y, lambda g: grads.projections.__setitem__(key, g))
 
     def mlp_view(layer: int) -> Edit:
         def edit(x: torch.Tensor) -> torch.Tensor:
-            return _watched(x, lambda g: mlp_grads.__setitem__(layer, g))
+            return _watched(x, lambda g: grads.mlp.__setitem__(layer, g))
 
         return edit
 
-    layers = range(graph.n_layers)
+    layers = range(len(wires))
     norms = {(kind, layer): getattr(wires[layer], f"{kind}_norm") for layer in layers for kind in ("attn", "mlp")}
     projections = {(layer, i): p for layer in layers for i, p in enumerate(wires[layer].projections)}
+    mlps = {layer: wires[layer].mlp for layer in layers}
     with torch.enable_grad(), ExitStack() as stack:
         stack.enter_context(editing_block_inputs({0: adapter.layers[0]}, {0: lambda x: start}))
         stack.enter_context(watching_inputs(norms, keep_input))
         stack.enter_context(watching_outputs(projections, keep_proj_grad))
-        stack.enter_context(
-            editing_inputs({lay: wires[lay].mlp for lay in layers}, {lay: mlp_view(lay) for lay in layers})
-        )
-        stack.enter_context(editing_inputs({0: adapter.final_norm()}, {0: lambda x: _watched(x, final.append)}))
-        ids_t = torch.tensor([ids], device=loaded.device).expand(b, -1)
+        stack.enter_context(editing_inputs(mlps, {layer: mlp_view(layer) for layer in layers}))
+        stack.enter_context(editing_inputs({0: adapter.final_norm()}, {0: lambda x: _watched(x, grads.final.append)}))
+        if record is not None:
+            z, m = record.z, record.mlp
+            outs = {layer: wires[layer].out_proj for layer in layers}
+            stack.enter_context(watching_inputs(outs, lambda layer, x: z.__setitem__(layer, x[0].detach())))
+            stack.enter_context(watching_outputs(mlps, lambda layer, y: m.__setitem__(layer, y[0].detach())))
+        ids_t = torch.tensor([ids], device=loaded.device).expand(len(alphas), -1)
         hidden = adapter.backbone()(input_ids=ids_t, use_cache=False).last_hidden_state[:, -1]  # (B, d)
         metric(loaded, hidden, answer, wrong).sum().backward()  # type: ignore[no-untyped-call]
+    return grads
+
+
+def _score(
+    graph: Graph, wires: list[Reads], grads: _Grads, mine: NodeOutputs, theirs: NodeOutputs, scores: torch.Tensor
+) -> None:
+    """Add Σ over positions and rows of (out_s(other) − out_s(this)) · (gradient of receiver r's own input) to
+    scores[r, s] for every edge, a chunk of positions at a time (SCORE_BYTES of sender differences)."""
+    n, d = mine.emb.shape
+    wide = torch.promote_types(mine.emb.dtype, torch.float32)
+    chunk = max(1, SCORE_BYTES // (len(graph.senders) * d * wide.itemsize))
+    for lo in range(0, n, chunk):
+        at = slice(lo, min(n, lo + chunk))
+        diffs = _differences(graph, wires, mine, theirs, at)  # (S, P, d)
+        for first, g in _channel_gradients(graph, wires, grads, at):
+            p = graph.prefix[first]
+            scores[first : first + g.shape[0], :p] += (g.flatten(1) @ diffs[:p].flatten(1).T).double()
+
+
+def _differences(graph: Graph, wires: list[Reads], mine: NodeOutputs, theirs: NodeOutputs, at: slice) -> torch.Tensor:
+    """out_s(other) − out_s(this) of every sender at positions `at`, in the senders' order: (S, P, d_model)."""
+    wide = torch.promote_types(mine.emb.dtype, torch.float32)
+    emb = mine.emb[at]
+    out = torch.empty(len(graph.senders), *emb.shape, dtype=wide, device=emb.device)
+    out[0] = theirs.emb[at].to(wide) - emb.to(wide)
+    for layer, wire in enumerate(wires):
+        first = graph.head_sender(layer)
+        dz = theirs.z[layer][at].to(wide) - mine.z[layer][at].to(wide)  # (P, H·hd)
+        out[first : first + graph.n_heads] = head_writes(wire, dz, graph.n_heads)  # (H, P, d)
+        dm = theirs.mlp[layer][at].to(wide) - mine.mlp[layer][at].to(wide)
+        out[graph.mlp_sender(layer)] = dm * wire.multiplier
+    return out
+
+
+def _channel_gradients(
+    graph: Graph, wires: list[Reads], grads: _Grads, at: slice
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first receiver index, each channel's input gradient at positions `at` summed over the rows (C, P, d)) for
+    runs of channels that read the same senders: each block's attention channels, its MLP, then the logits."""
     for layer, wire in enumerate(wires):
         cotangents = []  # per attention channel: the gradient at the norm's output through the channel's rows alone
         for c, (i, lo, hi) in enumerate(wire.slices):
             w, _ = projection_rows(wire, c)  # (hi − lo, d)
-            cotangents.append(proj_grads[(layer, i)][..., lo:hi] @ w.to(dtype))  # (B, T, d)
-        attn = _norm_backward(wire.attn_norm, inputs[("attn", layer)], torch.stack(cotangents))
-        mlp = _norm_backward(wire.mlp_norm, inputs[("mlp", layer)], mlp_grads[layer][None])
-        yield layer * graph.per_layer, attn.to(wide).sum(1)
-        yield graph.mlp_receiver(layer), mlp.to(wide).sum(1)
-    yield len(graph.receivers) - 1, final[0].to(wide).sum(0)[None]
+            g = grads.projections[(layer, i)][:, at, lo:hi]  # (B, P, hi − lo)
+            cotangents.append(g @ w.to(g.dtype))  # (B, P, d)
+        attn = _norm_backward(wire.attn_norm, grads.inputs[("attn", layer)][:, at], torch.stack(cotangents))
+        yield layer * graph.per_layer, _wide(attn).sum(1)
+        mlp = _norm_backward(wire.mlp_norm, grads.inputs[("mlp", layer)][:, at], grads.mlp[layer][None, :, at])
+        yield graph.mlp_receiver(layer), _wide(mlp).sum(1)
+    yield len(graph.receivers) - 1, _wide(grads.final[0][:, at]).sum(0)[None]
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 or wider (sums over rows and positions of bfloat16 gradients would round)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _watched(x: torch.Tensor, keep: Callable[[torch.Tensor], None]) -> torch.Tensor:

@@ -20,7 +20,6 @@ from typing import Literal
 from weakref import WeakKeyDictionary
 
 import torch
-import torch.nn.functional as F
 
 from app.inspect.engine import runs
 from app.inspect.engine.hooks import editing_inputs, editing_outputs, watching_inputs, watching_outputs
@@ -89,9 +88,8 @@ class _Patch:
         self.slot = {r: i for i, r in enumerate(self.active)}
         b, c = len(batch.rows), len(self.active)
         self.mask = torch.zeros(b, c, len(graph.senders), dtype=self.wide, device=device)  # (B, C, S)
-        for i, row in enumerate(batch.rows):
-            for s, r in row:
-                self.mask[i, self.slot[r], s] = 1
+        where = [(i, self.slot[r], s) for i, row in enumerate(batch.rows) for s, r in row]
+        self.mask[tuple(torch.tensor(where, device=device).T)] = 1
         self.patched = self.mask.amax(-1) > 0  # (B, C): which rows patch each channel
         self.delta = torch.zeros(c, b, n, loaded.adapter.layout.d_model, dtype=self.wide, device=device)
         self.delta += torch.einsum("bc,td->cbtd", self.mask[:, :, 0], (other.emb - this.emb).to(self.wide))
@@ -124,16 +122,30 @@ class _Patch:
         rows = self.patched[:, i].nonzero()[:, 0]
         return rows, (x[rows].to(self.wide) + self.delta[i, rows]).to(x.dtype)
 
+    def _channels(self, layer: int) -> list[int]:
+        """The layer's attention channels (indices into its Reads.slices) that some row patches."""
+        first = layer * self.graph.per_layer
+        return [c for c in range(len(self.wires[layer].slices)) if first + c in self.slot]
+
     def projection_edit(self, layer: int, proj: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Recompute the projection's patched channels, each from its own copy of the stream through the norm."""
         wire, first = self.wires[layer], layer * self.graph.per_layer
-        channels = [c for c, (i, _, _) in enumerate(wire.slices) if i == proj and first + c in self.slot]
+        channels = [c for c in self._channels(layer) if wire.slices[c][0] == proj]
+        slots = [self.slot[first + c] for c in channels]
+        rows = [projection_rows(wire, c) for c in channels]
+        w = torch.stack([r[0] for r in rows])  # (C, head_dim, d)
+        bias = None if rows[0][1] is None else torch.stack([r[1] for r in rows if r[1] is not None])  # (C, head_dim)
 
         def edit(y: torch.Tensor) -> torch.Tensor:  # (B, T, out features)
+            x = self.inputs[("attn", layer)]  # (B, T, d)
+            own = (x.to(self.wide)[None] + self.delta[slots]).to(x.dtype)  # (C, B, T, d)
+            out = torch.einsum("cbtd,ced->cbte", wire.attn_norm.forward(own), w)  # (C, B, T, head_dim)
+            if bias is not None:
+                out = out + bias[:, None, None, :]
             y = y.clone()
-            for c in channels:
-                rows, x = self.own_input(first + c, self.inputs[("attn", layer)])
-                w, b = projection_rows(wire, c)
-                y[rows, :, wire.slices[c][1] : wire.slices[c][2]] = F.linear(wire.attn_norm.forward(x), w, b)
+            for j, c in enumerate(channels):
+                _, lo, hi = wire.slices[c]
+                y[..., lo:hi] = torch.where(self.patched[:, slots[j], None, None], out[j], y[..., lo:hi])
             return y
 
         return edit
@@ -173,7 +185,7 @@ class _Patch:
         edits = {
             (layer, i): self.projection_edit(layer, i)
             for layer in used & set(layers)
-            for i in range(len(self.wires[layer].projections))
+            for i in {self.wires[layer].slices[c][0] for c in self._channels(layer)}
         }
         stack.enter_context(editing_outputs({k: self.wires[k[0]].projections[k[1]] for k in edits}, edits))
         mlps = [layer for layer in used & set(layers) if graph.mlp_receiver(layer) in self.slot]
@@ -206,8 +218,12 @@ def patched_forwards(
     per_row = widest * n * loaded.adapter.layout.d_model * 4
     budget = max(n, min(TOKEN_BUDGET, DELTA_BYTES // per_row * n))
 
+    current: list[tuple[Batch[Row], _Patch]] = []  # a forward run in several steps installs its hooks again
+
     def install(batch: Batch[Row]) -> ExitStack:
-        return _Patch(loaded, graph, wires, mine, theirs, batch).install(batch.start)
+        if not current or current[0][0] is not batch:
+            current[:] = [(batch, _Patch(loaded, graph, wires, mine, theirs, batch))]
+        return current[0][1].install(batch.start)
 
     found = drain(
         run_rows(
