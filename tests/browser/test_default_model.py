@@ -64,3 +64,19 @@ def test_default_model_grid_heatmap_and_live_ablation(page: Any, smollm: Server,
     page.wait_for_selector('#heatmap[data-heads="L4H3 before,after (2 off),after − before"]')
     assert page.is_hidden("#head-note")
     page.screenshot(path=str(artifacts / "smollm-heatmap-diff.png"))
+
+
+def test_a_shared_link_scrolls_the_grid_to_its_head(page: Any, smollm: Server, artifacts: Path) -> None:
+    """head=L28H4 in a link: the grid (30 layers, taller than a 720 px window) shows that cell (issue 26, item 8)."""
+    page.set_viewport_size({"width": 1280, "height": 720})
+    open_app(page, smollm.url, "text=The+cat+sat+on+the+mat.&head=L28H4")
+    page.wait_for_selector('#grid .cell[data-head="L28H4"].selected')
+    page.wait_for_selector("#heatmap[data-painted]")
+    seen = """() => {
+      const c = document.querySelector('#grid .cell[data-head="L28H4"]').getBoundingClientRect();
+      const b = document.getElementById('grid-scroll').getBoundingClientRect();
+      return c.top >= b.top && c.bottom <= b.bottom;
+    }"""
+    page.wait_for_function(seen)
+    assert page.evaluate("() => document.getElementById('grid-scroll').scrollTop") > 0
+    page.screenshot(path=str(artifacts / "smollm-link-head-1280.png"))

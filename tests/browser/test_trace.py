@@ -291,3 +291,16 @@ def test_noise_ranks_heads_by_their_effect_and_centres_the_colour_on_no_change(p
     assert page.eval_on_selector("#patch-plot", "el => el.data[0].zmid") == 0
     legend = page.inner_text("#patch-legend")
     assert "0 = no change" in legend and "1 = " in legend
+
+
+def test_dla_bar_click_opens_the_head_view_with_it_switched_off(page: Any, tiny_server: Server) -> None:
+    """DLA's bars answer a click as patching's cells do (issue 26, item 8)."""
+    open_trace(page, tiny_server.url, IOI)
+    wait_painted(page, "dla-panel")
+    dla = post(tiny_server.url, "/api/dla", {"text": CLEAN, "target": " Mary", "contrast": " John"})
+    heads = [(abs(v), f"L{layer}H{head}") for layer, row in enumerate(dla["heads"]) for head, v in enumerate(row)]
+    top = max(heads)[1]
+    box = page.locator("#dla-heads .bars path").last.bounding_box()  # the largest effect: the top bar
+    with page.expect_navigation():
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    assert query(page) == {"text": CLEAN, "head": top, "mask": top}

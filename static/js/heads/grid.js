@@ -13,6 +13,8 @@ const LUT = (() => {
 })();
 
 const THUMB_INSET = 3; // px of cell frame around each thumbnail: KV tint, or the overlay colour
+const OFF = "#dc2626"; // a switched-off head's cross, in the grid and its exports
+const OFF_VEIL = "rgba(243, 244, 246, 0.6)";
 
 export class Grid extends HeadGrid {
   /** handlers: select(head), toggle(head), compare(head), each given {layer, head}. */
@@ -144,10 +146,17 @@ export class Grid extends HeadGrid {
     return canvas;
   }
 
-  /** Mark switched-off heads, the selected head (A) and, in compare mode, the compare head (B). */
+  /**
+   * Mark switched-off heads, the selected head (A) and, in compare mode, the compare head (B). A newly selected
+   * head out of the grid's view (a shared link's `head=L17H4`) is scrolled into the middle of it.
+   */
   mark({ mask, head, cmp, mode }) {
     const masked = new Set(mask.map(headLabel));
     const a = head ? headLabel(head) : "";
+    if (a !== this.shown && (!a || this.cell(head))) {
+      if (a) this.#reveal(this.cell(head));
+      this.shown = a; // once its cell exists: a mark before the first drawing reveals it after
+    }
     const b = cmp && mode === "compare" ? headLabel(cmp) : "";
     for (const row of this.cells) {
       for (const cell of row) {
@@ -160,6 +169,17 @@ export class Grid extends HeadGrid {
         cell.setAttribute("aria-label", [label, ...states.filter(Boolean)].join(", "));
       }
     }
+  }
+
+  /** Scroll the grid's own box (never the page) so that `cell` is in view, in the middle when it was out of it. */
+  #reveal(cell) {
+    const box = this.root.closest(".grid-scroll");
+    if (!cell || !box) return;
+    const c = cell.getBoundingClientRect();
+    const b = box.getBoundingClientRect();
+    const header = 40; // the sticky KV and head labels over the first rows
+    if (c.top >= b.top + header && c.bottom <= b.bottom) return;
+    box.scrollTop += c.top - b.top - (b.height - c.height) / 2;
   }
 
   /** Colour each cell's frame by a per-head score grid (n_layers × n_heads); null removes the overlay. */
@@ -251,9 +271,18 @@ export class Grid extends HeadGrid {
         }
         ctx.drawImage(this.#thumb(l, h), x, y, size, size);
         if (cell.classList.contains("masked")) {
-          ctx.strokeStyle = "#dc2626";
+          // as on screen: the map veiled and crossed out in red, inside a red frame
+          ctx.fillStyle = OFF_VEIL;
+          ctx.fillRect(x, y, size, size);
+          ctx.strokeStyle = OFF;
           ctx.lineWidth = 2;
           ctx.strokeRect(x + 1, y + 1, size - 2, size - 2);
+          ctx.beginPath();
+          ctx.moveTo(x + 4, y + 4);
+          ctx.lineTo(x + size - 4, y + size - 4);
+          ctx.moveTo(x + size - 4, y + 4);
+          ctx.lineTo(x + 4, y + size - 4);
+          ctx.stroke();
         }
       });
     });
@@ -284,7 +313,13 @@ export class Grid extends HeadGrid {
         const g = add(svg, "g", { "data-head": cell.dataset.head });
         if (this.overlay) add(g, "rect", { x: x - 2, y: y - 2, width: size + 4, height: size + 4, fill: cell.style.getPropertyValue("--overlay") });
         add(g, "image", { x, y, width: size, height: size, href: this.#thumb(l, h).toDataURL("image/png"), style: "image-rendering: pixelated" });
-        if (cell.classList.contains("masked")) add(g, "rect", { x: x + 1, y: y + 1, width: size - 2, height: size - 2, fill: "none", stroke: "#dc2626", "stroke-width": 2 });
+        if (cell.classList.contains("masked")) {
+          g.setAttribute("class", "off");
+          add(g, "rect", { x, y, width: size, height: size, fill: OFF_VEIL });
+          add(g, "rect", { x: x + 1, y: y + 1, width: size - 2, height: size - 2, fill: "none", stroke: OFF, "stroke-width": 2 });
+          const [a, z] = [4, size - 4];
+          add(g, "path", { d: `M${x + a} ${y + a}L${x + z} ${y + z}M${x + z} ${y + a}L${x + a} ${y + z}`, stroke: OFF, "stroke-width": 2 });
+        }
       });
     });
     return new Blob([new XMLSerializer().serializeToString(svg)], { type: "image/svg+xml" });

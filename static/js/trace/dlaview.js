@@ -27,10 +27,13 @@ export function renderSummary(node, res) {
   }
 }
 
-/** Horizontal bars of the k heads with the largest |direct effect|, largest on top. */
-export function drawHeads(div, res, k = 12) {
+/**
+ * Horizontal bars of the k heads with the largest |direct effect|, largest on top. Clicking a bar calls
+ * onHead({layer, head}, mouseEvent), as a patching cell does.
+ */
+export function drawHeads(div, res, onHead = null, k = 12) {
   const ranked = res.heads
-    .flatMap((row, layer) => row.map((value, head) => ({ label: `L${layer}H${head}`, value })))
+    .flatMap((row, layer) => row.map((value, head) => ({ label: `L${layer}H${head}`, layer, head, value })))
     .sort((a, b) => Math.abs(b.value) - Math.abs(a.value))
     .slice(0, k)
     .reverse();
@@ -40,7 +43,8 @@ export function drawHeads(div, res, k = 12) {
     x: ranked.map((r) => r.value),
     y: ranked.map((r) => r.label),
     marker: { color: ranked.map((r) => signColor(r.value)) },
-    hovertemplate: "%{y}: %{x:.3f}<extra>direct effect</extra>",
+    customdata: ranked.map((r) => [r.layer, r.head]),
+    hovertemplate: `%{y}: %{x:.3f}${onHead ? "<br>click: open it in the head view, switched off" : ""}<extra>direct effect</extra>`,
   };
   const lay = layout(Math.max(200, ranked.length * 19 + 50), {
     xaxis: { zeroline: true, zerolinecolor: "#9ca3af", gridcolor: "#eef0f4", fixedrange: true, title: { text: "direct effect on the logit", standoff: 4 } },
@@ -48,7 +52,16 @@ export function drawHeads(div, res, k = 12) {
     margin: { l: 56, r: 10, t: 4, b: 40 },
     bargap: 0.25,
   });
-  return draw(div, [trace], lay).then(() => (div.dataset.bars = String(ranked.length)));
+  return draw(div, [trace], lay).then(() => {
+    div.dataset.bars = String(ranked.length);
+    div.removeAllListeners?.("plotly_click");
+    if (onHead) {
+      div.on("plotly_click", (ev) => {
+        const [layer, head] = ev.points[0].customdata;
+        onHead({ layer, head }, ev.event);
+      });
+    }
+  });
 }
 
 /** Per layer: the sum of its heads' direct effects next to its MLP's. */

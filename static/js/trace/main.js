@@ -173,7 +173,7 @@ async function drawDLA(signal) {
     throw err;
   }
   renderSummary(nodes.summary, res);
-  await drawHeads(nodes.heads, res);
+  await drawHeads(nodes.heads, res, onHeadClick);
   await drawLayers(nodes.layers, res);
 }
 
