@@ -330,3 +330,15 @@ def test_errors_show_in_the_error_bar(page: Any, corpus_server: Server, tmp_path
     assert message.startswith("line 2: not valid JSON: "), message  # in words, without the code in front
     assert httpx.get(f"{base}/api/jobs").json()["jobs"] == before
     assert page.get_attribute('#source button[data-source="upload"]', "aria-pressed") == "true"  # still there to fix
+
+
+def test_a_job_not_started_says_so_instead_of_zero_of_zero(page: Any, corpus_server: Server) -> None:
+    """A queued job has no texts counted yet: its line says it is waiting, not "0 / 0 texts" (issue 26, item 8)."""
+    open_corpus(page, corpus_server.url)
+    line = "(job) => import('/static/js/corpus/jobs.js').then((m) => m.progressText(job))"
+    empty = {"done": 0, "total": 0, "tokens": 0, "tokens_per_s": None, "eta_s": None}
+    queued = page.evaluate(line, {"state": "queued", "progress": empty})
+    assert queued.startswith("queued") and "0 / 0" not in queued
+    assert "0 / 0" not in page.evaluate(line, {"state": "running", "progress": empty})
+    running = {"done": 3, "total": 8, "tokens": 120, "tokens_per_s": 40.0, "eta_s": 5}
+    assert page.evaluate(line, {"state": "running", "progress": running}).startswith("3 / 8 texts · 120 tokens")

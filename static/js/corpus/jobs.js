@@ -68,9 +68,12 @@ export function duration(s) {
   return hh ? `${hh}:${String(mm).padStart(2, "0")}:${ss}` : `${mm}:${ss}`;
 }
 
-/** The progress line: "37 / 256 texts · 4,736 tokens · 1,210 tokens/s · ETA 3:12". */
+/** The progress line: "37 / 256 texts · 4,736 tokens · 1,210 tokens/s · ETA 3:12" (before its texts are counted, why). */
 export function progressText(job) {
   const p = job.progress ?? {};
+  if (!p.total && RUNNING.has(job.state)) {
+    return job.state === "queued" ? "queued: it starts when the jobs ahead of it are done" : "starting: counting the texts…";
+  }
   const parts = [`${number(p.done ?? 0)} / ${number(p.total)} texts`, `${number(p.tokens ?? 0)} tokens`];
   if (Number.isFinite(p.tokens_per_s) && p.tokens_per_s > 0) parts.push(`${number(p.tokens_per_s)} tokens/s`);
   if (RUNNING.has(job.state)) parts.push(`ETA ${duration(p.eta_s)}`);
