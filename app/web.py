@@ -22,6 +22,12 @@ def trace(request: Request) -> HTMLResponse:
     return templates.TemplateResponse(request, "trace.html", {"page": "trace"})
 
 
+@router.get("/circuit", response_class=HTMLResponse)
+def circuit(request: Request) -> HTMLResponse:
+    """The circuit view: edge attribution between heads and MLPs, with exact path patching of one edge."""
+    return templates.TemplateResponse(request, "circuit.html", {"page": "circuit"})
+
+
 @router.get("/corpus", response_class=HTMLResponse)
 def corpus(request: Request) -> HTMLResponse:
     """Corpus mode: datasets, jobs and dataset-level head statistics."""
