@@ -280,13 +280,6 @@ def test_overlays_and_exports(page: Any, tiny_server: Server) -> None:
     grid_svg = download(page, "#grid-svg").decode()
     assert grid_svg.count("<image") == 8 and ">L1<" in grid_svg and ">H3<" in grid_svg
     assert 'class="off"' not in grid_svg
-    # a switched-off head is crossed out in the exports as on screen (issue 26, item 8)
-    click_head(page, "L1H2", modifiers=["Shift"])
-    page.wait_for_selector('#prediction[data-state="ablated"]')
-    grid_svg = download(page, "#grid-svg").decode()
-    assert grid_svg.count('class="off"') == 1
-    off = grid_svg.split('data-head="L1H2"')[1].split("</g>")[0]
-    assert 'class="off"' in off and "<path" in off and 'stroke="#dc2626"' in off
     page.click('.tabs button[data-view="similarity"]')
     page.wait_for_selector("#simplot[data-painted]")
     for button in ("#sim-svg", "#collapse-svg"):
@@ -294,6 +287,13 @@ def test_overlays_and_exports(page: Any, tiny_server: Server) -> None:
     assert download(page, "#sim-png")[:4] == b"\x89PNG"
     data = json.loads(download(page, "#export-json"))
     assert data["heatmap"] is None and len(data["similarity"]["heads"]) == 8
+    # a switched-off head is crossed out in the exports as on screen (issue 26, item 8)
+    click_head(page, "L1H2", modifiers=["Shift"])
+    page.wait_for_selector('#prediction[data-state="ablated"]')
+    grid_svg = download(page, "#grid-svg").decode()
+    assert grid_svg.count('class="off"') == 1
+    off = grid_svg.split('data-head="L1H2"')[1].split("</g>")[0]
+    assert 'class="off"' in off and "<path" in off and 'stroke="#dc2626"' in off
 
 
 def test_512_tokens_stay_usable(page: Any, tiny_server: Server, artifacts: Path) -> None:
