@@ -2,7 +2,6 @@
 // the top n edges, beside the faithfulness curve; a clicked edge gets its exact path-patching value.
 import { headsURL } from "../heads/state.js";
 import * as api from "../lib/api.js";
-import { authHeaders } from "../lib/auth.js";
 import { hideError, showError, showModel, track, wireChrome } from "../lib/chrome.js";
 import { Latest } from "../lib/latest.js";
 import { download, el, fill, fmt, parseHead, signed } from "../lib/util.js";
@@ -17,19 +16,6 @@ let asked = null; // the pair fields it was asked with (path patching reuses the
 const exact = new Map(); // edge id → its /api/path_patch answer, for this result
 const runs = new Latest();
 const patches = new Latest();
-
-/** POST JSON to a circuits endpoint; errors in the one error shape become ApiErrors. */
-async function post(path, body, signal) {
-  const res = await fetch(path, {
-    method: "POST",
-    signal,
-    headers: { ...authHeaders(), "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  const data = await res.json().catch(() => null);
-  if (!res.ok) throw new api.ApiError(res.status, data?.error ?? `http_${res.status}`, data?.detail);
-  return data;
-}
 
 // -- state ↔ form ---------------------------------------------------------------------------------
 
@@ -75,7 +61,7 @@ async function run({ push = true } = {}) {
   const label = S.method === "eap" ? "attributing edges (EAP)…" : `attributing edges (EAP-IG, ${S.steps} steps)…`;
   await track(
     runs.run(async (signal) => {
-      result = await post("/api/circuit", body, signal);
+      result = await api.circuit(body, { signal });
       exact.clear();
       $("export").disabled = false;
       render();
@@ -131,7 +117,7 @@ async function showEdge(id) {
   const body = { ...asked, edges: [{ source: edge.source, target: edge.target, channel: edge.channel }] };
   await track(
     patches.run(async (signal) => {
-      const answer = await post("/api/path_patch", body, signal);
+      const answer = await api.pathPatch(body, { signal });
       exact.set(id, answer);
       if (S.edge === id) paint(answer);
       $("detail").dataset.exact = id;

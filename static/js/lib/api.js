@@ -129,6 +129,14 @@ export const dla = (body, opts) => request("POST", "/api/dla", body, opts);
 /** Logit lens: each block's residual stream read out through the final norm and the LM head. */
 export const logitLens = (body, opts) => request("POST", "/api/logit_lens", body, opts);
 
+// -- circuits (the Circuit page) --
+
+/** Edge attribution (EAP / EAP-IG) on a prompt pair: edges by |score|, node scores, the faithfulness curve. */
+export const circuit = (body, opts) => request("POST", "/api/circuit", body, opts);
+
+/** Exact path patching of chosen edges (or "all"): the metric with only those edges carrying the other run. */
+export const pathPatch = (body, opts) => request("POST", "/api/path_patch", body, opts);
+
 /** Every head's attention row from one query position (the token view). */
 export const attentionFrom = (text, queryPos, opts) =>
   request("POST", "/api/attention_from", { text, query_pos: queryPos }, opts);
