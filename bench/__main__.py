@@ -33,9 +33,11 @@ from bench import (
     models,
     notebook,
     report,
+    served,
     server,
     timing,
     tracing,
+    waits,
 )
 from bench.report import Row, nbytes
 
@@ -194,6 +196,9 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
         steps.add(lambda: corpus.throughput_rows(loaded, n_texts))
         steps.add(lambda: corpus.server_rows(loaded, n_texts, 15))
         steps.add(lambda: corpus.rss_row(n_texts, large))
+        log.info("interactive endpoints idle and while a job runs; served paths beside the functions behind them")
+        steps.add(lambda: waits.rows(loaded, 5))
+        steps.add(lambda: served.rows(loaded, 5, n_texts))
         if device.type == "cpu" and cluster.has_ray():
             log.info("Ray: the roles job over %d texts in-process and on local Ray with 1 and 2 actors", n_texts)
             steps.add(lambda: cluster.rows(loaded, models.DEFAULT, n_texts))

@@ -97,3 +97,8 @@ def wait_quiet(max_wait_s: float, threshold: float = 0.15, window_s: float = 3.0
         share = meter.share()
         if share is None or share < threshold or time.monotonic() >= deadline:
             return share
+
+
+def load_average() -> str:
+    """The machine's 1/5/15-minute load averages, as printed in a section's notes."""
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
