@@ -465,3 +465,24 @@ def test_families_with_norms_on_the_outputs_are_refused() -> None:
         loaded = as_loaded(families.build(families.by_type(model_type)), model_type)
         gap = path_patching.check(loaded)
         assert gap is not None and model_type in gap and "normalises" in gap
+
+
+@pytest.mark.parametrize("node", ["emb", "L0H1", "M0", "L1KV0", "L1H2", "logits"])
+def test_a_node_s_edges_per_position_sum_to_their_scores(node: str) -> None:
+    loaded = loaded_of("llama")
+    a = families.ids(12, seed=3)
+    b = list(a)
+    b[3], b[9] = (a[3] + 11) % 120 + 3, (a[9] + 29) % 120 + 3
+    this, other = analyse(loaded, "", token_ids=a), analyse(loaded, "", token_ids=b)
+    att = circuits.attribute(loaded, this, other, 10, ANSWER, WRONG, steps=2, node=node)
+    assert att.focus is not None
+    edges = att.focus.edges(att.graph)
+    graph = att.graph
+    want = {(s, r) for s, r in path_patching.all_edges(graph) if node in (graph.senders[s], graph.receivers[r].target)}
+    assert {(s, r) for s, r, _ in edges} == want and want
+    for s, r, per in edges:
+        assert per.shape == (11,)
+        assert float(per.sum()) == pytest.approx(float(att.scores[r, s]), abs=1e-9)
+    assert any(float(per.abs().max()) > 1e-3 for _, _, per in edges) or node == "logits"
+    with pytest.raises(UnknownNode):
+        circuits.attribute(loaded, this, other, 10, ANSWER, WRONG, node="L9H0")

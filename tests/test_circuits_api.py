@@ -122,3 +122,18 @@ def test_a_family_whose_blocks_are_not_understood_is_refused(olmo2: TestClient) 
         body = {**PAIR, "edges": "all"} if path == "/api/path_patch" else PAIR
         detail = assert_error(olmo2.post(path, json=body), 422, "invalid_input")["detail"]
         assert "olmo2" in detail and "normalises the attention and MLP outputs" in detail
+
+
+def test_circuit_node_edges_per_position(client: TestClient) -> None:
+    out = post(client, "/api/circuit", **PAIR, method="eap", top_n=0, node="L1KV1", position=12)
+    n = len(out["token_ids_clean"])
+    edges = {(e["source"], e["target"], e["channel"]): e["score"] for e in out["edges"]}
+    found = out["node_edges"]
+    assert len(found) == 2 * 6 and {e["target"] for e in found} == {"L1KV1"}  # k and v from emb, L0 heads, M0
+    for e in found:
+        assert len(e["scores"]) == n and all(v == 0 for v in e["scores"][13:])
+        assert sum(e["scores"]) == pytest.approx(e["score"], abs=1e-6)
+        assert e["score"] == pytest.approx(edges[(e["source"], e["target"], e["channel"])], abs=1e-9)
+    assert post(client, "/api/circuit", **PAIR, method="eap", top_n=1)["node_edges"] is None
+    detail = assert_error(client.post("/api/circuit", json={**PAIR, "node": "L1KV5"}), 422, "invalid_input")["detail"]
+    assert "KV head" in detail

@@ -37,6 +37,9 @@ class CircuitIn(PairIn):
     faithfulness_n: list[int] | None = Field(
         None, max_length=32, description="the edge counts of the faithfulness curve (default 1, 2, 5, 10, … all)"
     )
+    node: str | None = Field(
+        None, min_length=1, max_length=32, description="a node id: also every edge into or out of it, per position"
+    )
 
 
 class EdgeIn(Strict):
@@ -66,6 +69,10 @@ class EdgeOut(BaseModel):
     target: str
     channel: str
     score: float
+
+
+class PositionEdge(EdgeOut):
+    scores: list[float] = Field(description="per position of the prompt (0 after `position`); they sum to `score`")
 
 
 class FaithPoint(BaseModel):
@@ -104,6 +111,9 @@ class CircuitOut(PairOut):
     wiring: str = Field(description="which senders precede which receivers, in words")
     cost: Cost
     faithfulness: list[FaithPoint] | None = Field(description="when asked: the exact effect of the top n edges")
+    node_edges: list[PositionEdge] | None = Field(
+        description="with `node`: every edge out of and into it, largest |score| first, with its score per position"
+    )
 
 
 class PathPatchOut(PairOut):

@@ -18,6 +18,7 @@ from app.api.circuit_schemas import (
     PairOut,
     PathPatchIn,
     PathPatchOut,
+    PositionEdge,
 )
 from app.api.deps import ServiceDep, check_traceable, checked_ids, checked_position, checked_token
 from app.api.schemas import ERRORS
@@ -103,6 +104,17 @@ def edge_out(graph: Graph, sender: int, receiver: int, score: float) -> EdgeOut:
     return EdgeOut(source=graph.senders[sender], target=rec.target, channel=rec.channel, score=score)
 
 
+def node_edges(graph: Graph, focus: circuits.Focus, n_tokens: int) -> list[PositionEdge]:
+    """The focus node's edges, largest |score| first, each with its scores per position (0 after the last read)."""
+    found = sorted(focus.edges(graph), key=lambda e: -abs(float(e[2].sum())))
+    out = []
+    for s, r, per in found:
+        edge = edge_out(graph, s, r, float(per.sum()))
+        scores = per.tolist() + [0.0] * (n_tokens - per.shape[0])
+        out.append(PositionEdge(**edge.model_dump(), scores=scores))
+    return out
+
+
 @router.post("/circuit", response_model=CircuitOut, responses=ERRORS)
 async def circuit(body: CircuitIn, svc: ServiceDep) -> CircuitOut:
     """Edge attribution (EAP or EAP-IG): every edge's estimated effect, node scores, and optionally the exact curve."""
@@ -113,12 +125,17 @@ async def circuit(body: CircuitIn, svc: ServiceDep) -> CircuitOut:
     if any(not 1 <= n <= graph.n_edges for n in ns):
         raise InvalidInput(f"faithfulness_n: edge counts must be 1..{graph.n_edges} (the model's edges)")
     steps = body.steps if body.method == "eap-ig" else 1
+    if body.node is not None:
+        try:
+            graph.roles(body.node)
+        except UnknownNode as exc:
+            raise InvalidInput(f"node: {exc}") from exc
 
     def work() -> CircuitOut:
         loaded = svc.model
         clean, corrupted = runs_of(svc, body, pair)
         this, other = path_patching.pair(body.direction, clean, corrupted)
-        att = circuits.attribute(loaded, this, other, pair.position, pair.answer, pair.wrong, steps)
+        att = circuits.attribute(loaded, this, other, pair.position, pair.answer, pair.wrong, steps, body.node)
         faith = None
         if body.faithfulness:
             values = circuits.faithfulness(loaded, this, other, att, pair.position, pair.answer, pair.wrong, ns)
@@ -140,6 +157,7 @@ async def circuit(body: CircuitIn, svc: ServiceDep) -> CircuitOut:
             wiring=PARALLEL if any(graph.parallel) else SEQUENTIAL,
             cost=Cost(forwards=att.forwards, backwards=att.backwards, patched_runs=len(ns) if faith else 0),
             faithfulness=faith,
+            node_edges=None if att.focus is None else node_edges(graph, att.focus, len(pair.clean)),
         )
 
     return await svc.call(work, n_tokens=2 * len(pair.clean))

@@ -149,6 +149,17 @@ class Graph:
             raise NotAnEdge(f"{node} has no channel {channel!r}: {hint}")
         return allowed[channel]
 
+    def roles(self, node: str) -> tuple[int | None, list[int]]:
+        """(its sender index or None, its receiver channels' indices) of a node id; raises UnknownNode."""
+        m = self._parse(node)
+        if node == "emb":
+            return 0, []
+        if node == "logits":
+            return None, [len(self.receivers) - 1]
+        if m.group(3) is not None:  # a KV head
+            return None, [self.receiver_index(node, "k"), self.receiver_index(node, "v")]
+        return self.sender_index(node), [self.receiver_index(node, "in" if m.group(5) is not None else "q")]
+
     def edge(self, source: str, target: str, channel: str) -> tuple[int, int]:
         """(sender, receiver) indices of one edge; raises UnknownNode or NotAnEdge (backwards, or no such channel)."""
         s, r = self.sender_index(source), self.receiver_index(target, channel)

@@ -57,6 +57,8 @@ class Attribution:
         """(n_senders,): each sender's outgoing edges summed."""
         return self.scores.sum(0)
 
+    focus: Focus | None = None  # per position, the edges into and out of one node, when asked
+
     def ranked(self, top_n: int = 0) -> list[tuple[int, int, float]]:
         """(sender, receiver, score) of the top_n edges by |score| (0: every edge), largest first."""
         valid = torch.arange(self.scores.shape[1])[None, :] < torch.tensor(self.graph.prefix)[:, None]
@@ -67,8 +69,33 @@ class Attribution:
         return [(i % width, i // width, float(self.scores.view(-1)[i])) for i in order]
 
 
+@dataclass
+class Focus:
+    """Per-position scores of every edge out of and into one node (they sum over positions to its edges' scores)."""
+
+    sender: int | None  # the node as a sender, if it is one
+    receivers: list[int]  # its receiver channels
+    outgoing: torch.Tensor  # (n_receivers, T): edge sender → r at each position (0 where it is not an edge)
+    incoming: torch.Tensor  # (len(receivers), n_senders, T): edge s → receivers[i] at each position
+
+    def edges(self, graph: Graph) -> list[tuple[int, int, torch.Tensor]]:
+        """(sender, receiver, per-position scores (T,)) of every edge of the node."""
+        out = [(self.sender, r, self.outgoing[r]) for r in range(len(graph.receivers))]
+        out = [(s, r, v) for s, r, v in out if s is not None and s < graph.prefix[r]]
+        for i, r in enumerate(self.receivers):
+            out += [(s, r, self.incoming[i, s]) for s in range(graph.prefix[r])]
+        return [(s, r, v) for s, r, v in out if s is not None]
+
+
 def attribute(
-    loaded: Loaded, this: Run, other: Run, position: int, answer: int, wrong: int | None, steps: int = 1
+    loaded: Loaded,
+    this: Run,
+    other: Run,
+    position: int,
+    answer: int,
+    wrong: int | None,
+    steps: int = 1,
+    node: str | None = None,
 ) -> Attribution:
     """Score every edge: EAP with steps = 1, EAP-IG with more.
 
@@ -78,6 +105,10 @@ def attribute(
         position: the query position read, 0 ≤ position < n_tokens (later positions cannot matter).
         answer, wrong: the metric is logit[answer] − logit[wrong] (logit[answer] when wrong is None).
         steps: interpolation steps of the block-0 input from this run's towards the other's.
+        node: a node id whose edges are also scored per position (Attribution.focus).
+
+    Raises:
+        UnknownNode: `node` is not in the graph.
     """
     graph, wires = Graph.of(loaded.adapter), wiring(loaded)
     n = position + 1
@@ -86,17 +117,26 @@ def attribute(
     kept = this.memo.get(NODE_OUTPUTS)
     # this run's outputs: kept on the run, or recorded by the first gradient forward (its first row is this run)
     mine = cut(kept, n) if kept is not None else NodeOutputs(runs.layer_inputs(loaded, this)[0][0, :n], {}, {})
-    scores = torch.zeros(len(graph.receivers), len(graph.senders), dtype=torch.float64, device=mine.emb.device)
+    device = mine.emb.device
+    scores = torch.zeros(len(graph.receivers), len(graph.senders), dtype=torch.float64, device=device)
+    focus = None
+    if node is not None:
+        sender, receivers = graph.roles(node)
+        outgoing = torch.zeros(len(graph.receivers), n, dtype=torch.float64, device=device)
+        incoming = torch.zeros(len(receivers), len(graph.senders), n, dtype=torch.float64, device=device)
+        focus = Focus(sender, receivers, outgoing, incoming)
     alphas = [k / steps for k in range(steps)]
     per_forward = max(1, TOKEN_BUDGET // n)
     chunks = [alphas[i : i + per_forward] for i in range(0, steps, per_forward)]
     for i, chunk in enumerate(chunks):
         record = mine if i == 0 and kept is None else None
         grads = _gradients(loaded, wires, this.token_ids[:n], mine, theirs, chunk, answer, wrong, record)
-        _score(graph, wires, grads, mine, theirs, scores)
+        _score(graph, wires, grads, mine, theirs, scores, focus)
     own = float(metric(loaded, this.hidden[position : position + 1], answer, wrong)[0])
     theirs_m = float(metric(loaded, other.hidden[position : position + 1], answer, wrong)[0])
-    return Attribution(graph, (scores / steps).cpu(), own, theirs_m, forwards + len(chunks), len(chunks))
+    if focus is not None:
+        focus.outgoing, focus.incoming = (focus.outgoing / steps).cpu(), (focus.incoming / steps).cpu()
+    return Attribution(graph, (scores / steps).cpu(), own, theirs_m, forwards + len(chunks), len(chunks), focus)
 
 
 @dataclass
@@ -165,10 +205,17 @@ def _gradients(
 
 
 def _score(
-    graph: Graph, wires: list[Reads], grads: _Grads, mine: NodeOutputs, theirs: NodeOutputs, scores: torch.Tensor
+    graph: Graph,
+    wires: list[Reads],
+    grads: _Grads,
+    mine: NodeOutputs,
+    theirs: NodeOutputs,
+    scores: torch.Tensor,
+    focus: Focus | None,
 ) -> None:
     """Add Σ over positions and rows of (out_s(other) − out_s(this)) · (gradient of receiver r's own input) to
-    scores[r, s] for every edge, a chunk of positions at a time (SCORE_BYTES of sender differences)."""
+    scores[r, s] for every edge, a chunk of positions at a time (SCORE_BYTES of sender differences); and, per
+    position, to the focus node's edges."""
     n, d = mine.emb.shape
     wide = torch.promote_types(mine.emb.dtype, torch.float32)
     chunk = max(1, SCORE_BYTES // (len(graph.senders) * d * wide.itemsize))
@@ -178,6 +225,13 @@ def _score(
         for first, g in _channel_gradients(graph, wires, grads, at):
             p = graph.prefix[first]
             scores[first : first + g.shape[0], :p] += (g.flatten(1) @ diffs[:p].flatten(1).T).double()
+            if focus is None:
+                continue
+            if focus.sender is not None and focus.sender < p:
+                focus.outgoing[first : first + g.shape[0], at] += torch.einsum("cpd,pd->cp", g, diffs[focus.sender])
+            for i, r in enumerate(focus.receivers):
+                if first <= r < first + g.shape[0]:
+                    focus.incoming[i, :p, at] += torch.einsum("pd,spd->sp", g[r - first], diffs[:p]).double()
 
 
 def _differences(graph: Graph, wires: list[Reads], mine: NodeOutputs, theirs: NodeOutputs, at: slice) -> torch.Tensor:
