@@ -38,6 +38,7 @@ from bench import (
     timing,
     tracing,
     waits,
+    whyhere,
 )
 from bench.report import Row, nbytes
 
@@ -207,6 +208,9 @@ def measure(loaded: Loaded, plan: Plan, device: torch.device, ablate_abs_s: floa
         steps.add(step)
     log.info("circuits: EAP and EAP-IG over every edge, exact path patching of 20 edges, at 64 tokens")
     for step in circuits.rows(loaded, plan.ablate[-1][1], memory=device.type == "cpu"):
+        steps.add(step)
+    log.info("why a head attends: composition matrices, QK attribution of a cell and of a query row")
+    for step in whyhere.rows(loaded, plan.ablate[-1][1]):
         steps.add(step)
     n = plan.ablate[-1][0]
     log.info("pruning curve: 10 points × (importance + 5 random orders) at %d tokens", n)
