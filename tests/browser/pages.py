@@ -90,7 +90,8 @@ def grid_top(page: Any) -> float:
 
 
 def download(page: Any, selector: str) -> bytes:
-    """Click a download button and return the file's bytes."""
-    with page.expect_download() as dl:
+    """Click a download button once the page has no request in flight, and return the file's bytes."""
+    page.wait_for_function("() => !document.querySelector('#status.busy')")
+    with page.expect_download(timeout=60_000) as dl:
         page.click(selector)
     return Path(dl.value.path()).read_bytes()
