@@ -287,7 +287,12 @@ def test_overlays_and_exports(page: Any, tiny_server: Server) -> None:
     assert download(page, "#sim-png")[:4] == b"\x89PNG"
     data = json.loads(download(page, "#export-json"))
     assert data["heatmap"] is None and len(data["similarity"]["heads"]) == 8
-    # a switched-off head is crossed out in the exports as on screen (issue 26, item 8)
+
+
+def test_a_switched_off_head_is_crossed_out_in_the_grid_export(page: Any, tiny_server: Server) -> None:
+    """As on screen (issue 26, item 8); on the head view, where the grid is drawn."""
+    open_app(page, tiny_server.url)
+    run_prompt(page, PROMPT)
     click_head(page, "L1H2", modifiers=["Shift"])
     page.wait_for_selector('#prediction[data-state="ablated"]')
     grid_svg = download(page, "#grid-svg").decode()
