@@ -7,22 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.api.schemas import Strict
-from app.api.tracing_schemas import POSITION, TOKEN, TOKEN_ID, TokenRef
+from app.api.tracing_schemas import PairIn, TokenRef
 
 NODE = Field(min_length=1, max_length=32, description="a node id: emb, L{l}H{h}, L{l}KV{g}, M{l} or logits")
-
-
-class PairIn(Strict):
-    clean: str = Field(min_length=1, max_length=50_000, description="the prompt whose answer is right")
-    corrupted: str = Field(min_length=1, max_length=50_000, description="same number of tokens, answer changed")
-    answer: str | None = TOKEN
-    answer_id: int | None = TOKEN_ID
-    wrong: str | None = TOKEN
-    wrong_id: int | None = TOKEN_ID
-    position: int = POSITION
-    direction: Literal["denoise", "noise"] = Field(
-        "denoise", description="denoise: clean values into the corrupted run; noise: corrupted into the clean run"
-    )
 
 
 class CircuitIn(PairIn):

@@ -14,7 +14,6 @@ from app.api.circuit_schemas import (
     FaithPoint,
     MetricPair,
     NodeScore,
-    PairIn,
     PairOut,
     PathPatchIn,
     PathPatchOut,
@@ -22,7 +21,7 @@ from app.api.circuit_schemas import (
 )
 from app.api.deps import ServiceDep, check_traceable, checked_ids, checked_position, checked_token
 from app.api.schemas import ERRORS
-from app.api.tracing_schemas import TokenRef
+from app.api.tracing_schemas import PairIn, TokenRef
 from app.errors import InvalidInput
 from app.inspect.engine.nodes import Graph, NotAnEdge, UnknownNode
 from app.inspect.engine.runs import Run

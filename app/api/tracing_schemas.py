@@ -25,7 +25,9 @@ class PositionIn(TextIn):
 # -- patching ------------------------------------------------------------------------------------
 
 
-class PatchIn(Strict):
+class PairIn(Strict):
+    """A prompt pair and what to measure on it: what /api/patch, /api/circuit and /api/path_patch all read."""
+
     clean: str = Field(min_length=1, max_length=50_000, description="the prompt whose answer is right")
     corrupted: str = Field(min_length=1, max_length=50_000, description="same number of tokens, answer changed")
     answer: str | None = TOKEN
@@ -34,9 +36,11 @@ class PatchIn(Strict):
     wrong_id: int | None = TOKEN_ID
     position: int = POSITION
     direction: Literal["denoise", "noise"] = Field(
-        "denoise",
-        description="denoise: clean activations into the corrupted run; noise: corrupted into the clean run",
+        "denoise", description="denoise: clean values into the corrupted run; noise: corrupted into the clean run"
     )
+
+
+class PatchIn(PairIn):
     by_position: list[HeadRef] = Field(
         default_factory=list, max_length=64, description="heads to also patch one position at a time"
     )
