@@ -1,22 +1,29 @@
-"""Pydantic models of the circuit endpoints: edge attribution (/api/circuit), exact path patching (/api/path_patch)."""
+"""Pydantic models of the circuit endpoints: edge attribution on a pair (/api/circuit) and over a set of pairs
+(/api/circuit_pairs, /api/pair_sets), exact path patching (/api/path_patch)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from app.api.schemas import Strict
-from app.api.tracing_schemas import PairIn, TokenRef
+from app.api.tracing_schemas import POSITION, TOKEN, PairIn, TokenRef
+from app.corpus.pairs import IOI_PAIRS, MAX_PAIRS
 
 NODE = Field(min_length=1, max_length=32, description="a node id: emb, L{l}H{h}, L{l}KV{g}, M{l} or logits")
 
 
+Method = Annotated[
+    Literal["eap", "eap-ig"],
+    Field(description="eap: gradients on the run patched into; eap-ig: averaged over `steps` interpolations"),
+]
+STEPS = Field(5, ge=1, le=64, description="EAP-IG: interpolation steps of the input embeddings")
+
+
 class CircuitIn(PairIn):
-    method: Literal["eap", "eap-ig"] = Field(
-        "eap-ig", description="eap: gradients on the run patched into; eap-ig: averaged over `steps` interpolations"
-    )
-    steps: int = Field(5, ge=1, le=64, description="EAP-IG: interpolation steps of the input embeddings")
+    method: Method = "eap-ig"
+    steps: int = STEPS
     top_n: int = Field(300, ge=0, le=10_000_000, description="edges returned, largest |score| first; 0 = every edge")
     faithfulness: bool = Field(
         False, description="also patch the top-n edges exactly, n on a log grid (or `faithfulness_n`)"
@@ -111,3 +118,93 @@ class PathPatchOut(PairOut):
         description="(metric − the patched-into run's) / (the other run's − the patched-into run's); null when equal"
     )
     n_edges: int = Field(description="distinct edges patched")
+
+
+# -- over a set of prompt pairs --------------------------------------------------------------------
+
+
+class PromptPairIn(Strict):
+    """One pair of a set, as a line of an uploaded .jsonl: {clean, corrupted, answer, wrong}."""
+
+    clean: str = Field(min_length=1, max_length=50_000)
+    corrupted: str = Field(min_length=1, max_length=50_000, description="same number of tokens as clean")
+    answer: str = Field(min_length=1, max_length=200, description="one token")
+    wrong: str | None = TOKEN
+
+
+class CircuitPairsIn(Strict):
+    pair_set: str | None = Field(
+        None, min_length=1, max_length=200, description=f"a built-in set ({IOI_PAIRS!r}, …), or give `pairs`"
+    )
+    pairs: list[PromptPairIn] | None = Field(
+        None, description=f"the pairs themselves, at most {MAX_PAIRS} (e.g. the lines of a .jsonl)"
+    )
+    position: int = POSITION
+    direction: Literal["denoise", "noise"] = Field("denoise", description="as /api/circuit, on every pair")
+    method: Method = "eap-ig"
+    steps: int = STEPS
+    top_n: int = Field(300, ge=1, le=5000, description="edges returned, largest |mean score| first")
+    seed: int = Field(0, ge=0, le=2**31, description="seeds the bootstrap resamples of the pairs")
+
+
+class SetStat(BaseModel):
+    score: float = Field(description="the mean over pairs")
+    ci_low: float = Field(description="95% percentile-bootstrap CI of the mean over pairs (seeded)")
+    ci_high: float
+    n: int = Field(description="pairs the mean is over")
+    scores: list[float] = Field(description="per pair, in the order of `pairs`")
+
+
+class SetEdgeOut(SetStat):
+    source: str
+    target: str
+    channel: str
+
+
+class SetNodeScore(SetStat):
+    id: str
+
+
+class SetPairOut(BaseModel):
+    clean: str
+    corrupted: str
+    answer: TokenRef
+    wrong: TokenRef | None
+    n_tokens: int
+    position: int = Field(description="the resolved, non-negative position")
+    metric: MetricPair
+
+
+class SetMetric(BaseModel):
+    clean: SetStat
+    corrupted: SetStat
+
+
+class CircuitPairsOut(BaseModel):
+    pair_set: str | None = Field(description="the built-in set's id, or null for pairs sent in the request")
+    n_pairs: int
+    pairs: list[SetPairOut]
+    method: str
+    steps: int
+    direction: str
+    seed: int
+    n_boot: int = Field(description="bootstrap resamples of the pairs")
+    metric: SetMetric = Field(description="logit(answer) − logit(wrong) on each prompt, over pairs")
+    node_scores: list[SetNodeScore] = Field(description="every sender: its node score over pairs")
+    edges: list[SetEdgeOut] = Field(description="the top_n edges by |mean score|, largest first")
+    n_edges: int = Field(description="edges in the model's graph")
+    parallel_blocks: bool
+    wiring: str
+    cost: Cost
+
+
+class PairSetOut(BaseModel):
+    id: str
+    description: str
+    n_pairs: int
+    pairs: list[PromptPairIn] = Field(description="the set's pairs under the served tokenizer")
+
+
+class PairSetsOut(BaseModel):
+    max_pairs: int = Field(description="the most pairs one /api/circuit_pairs request measures")
+    sets: list[PairSetOut] = Field(description="the built-in sets")

@@ -12,11 +12,14 @@ own backward, a vector-Jacobian product), so each channel gets the gradient of i
 into one block are scored at once against every earlier sender's difference: a matrix product over positions ×
 d_model. A sender's node score is the sum of its outgoing edges, which is the attribution-patching estimate of
 patching its output (its difference times the gradient at its output, by the chain rule).
+
+Over a set of prompt pairs (`attribute_pairs`), each pair is attributed on its own, in turn, as slices of work;
+the mean and its bootstrap CI over pairs are app.corpus.pairs's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -34,8 +37,9 @@ from app.inspect.engine.hooks import (
 from app.inspect.engine.nodes import NODE_OUTPUTS, Graph, NodeOutputs, Reads, head_writes, node_outputs, projection_rows
 from app.inspect.engine.rows import TOKEN_BUDGET
 from app.inspect.engine.runs import Run
+from app.inspect.engine.steps import Progress
 from app.inspect.intervene import path_patching
-from app.inspect.intervene.path_patching import cut, metric, wiring
+from app.inspect.intervene.path_patching import Direction, cut, metric, wiring
 from app.inspect.model.loaded import Loaded
 
 SCORE_BYTES = 64 << 20  # senders' differences held at once while scoring (a chunk of positions)
@@ -312,3 +316,68 @@ def faithfulness(
     ranked = att.ranked(max(ns, default=0))
     rows = [tuple((s, r) for s, r, _ in ranked[:n]) for n in ns]
     return path_patching.metrics(loaded, this, other, rows, position, answer, wrong)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A prompt pair as token ids: the position read and the metric's answer and wrong token ids."""
+
+    clean: list[int]
+    corrupted: list[int]
+    position: int  # 0 ≤ position < len(clean)
+    answer: int
+    wrong: int | None
+
+
+@dataclass
+class PairScores:
+    """Every edge's score on each pair of a set: scores[p] is pair p's Attribution.scores."""
+
+    graph: Graph
+    scores: torch.Tensor  # (n_pairs, n_receivers, n_senders) float64
+    metric_clean: list[float]  # per pair
+    metric_corrupted: list[float]
+    forwards: int  # over every pair: the two analysed runs and attribution's own
+    backwards: int
+
+    @property
+    def metrics(self) -> torch.Tensor:
+        """(n_pairs, 2) float64: the metric on each pair's clean and corrupted prompt."""
+        return torch.tensor([self.metric_clean, self.metric_corrupted], dtype=torch.float64).T
+
+    @property
+    def node_scores(self) -> torch.Tensor:
+        """(n_pairs, n_senders): each sender's outgoing edges summed, per pair."""
+        return self.scores.sum(1)
+
+    def ranked(self, top_n: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
+        """The top_n edges by |mean score over pairs| (ties in graph order): their (sender, receiver) and their
+        scores on each pair, (n_pairs, top_n)."""
+        valid = torch.arange(self.scores.shape[2])[None, :] < torch.tensor(self.graph.prefix)[:, None]  # (R, S)
+        where = valid.nonzero()  # (n_edges, 2): (receiver, sender), receiver-major
+        values = self.scores[:, valid]  # (n_pairs, n_edges), in the order of `where`
+        order = torch.sort(-values.mean(0).abs(), stable=True).indices[:top_n]
+        return [(int(s), int(r)) for r, s in where[order].tolist()], values[:, order]
+
+
+def attribute_pairs(
+    loaded: Loaded, pairs: Sequence[Pair], direction: Direction, steps: int = 1
+) -> Generator[Progress, None, PairScores]:
+    """`attribute` on each pair in turn (both prompts analysed afresh), yielding after each pair: a set of pairs
+    runs in slices on the model worker and stops between pairs when cancelled."""
+    graph = Graph.of(loaded.adapter)
+    scores = torch.zeros(len(pairs), len(graph.receivers), len(graph.senders), dtype=torch.float64)
+    on_clean: list[float] = []
+    on_corrupted: list[float] = []
+    forwards = backwards = 0
+    for i, p in enumerate(pairs):
+        clean, corrupted = runs.analyse(loaded, "", token_ids=p.clean), runs.analyse(loaded, "", token_ids=p.corrupted)
+        this, other = path_patching.pair(direction, clean, corrupted)
+        att = attribute(loaded, this, other, p.position, p.answer, p.wrong, steps)
+        scores[i] = att.scores
+        mine, theirs = att.metric_this, att.metric_other
+        on_clean.append(mine if this is clean else theirs)
+        on_corrupted.append(theirs if this is clean else mine)
+        forwards, backwards = forwards + 2 + att.forwards, backwards + att.backwards
+        yield Progress(i + 1, len(pairs))
+    return PairScores(graph, scores, on_clean, on_corrupted, forwards, backwards)
