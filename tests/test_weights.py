@@ -204,3 +204,49 @@ def test_an_unknown_qk_norm_is_refused_by_name() -> None:
     with pytest.raises(qkv.NotLinear, match=r"q_layernorm"):
         qk_attribution.cell(loaded, analyse(loaded, "", token_ids=families.ids(6)), 1, 0, 5, 2)
     assert composition.composition(loaded.adapter, "v").note is None  # values do not pass through it
+
+
+def test_effective_rank_counts_the_singular_values_that_hold_90_percent() -> None:
+    assert head_circuits.effective_rank([3.0, 0.0, 0.0]) == 1
+    assert head_circuits.effective_rank([1.0, 1.0, 1.0, 1.0]) == 4  # 3 of 4 hold only 75%
+    assert head_circuits.effective_rank([3.0, 1.0, 0.1]) == 2  # 9 / 10.01 falls just short of 90%
+    assert head_circuits.effective_rank([4.0, 1.0, 0.1]) == 1  # 16 / 17.01 ≥ 90%
+    assert head_circuits.effective_rank([2.0, 1.0, 0.5]) == 2  # 4 / 5.25 < 90% ≤ 5 / 5.25
+    assert head_circuits.effective_rank([0.0, 0.0]) == 0
+    loaded = planted_copier(1.0)  # W_OV = B·Bᵀ: head_dim equal singular values, every one needed
+    got = head_circuits.head_circuit(loaded, 1, 2)
+    assert got.ov_effective_rank == loaded.adapter.layout.head_dim
+    assert 1 <= got.qk_effective_rank <= loaded.adapter.layout.head_dim
+    assert got.qk_effective_rank == head_circuits.effective_rank(got.qk_singular_values)
+
+
+def test_bloom_copying_score_reads_the_embeddings_through_their_layernorm() -> None:
+    """BLOOM normalises the embeddings before the first block: the full OV circuit starts from LN_emb(W_E[t]), a
+    different scale and centring per token. Reference: every eigenvalue of the n × n matrix in float64."""
+    loaded = as_loaded(families.build(families.by_type("bloom")), "tiny-bloom")
+    base = loaded.model.transformer
+    gen = torch.Generator().manual_seed(5)
+    base.word_embeddings_layernorm.weight.data = 1 + torch.randn(base.word_embeddings.embedding_dim, generator=gen)
+    base.word_embeddings_layernorm.bias.data = torch.randn(base.word_embeddings.embedding_dim, generator=gen)
+    layer, head = 1, 2
+    got = head_circuits.head_circuit(loaded, layer, head, token_ids=[5, 17])
+
+    w = qkv.folded(loaded.adapter, layer, F64)
+    g = loaded.adapter.layout.kv_head(head)
+    ov = w.v[g] @ w.o[head]  # (d, d)
+    u = head_circuits.unembedding(loaded, F64)
+    sample = head_circuits.copy_sample(loaded.adapter.layout.vocab_size)
+    ln = base.word_embeddings_layernorm
+    raw = base.word_embeddings.weight.detach().to(F64)
+    normed = torch.nn.functional.layer_norm(raw, raw.shape[-1:], ln.weight.to(F64), ln.bias.to(F64), ln.eps)
+
+    def score(e: torch.Tensor) -> float:
+        lam = torch.linalg.eigvals(e[sample] @ ov @ u[sample].T)
+        return float(lam.real.sum() / lam.abs().sum())
+
+    assert got.copying_score == pytest.approx(score(normed), abs=1e-4)
+    assert abs(score(normed) - score(raw)) > 1e-2  # without the norm the score would differ: the fold matters
+    for row in got.token_map:
+        logits = normed[row.token_id] @ ov @ u.T
+        assert row.top_ids == torch.topk(logits, 5).indices.tolist()
+        assert row.self_rank == int((logits > logits[row.token_id]).sum()) + 1

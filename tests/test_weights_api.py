@@ -29,6 +29,12 @@ def test_head_circuits_contract(client: TestClient) -> None:
     assert (out["layer"], out["head"], out["kv_head"]) == (1, 3, 1)
     assert len(out["qk_singular_values"]) == len(out["ov_singular_values"]) == 8
     assert out["qk_singular_values"] == sorted(out["qk_singular_values"], reverse=True)
+    for side in ("qk", "ov"):  # the effective rank the page states: the fewest values holding 90% of Σσ²
+        sv = out[f"{side}_singular_values"]
+        r = out[f"{side}_effective_rank"]
+        total = sum(s * s for s in sv)
+        assert 1 <= r <= len(sv) and sum(s * s for s in sv[:r]) >= 0.9 * total > sum(s * s for s in sv[: r - 1])
+    assert "90%" in out["effective_rank_definition"]
     assert -1 <= out["copying_score"] <= 1 and "eigenvalues" in out["copying_definition"]
     assert [r["token"] for r in out["token_map"]] == [{"token": " the", "id": 262}, {"token": " cat", "id": 3797}]
     assert all(len(r["top"]) == 5 and r["self_rank"] >= 1 for r in out["token_map"])

@@ -86,6 +86,9 @@ async def head_circuit(
             kv_head=lay.kv_head(head),
             qk_singular_values=hc.qk_singular_values,
             ov_singular_values=hc.ov_singular_values,
+            qk_effective_rank=hc.qk_effective_rank,
+            ov_effective_rank=hc.ov_effective_rank,
+            effective_rank_definition=head_circuits.EFFECTIVE_RANK_DEFINITION,
             copying_score=hc.copying_score,
             copying_definition=head_circuits.COPYING_DEFINITION,
             token_map=[

@@ -60,6 +60,9 @@ class HeadCircuitOut(BaseModel):
     kv_head: int
     qk_singular_values: list[float] = Field(description="of W_QK = W_Q·W_Kᵀ (no attention scale), descending")
     ov_singular_values: list[float] = Field(description="of W_OV = W_V·W_O, descending")
+    qk_effective_rank: int = Field(description="effective rank of W_QK (see effective_rank_definition)")
+    ov_effective_rank: int = Field(description="effective rank of W_OV")
+    effective_rank_definition: str
     copying_score: float
     copying_definition: str
     token_map: list[TokenMapRow]

@@ -4,7 +4,8 @@ the positional QK term where positions are learned vectors, and the heads that c
 Everything uses the folded weights of app.inspect.observe.qkv (norm scales and centring folded in; σ, biases
 and RoPE left out). The full OV circuit of a token t is e_t·W_OV·W_Uᵀ: its embedding through the head's OV
 matrix read by the unembedding (final norm folded in: W_U ← W_U·diag(A_f)·P), i.e. how much the head, attending
-to t, raises each output token's logit.
+to t, raises each output token's logit. Its embedding is what the token writes to the residual stream: through
+the embedding norm where there is one (BLOOM).
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ ALIBI_REASON = (
     "ALiBi: position enters as a per-head bias proportional to the distance, added to the scores and not read "
     "through W_Q or W_K; QK attribution reports it beside the terms"
 )
+EFFECTIVE_RANK_SHARE = 0.9
+EFFECTIVE_RANK_DEFINITION = (
+    f"the fewest singular values σ whose Σσ² holds {EFFECTIVE_RANK_SHARE:.0%} of the matrix's squared Frobenius "
+    "norm: how many directions the circuit really uses"
+)
+EMBEDDING_NORMS = ("word_embeddings_layernorm",)  # a norm between the embedding table and the first block (BLOOM)
 ROTARY_REASON = (
     "rotary positions: position enters as a rotation of q and k by an angle set by the offset, not as a vector "
     "in the residual stream, so the weights alone give no positional QK term; QK attribution on a text shows it"
@@ -67,6 +74,8 @@ class HeadCircuit:
 
     qk_singular_values: list[float]  # of W_QK = W_Q·W_Kᵀ (no attention scale), descending
     ov_singular_values: list[float]  # of W_OV = W_V·W_O
+    qk_effective_rank: int  # see effective_rank
+    ov_effective_rank: int
     copying_score: float
     token_map: list[TokenRow]
     positional: Positional
@@ -81,6 +90,15 @@ def _sv(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     return [float(s) for s in torch.linalg.svdvals(ra @ rb.T)]
 
 
+def effective_rank(singular_values: list[float], share: float = EFFECTIVE_RANK_SHARE) -> int:
+    """The fewest leading singular values whose squares hold `share` of Σσ² (0 for a zero matrix)."""
+    energy = torch.tensor(singular_values, dtype=torch.float64).pow(2)
+    total = float(energy.sum())
+    if total == 0:
+        return 0
+    return int((energy.cumsum(0) < share * total).sum()) + 1
+
+
 def unembedding(loaded: Loaded, dtype: torch.dtype) -> torch.Tensor:
     """W_U (vocab, d) with the final norm's scale (and centring) folded in: logits = y·W_Uᵀ for the unnormed y/σ."""
     w, _ = weight_of(loaded.adapter.unembedding())
@@ -88,10 +106,19 @@ def unembedding(loaded: Loaded, dtype: torch.dtype) -> torch.Tensor:
     return qkv.fold_output(form, w.detach().to(dtype))
 
 
-def embedding(loaded: Loaded, dtype: torch.dtype) -> torch.Tensor:
+def embedded(loaded: Loaded, token_ids: torch.Tensor | list[int], dtype: torch.dtype) -> torch.Tensor:
+    """What tokens write to the residual stream: their embedding rows, through the embedding norm where the model
+    has one (BLOOM's LayerNorm, a different scale and centring per token), on the CPU: (n, d)."""
     emb = loaded.model.get_input_embeddings()
     assert isinstance(emb, nn.Embedding)
-    return emb.weight.detach().to(dtype)  # (vocab, d)
+    ids = torch.as_tensor(token_ids, dtype=torch.long, device=emb.weight.device)
+    base = loaded.adapter.backbone()
+    norm = next((getattr(base, n) for n in EMBEDDING_NORMS if isinstance(getattr(base, n, None), nn.Module)), None)
+    with torch.no_grad():
+        rows: torch.Tensor = emb(ids)
+        if norm is not None:
+            rows = norm(rows)
+    return rows.to(dtype).cpu()
 
 
 def copying_score(e: torch.Tensor, v: torch.Tensor, o: torch.Tensor, u: torch.Tensor) -> float:
@@ -176,11 +203,12 @@ def head_circuit(
     w = qkv.folded(adapter, layer, dtype)
     g = lay.kv_head(head)
     q, k, v, o = w.q[head].cpu(), w.k[g].cpu(), w.v[g].cpu(), w.o[head].cpu()
-    e, u = embedding(loaded, dtype).cpu(), unembedding(loaded, dtype).cpu()
+    u = unembedding(loaded, dtype).cpu()
     sample = copy_sample(lay.vocab_size)
+    sources = token_ids if token_ids is not None else sample_tokens(loaded)
     rows = []
-    for t in token_ids if token_ids is not None else sample_tokens(loaded):
-        logits = ((e[t] @ v) @ o) @ u.T  # (vocab,)
+    for t, e_t in zip(sources, embedded(loaded, sources, dtype), strict=True):
+        logits = ((e_t @ v) @ o) @ u.T  # (vocab,)
         top = torch.topk(logits, min(top_k, logits.numel()))
         rank = int((logits > logits[t]).sum()) + 1
         rows.append(TokenRow(t, top.indices.tolist(), top.values.tolist(), rank))
@@ -190,10 +218,13 @@ def head_circuit(
         order = torch.argsort(torch.nan_to_num(col, nan=-1.0), descending=True)[: min(top_k, layer * lay.n_heads)]
         senders[kind] = [(int(i) // lay.n_heads, int(i) % lay.n_heads, float(col[i])) for i in order]
     norms = qkv.qk_norms(adapter, layer)
+    qk_sv, ov_sv = _sv(q, k), _sv(v, o.T)
     return HeadCircuit(
-        qk_singular_values=_sv(q, k),
-        ov_singular_values=_sv(v, o.T),
-        copying_score=copying_score(e[sample], v, o, u[sample]),
+        qk_singular_values=qk_sv,
+        ov_singular_values=ov_sv,
+        qk_effective_rank=effective_rank(qk_sv),
+        ov_effective_rank=effective_rank(ov_sv),
+        copying_score=copying_score(embedded(loaded, sample, dtype), v, o, u[sample]),
         token_map=rows,
         positional=positional(loaded, layer, q, k),
         top_senders=senders,
