@@ -185,11 +185,21 @@ class ExampleOut(BaseModel):
     tokens: list[str] = Field(description="the text's tokens (cut to the job's max_tokens)")
     query_pos: int | None = Field(description="where in the text the head does it most (null: no such cell)")
     key_pos: int | None
+    decile: int | None = Field(
+        None, description='with sample="deciles": the decile (0–9, 9 = highest) of the text\'s score among the texts'
+    )
 
 
 class ExamplesOut(BaseModel):
     metric: str
+    sample: Literal["top", "deciles"] = "top"
     examples: list[ExampleOut]
+    bounds: list[float | None] | None = Field(
+        None,
+        description='with sample="deciles": the 11 edges of the deciles of the head\'s per-text scores '
+        "(np.quantile at 0, 0.1, …, 1; decile d holds bounds[d] ≤ score ≤ bounds[d+1])",
+    )
+    seed: int | None = Field(None, description='with sample="deciles": the seed of the draw')
 
 
 class HeadName(BaseModel):
@@ -201,3 +211,33 @@ class JobSimilarityOut(BaseModel):
     n_texts: int = Field(description="texts averaged")
     heads: list[HeadName] = Field(description="layer order")
     matrix: list[list[float]] = Field(description="n × n, as /api/similarity, averaged over texts")
+
+
+class QKPoint(BaseModel):
+    x: float
+    y: float
+    kind: Literal["query", "key"]
+    text_index: int = Field(description="the text's index in the dataset")
+    position: int = Field(description="the token's position in the text (cut to the job's max_tokens)")
+    token: str
+    before: str = Field(description="the few tokens before it, for context")
+
+
+class QKEmbeddingOut(BaseModel):
+    layer: int
+    head: int
+    kv_head: int = Field(description="the KV head whose keys these are (GQA: shared by its query heads)")
+    method: Literal["pca"] = "pca"
+    color: Literal["kind", "position", "token"]
+    n_texts: int = Field(description="the job's finished texts the positions were sampled from")
+    positions_seen: int = Field(description="positions in those texts")
+    n_positions: int = Field(description="positions sampled (seeded reservoir, at most max_positions)")
+    max_positions: int
+    seed: int
+    scale: float = Field(description="queries are multiplied and keys divided by it: equal mean lengths")
+    key_shift: list[float] = Field(
+        description="added to every (scaled) key so that the key centroid is the query centroid; softmax is "
+        "unchanged, since a query's scores all gain the same a·q·key_shift"
+    )
+    explained: list[float] = Field(description="share of the variance along x and y")
+    points: list[QKPoint] = Field(description="each sampled position's query, then every key, in text order")

@@ -6,12 +6,13 @@ import asyncio
 import csv
 import io
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
 from app.api.corpus_schemas import (
@@ -26,15 +27,19 @@ from app.api.corpus_schemas import (
     JobOut,
     JobProgress,
     JobSimilarityOut,
+    QKEmbeddingOut,
+    QKPoint,
     StatOut,
 )
-from app.api.deps import JobsDep, ServiceDep
+from app.api.deps import JobsDep, ServiceDep, checked_index
 from app.api.encode import dumps
 from app.api.schemas import CONFLICT, ERRORS, NOT_FOUND
+from app.corpus.examples import describe
 from app.corpus.jobs import JobSpec, progress
 from app.corpus.jobstore import JobRecord
+from app.corpus.qk_space import MAX_POSITIONS, head_embedding_steps
 from app.corpus.results import export_rows
-from app.inspect.engine.runs import encode, token_strings
+from app.errors import Conflict
 from app.inspect.observe.registry import SimilarityName
 
 router = APIRouter(prefix="/api", tags=["jobs"])
@@ -165,27 +170,81 @@ def job_examples(
     jobs: JobsDep,
     svc: ServiceDep,
     metric: Annotated[str, Query(min_length=1, max_length=50)] = "text_induction",
-    k: Annotated[int, Query(ge=1, le=100)] = 5,
+    k: Annotated[int, Query(ge=1, le=100, description="texts; with deciles, texts per decile")] = 5,
+    sample: Annotated[Literal["top", "deciles"], Query()] = "top",
+    seed: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="the deciles' draw (default: the job's)")] = None,
 ) -> ExamplesOut:
-    """The texts where this head scores highest on `metric`, with where in each text it does it most."""
+    """The texts where this head scores highest on `metric` (or k drawn from each decile of its per-text scores),
+    with where in each text it does it most."""
     job = jobs.get(job_id)
-    found = jobs.results.examples(job, metric, layer, head, k)
     tokenizer = svc.model.tokenizer
     texts = jobs.datasets.texts(job.dataset)
-    examples = []
-    for index, score, where in found:
-        ids = encode(tokenizer, texts[index])[: job.max_tokens]
-        examples.append(
-            ExampleOut(
-                text_index=index,
-                score=score,
-                text=texts[index],
-                tokens=token_strings(tokenizer, ids),
-                query_pos=where[0] if where else None,
-                key_pos=where[1] if where else None,
-            )
+
+    def example(index: int, score: float, where: tuple[int, int] | None, decile: int | None = None) -> ExampleOut:
+        return ExampleOut(**describe(tokenizer, texts[index], job.max_tokens, index, score, where, decile))
+
+    if sample == "top":
+        found = jobs.results.examples(job, metric, layer, head, k)
+        return ExamplesOut(metric=metric, examples=[example(i, s, w) for i, s, w in found])
+    seed = job.seed if seed is None else seed
+    bounds, drawn = jobs.results.decile_examples(job, metric, layer, head, k, seed)
+    return ExamplesOut(
+        metric=metric,
+        sample="deciles",
+        examples=[example(i, s, w, d) for i, d, s, w in drawn],
+        bounds=[None if math.isnan(b) else b for b in bounds],
+        seed=seed,
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/heads/{layer}/{head}/qk_embedding",
+    response_model=QKEmbeddingOut,
+    responses={**ERRORS, **NOT_FOUND, **CONFLICT},
+)
+async def job_qk_embedding(
+    job_id: JobId,
+    layer: Annotated[int, Path(ge=0, le=10_000)],
+    head: Annotated[int, Path(ge=0, le=10_000)],
+    request: Request,
+    jobs: JobsDep,
+    svc: ServiceDep,
+    color: Annotated[Literal["kind", "position", "token"], Query(description="what the page colours by")] = "kind",
+) -> QKEmbeddingOut:
+    """The head's post-RoPE queries and keys at up to 10,000 sampled positions of the job's texts, in one 2-D
+    PCA space after AttentionViz's normalisation (computed on the model worker in slices, then kept)."""
+    job = await asyncio.to_thread(jobs.get, job_id)
+    n_layers, n_heads, group = jobs.results.shape(job)
+    checked_index("layer", "layer", layer, n_layers)
+    checked_index("head", "head", head, n_heads)
+    if job.model is not None and job.model != svc.model.name:
+        raise Conflict(f"job {job_id} ran on {job.model}; this server serves {svc.model.name}")
+    key = (job.id, job.done, layer, head)
+    found = jobs.embeddings.get(key)
+    if found is None:
+        indices = sorted(await asyncio.to_thread(jobs.store.stored_texts, job.id))
+        texts = await asyncio.to_thread(jobs.datasets.texts, job.dataset)
+        steps = head_embedding_steps(
+            svc.model, texts, indices, job.max_tokens, layer, head, job.seed, jobs.samples, (job.id, job.done, layer)
         )
-    return ExamplesOut(metric=metric, examples=examples)
+        found = await svc.sliced("Q/K embedding", steps, request.is_disconnected)
+        jobs.embeddings.put(key, found)
+    e = found.embedding
+    return QKEmbeddingOut(
+        layer=layer,
+        head=head,
+        kv_head=head // group,
+        color=color,
+        n_texts=found.n_texts,
+        positions_seen=found.seen,
+        n_positions=len(found.points) // 2,
+        max_positions=MAX_POSITIONS,
+        seed=job.seed,
+        scale=e.scale,
+        key_shift=e.key_shift.tolist(),
+        explained=e.explained.tolist(),
+        points=[QKPoint(**p) for p in found.points],  # type: ignore[arg-type]
+    )
 
 
 @router.get("/jobs/{job_id}/similarity", response_model=JobSimilarityOut, responses={**ERRORS, **NOT_FOUND, **CONFLICT})

@@ -35,8 +35,10 @@ from app.corpus.cluster import Cluster, ClusterLost, tokenizer_copy
 from app.corpus.datasets import DatasetStore
 from app.corpus.jobstore import JobRecord, JobStore, now_iso
 from app.corpus.measure import length_batches, measure_batch_steps
+from app.corpus.qk_space import CACHED, LRU, HeadEmbedding
 from app.corpus.records import BatchResult
 from app.corpus.results import Results
+from app.corpus.sampling import Reservoir
 from app.errors import Cancelled, Conflict, InvalidInput, NotReady
 from app.inspect.engine.runs import encode
 from app.inspect.engine.segments import SLICE_TOKENS
@@ -108,6 +110,8 @@ class Jobs:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_texts = max_batch_texts
         self.results = Results(store)
+        self.samples: LRU[tuple[object, ...], Reservoir] = LRU(2)  # Q/K samples of recent layers (~30 MB each)
+        self.embeddings: LRU[tuple[object, ...], HeadEmbedding] = LRU(CACHED)  # per (job, texts done, head)
         self._tasks: dict[str, Sliced[None]] = {}
         self._runs: dict[str, object] = {}  # job id → token of its current run: a cancelled run's exit is ignored
         self._listeners: dict[str, list[Callable[[JobRecord], None]]] = {}

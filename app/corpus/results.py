@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from app.corpus import stats
-from app.corpus.jobstore import JobRecord, JobStore
+from app.corpus import sampling, stats
+from app.corpus.jobstore import JobRecord, JobStore, StoredValues
 from app.errors import Conflict, InvalidInput
 from app.inspect.observe import registry
 
@@ -62,6 +62,11 @@ class Results:
         self._tables: OrderedDict[tuple[str, int, bool], HeadTable] = OrderedDict()
         self._lock = threading.Lock()
 
+    @staticmethod
+    def shape(job: JobRecord) -> tuple[int, int, int]:
+        """(n_layers, n_heads, group_size) of the job's model; 409 before its first finished batch."""
+        return _shape(job)
+
     def heads(self, job: JobRecord) -> HeadTable:
         n_layers, n_heads, group_size = _shape(job)
         key = (job.id, job.done, job.state == "done")
@@ -96,25 +101,48 @@ class Results:
         self, job: JobRecord, metric: str, layer: int, head: int, k: int
     ) -> list[tuple[int, float, tuple[int, int] | None]]:
         """The k texts where the head scores highest: (text_index, score, (query_pos, key_pos) or None)."""
+        stored, metric = self._scores(job, metric, layer, head)
+        return [
+            (int(stored.indices[row]), float(score), self._where(job, int(stored.indices[row]), metric, layer, head))
+            for row, score in stats.top_examples(stored.values[metric], layer, head, k)
+        ]
+
+    def decile_examples(
+        self, job: JobRecord, metric: str, layer: int, head: int, k: int, seed: int
+    ) -> tuple[list[float], list[tuple[int, int, float, tuple[int, int] | None]]]:
+        """Up to k texts drawn (seeded) from each decile of the head's per-text scores, top decile first.
+
+        Returns the 11 decile edges and (text_index, decile, score, (query_pos, key_pos) or None) per text.
+        """
+        stored, metric = self._scores(job, metric, layer, head)
+        drawn = sampling.deciles(stored.values[metric][:, layer, head], k, seed)
+        out = []
+        for row, decile, score in drawn.rows:
+            text_index = int(stored.indices[row])
+            out.append((text_index, decile, score, self._where(job, text_index, metric, layer, head)))
+        return [float(b) for b in drawn.bounds], out
+
+    def _scores(self, job: JobRecord, metric: str, layer: int, head: int) -> tuple[StoredValues, str]:
+        """The job's stored values under today's names, checked to hold `metric` and head (layer, head)."""
         n_layers, n_heads, _ = _shape(job)
         if not (0 <= layer < n_layers and 0 <= head < n_heads):
             raise InvalidInput(f"head L{layer}H{head} out of range; the job's model has {n_layers}×{n_heads} heads")
         stored = self.store.values(job.id, (n_layers, n_heads))
-        values = _current(stored.values)
+        stored = StoredValues(stored.indices, stored.n_tokens, _current(stored.values))
         metric = RENAMED.get(metric, metric)
-        if metric not in values:
-            raise InvalidInput(f"metric {metric!r} was not computed by this job; it has {sorted(values)}")
-        out: list[tuple[int, float, tuple[int, int] | None]] = []
-        for row, score in stats.top_examples(values[metric], layer, head, k):
-            text_index = int(stored.indices[row])
-            cells = self.store.cells(job.id, text_index, metric, (n_layers, n_heads))
-            if cells is None and metric in FIRST_NAME:
-                cells = self.store.cells(job.id, text_index, FIRST_NAME[metric], (n_layers, n_heads))
-            where = None
-            if cells is not None and int(cells[layer, head, 0]) >= 0:
-                where = (int(cells[layer, head, 0]), int(cells[layer, head, 1]))
-            out.append((text_index, float(score), where))
-        return out
+        if metric not in stored.values:
+            raise InvalidInput(f"metric {metric!r} was not computed by this job; it has {sorted(stored.values)}")
+        return stored, metric
+
+    def _where(self, job: JobRecord, text_index: int, metric: str, layer: int, head: int) -> tuple[int, int] | None:
+        """Where in the text the head does it most for `metric`: (query_pos, key_pos), or None (no such cell)."""
+        n_layers, n_heads, _ = _shape(job)
+        cells = self.store.cells(job.id, text_index, metric, (n_layers, n_heads))
+        if cells is None and metric in FIRST_NAME:
+            cells = self.store.cells(job.id, text_index, FIRST_NAME[metric], (n_layers, n_heads))
+        if cells is None or int(cells[layer, head, 0]) < 0:
+            return None
+        return int(cells[layer, head, 0]), int(cells[layer, head, 1])
 
     def similarity(self, job: JobRecord, metric: str) -> tuple[int, list[dict[str, int]], np.ndarray]:
         """(texts averaged, heads in layer order, the (n, n) mean similarity matrix)."""
