@@ -1,17 +1,21 @@
-"""Loading: registry, unsupported architectures, safetensors only, device and dtype choice."""
+"""Loading: registry, unsupported architectures, safetensors only, device and dtype choice, and the start-up
+checks' verdict kept in a model's cache folder."""
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
 import re
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from transformers import BertConfig, BertModel
 
 from app.config import Settings
-from app.inspect import loading
+from app.inspect import checks, loading
 from app.inspect.model.adapters import Adapter
 from app.inspect.model.families import UnsupportedArchitecture
 from tests.support.models import gpt2_tokenizer, save_tiny
@@ -106,3 +110,81 @@ def test_each_family_loads_from_a_directory(tmp_path: Path, arch: str) -> None:
     assert loaded.adapter.layout.architecture == arch
     assert loaded.model.config._attn_implementation == "headscope"
     assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def _count_probes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each time the start-up checks' probe forwards run (they still run)."""
+    probes: list[str] = []
+    probe = checks._probe
+
+    def counted(model: torch.nn.Module, adapter: Adapter) -> None:
+        probes.append(adapter.layout.architecture)
+        probe(model, adapter)
+
+    monkeypatch.setattr(checks, "_probe", counted)
+    return probes
+
+
+def _touch(folder: Path) -> None:
+    """The weights rewritten: a later modification time, the same bytes."""
+    weights = next(folder.glob("*.safetensors"))
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+
+
+def test_a_passed_check_is_kept_beside_the_cached_model_and_redone_when_its_key_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    folder = save_tiny(cache / "tiny", "llama")
+    probes = _count_probes(monkeypatch)
+
+    def load(dtype: str = "float32") -> Adapter:
+        return loading.load(str(folder), device="cpu", dtype=dtype, cache=cache).adapter
+
+    first = load()
+    kept = json.loads((folder / checks.VERDICT_FILE).read_text())
+    assert probes == ["llama"] and kept["passed"] is True and kept["dla_gap"] is None
+    again = load()  # nothing changed: the verdict is used, the probes skipped, the gaps as found
+    assert probes == ["llama"] and again.gaps == first.gaps == {False: None, True: None}
+    _touch(folder)
+    load()
+    assert len(probes) == 2
+    load()
+    assert len(probes) == 2
+    monkeypatch.setattr(transformers, "__version__", "0.0.0-another")
+    load()
+    assert len(probes) == 3
+    load(dtype="bfloat16")
+    assert len(probes) == 4
+    assert json.loads((folder / checks.VERDICT_FILE).read_text())["key"] != kept["key"]
+
+    elsewhere = save_tiny(tmp_path / "elsewhere", "llama")  # not in the cache folder: always probed, nothing kept
+    for _ in range(2):
+        loading.load(str(elsewhere), device="cpu", dtype="float32", cache=cache)
+    assert len(probes) == 6 and not (elsewhere / checks.VERDICT_FILE).exists()
+
+
+def test_a_refused_model_is_never_kept_and_is_refused_again_with_the_same_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    folder = save_tiny(cache / "tiny", "llama")
+    probes = _count_probes(monkeypatch)
+    gap = "llama computes its logits in a way tracing does not reproduce (here: made to)"
+
+    def refused() -> str:
+        with pytest.raises(UnsupportedArchitecture) as err:
+            loading.load(str(folder), device="cpu", dtype="float32", cache=cache)
+        return str(err.value)
+
+    with monkeypatch.context() as m:  # the probe finds logits lm_head() does not reproduce
+        m.setattr(checks, "_readout_gap", lambda adapter: gap)
+        assert [refused(), refused()] == [f"architecture 'llama': {gap}"] * 2
+        assert len(probes) == 2 and not (folder / checks.VERDICT_FILE).exists()
+    loading.load(str(folder), device="cpu", dtype="float32", cache=cache)  # as it is: served, and kept
+    assert len(probes) == 3 and (folder / checks.VERDICT_FILE).exists()
+    with monkeypatch.context() as m:
+        m.setattr(checks, "_readout_gap", lambda adapter: gap)
+        _touch(folder)  # the model changed: probed again, and refused with the same error
+        assert refused() == f"architecture 'llama': {gap}" and len(probes) == 4

@@ -174,9 +174,19 @@ def load(
     model.eval()  # type: ignore[no-untyped-call]
     model.requires_grad_(False)
     capture.install(model)
-    checks.check_served(model, adapter)  # refuses, naming what is missing, a model whose maps would be wrong
+    # refuses, naming what is missing, a model whose maps would be wrong; a model prepared in `cache` keeps
+    # its passed verdict there, so a later start with nothing changed skips the probe forwards
+    checks.check_served(model, adapter, verdicts=_cache_folder(source, cache))
     log.info("loaded %s in %.1f s (%s)", display, time.perf_counter() - start, adapter.layout)
     return Loaded(name=display, model=model, tokenizer=tokenizer, adapter=adapter, device=dev, dtype=dt)
+
+
+def _cache_folder(source: str, cache: Path) -> Path | None:
+    """`source` when it is a model folder inside `cache` (a registry model prepared there), else None."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
+    return folder if folder.resolve().is_relative_to(cache.resolve()) else None
 
 
 def check(name: str, cache: Path = CACHE) -> str:
