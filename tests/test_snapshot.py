@@ -112,3 +112,19 @@ def test_figures_a_page_drew_are_kept_without_running_the_text(client: TestClien
         headers={"content-type": "application/json"},
     )
     assert nan.status_code == 422 and nan.json()["error"] == "invalid_input"
+
+
+def test_a_file_with_heads_switched_off_holds_the_predictions_before_and_after(client: TestClient) -> None:
+    """The heads page's Save as HTML with heads off: the file carries exactly what /api/ablate gives for them."""
+    text = "The cat sat on the mat. The cat"
+    off = [{"layer": 0, "head": 1}, {"layer": 1, "head": 3}]
+    res = client.post("/api/snapshot", json={"text": text, "heads": [off[0]], "ablate": off, "mode": "mean"})
+    assert res.status_code == 200
+    saved = _data(res.text)["ablation"]
+    want = client.post("/api/ablate", json={"text": text, "ablate": off, "mode": "mean"}).json()
+    assert saved.pop("ablate") == off and saved.pop("mode") == "mean"
+    assert saved == {k: v for k, v in want.items() if k != "maps"}
+    assert want["delta_loss"] != 0 and [t["id"] for t in saved["ablated"]["top_k"]] != []
+    assert _data(client.post("/api/snapshot", json={"text": text}).text)["ablation"] is None
+    bad = client.post("/api/snapshot", json={"text": text, "ablate": [{"layer": 9, "head": 0}]})
+    assert bad.status_code == 422 and bad.json()["error"] == "invalid_input" and "ablate" in bad.json()["detail"]

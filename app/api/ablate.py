@@ -7,7 +7,7 @@ from fastapi.responses import Response
 
 from app.api.deps import ServiceDep, check_map_budget, checked_heads, checked_ids
 from app.api.encode import json_response, maps_json
-from app.api.schemas import ERRORS, AblateIn, AblateOut, PredictionOut
+from app.api.schemas import ERRORS, AblateIn, AblateOut
 from app.inspect.intervene.ablation import ablate as run_ablation
 
 router = APIRouter(prefix="/api", tags=["ablation"])
@@ -26,15 +26,7 @@ async def ablate(body: AblateIn, svc: ServiceDep) -> Response:
         loaded = svc.model
         run = svc.run_for(body.text, ids)
         cmp = run_ablation(loaded, run, heads, body.mode, body.top_k, map_heads)
-        out = AblateOut(
-            tokens=run.tokens,
-            token_ids=run.token_ids,
-            baseline=PredictionOut.of(cmp.baseline, loaded.tokenizer),
-            ablated=PredictionOut.of(cmp.ablated, loaded.tokenizer),
-            kl_last=cmp.kl_last,
-            kl_per_position=cmp.kl_per_position,
-            delta_loss=cmp.delta_loss,
-        )
+        out = AblateOut.of(cmp, run, loaded.tokenizer)
         maps = maps_json([(ly, h, w) for (ly, h), w in cmp.maps.items()], body.encoding)
         return json_response(out.model_dump(exclude={"maps"}), {"maps": maps})
 

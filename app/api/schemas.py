@@ -7,7 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from app.api.encode import Encoding
-from app.inspect.engine.runs import Prediction
+from app.inspect.engine.runs import Prediction, Run
+from app.inspect.intervene.ablation import Comparison
 from app.inspect.observe import registry
 from app.inspect.observe.registry import HeadMetric, SimilarityName
 from app.inspect.observe.similarity import Similarity
@@ -212,6 +213,19 @@ class AblateOut(Tokens):
     kl_per_position: list[float]
     delta_loss: float | None = Field(description="ablated.loss − baseline.loss")
     maps: list[HeadMap] = Field(default_factory=list, description="requested heads' maps under the ablation")
+
+    @classmethod
+    def of(cls, cmp: Comparison, run: Run, tokenizer: object) -> AblateOut:
+        """The response form of an ablation on `run` (its maps, if any, travel separately)."""
+        return cls(
+            tokens=run.tokens,
+            token_ids=run.token_ids,
+            baseline=PredictionOut.of(cmp.baseline, tokenizer),
+            ablated=PredictionOut.of(cmp.ablated, tokenizer),
+            kl_last=cmp.kl_last,
+            kl_per_position=cmp.kl_per_position,
+            delta_loss=cmp.delta_loss,
+        )
 
 
 # -- similarity ----------------------------------------------------------------------------------

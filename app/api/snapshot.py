@@ -1,4 +1,4 @@
-"""One self-contained HTML file of a text's views (grid, maps, similarity): the page's "Save as HTML"."""
+"""One self-contained HTML file of a text's views (grid, maps, similarity, ablation): the page's "Save as HTML"."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from fastapi.responses import HTMLResponse
 from app.api.deps import ServiceDep, check_map_budget, checked_heads, checked_ids
 from app.api.encode import f16_base64
 from app.api.grid import overview_out
-from app.api.schemas import ERRORS, RoleInfo, SimilarityOut
+from app.api.schemas import ERRORS, AblateOut, RoleInfo, SimilarityOut
 from app.api.snapshot_schemas import SnapshotIn
+from app.inspect.intervene.ablation import ablate as run_ablation
 from app.inspect.model.variants import variants_of
 from app.inspect.observe import registry
 from app.inspect.observe.similarity import head_similarity
@@ -47,6 +48,7 @@ async def snapshot(body: SnapshotIn, svc: ServiceDep) -> HTMLResponse:
     layout = svc.model.adapter.layout
     heads = checked_heads(layout, body.heads, "heads")
     cmp = checked_heads(layout, [body.cmp], "cmp") if body.cmp else []
+    off = checked_heads(layout, body.ablate, "ablate")
     ids = checked_ids(svc, body.text)
     check_map_budget(svc, len(heads), len(ids))
 
@@ -63,6 +65,11 @@ async def snapshot(body: SnapshotIn, svc: ServiceDep) -> HTMLResponse:
             every = [(ly, h) for ly in range(layout.n_layers) for h in range(layout.n_heads)]
             found = head_similarity(run, layout, every, body.similarity, "layer")
             sim = SimilarityOut.of(found, body.similarity, "layer").model_dump()
+        ablation = None
+        if off:  # as /api/ablate answers it, with what was switched off and how
+            compared = run_ablation(loaded, run, off, body.mode, 10, [])
+            ablation = AblateOut.of(compared, run, loaded.tokenizer).model_dump(exclude={"maps"})
+            ablation.update(ablate=[{"layer": ly, "head": h} for ly, h in off], mode=body.mode)
         variants = variants_of(loaded.model, loaded.adapter)
         shown = [f"L{ly}H{h}" for ly, h in heads[:4]] + (["…"] if len(heads) > 4 else [])
         return Snapshot(
@@ -84,9 +91,10 @@ async def snapshot(body: SnapshotIn, svc: ServiceDep) -> HTMLResponse:
                 "cmp": {"layer": cmp[0][0], "head": cmp[0][1]} if cmp else None,
                 "scale": body.scale,
             },
+            ablation=ablation,
         )
 
-    figures_only = not heads and not body.thumbnails and body.similarity is None
+    figures_only = not heads and not body.thumbnails and body.similarity is None and not off
     snap = _figures(body, svc) if figures_only else await svc.call(work, n_tokens=len(ids))
     page = await asyncio.to_thread(render, snap)
     disposition = f'attachment; filename="{_file_name(snap.title)}"'

@@ -33,3 +33,9 @@ class SnapshotIn(TextIn):
     )
     cmp: HeadRef | None = Field(None, description="shown beside the first of `heads` when the file opens")
     scale: Literal["linear", "log"] = "linear"
+    ablate: list[HeadRef] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="heads switched off: the file holds the next-token predictions with and without them",
+    )
+    mode: Literal["zero", "mean"] = Field("zero", description="how `ablate` switches a head off, as /api/ablate")

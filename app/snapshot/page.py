@@ -35,7 +35,9 @@ class Snapshot:
     `overview` an /api/overview response (the grid), `similarity` an /api/similarity response,
     `model_info` GET /api/model (KV groups for the grid), `roles` GET /api/roles' `roles`; `figures` Plotly
     figures as a page drew them ({title, data, layout}: the trace views);
-    `show` the first view: {"head": {layer, head}, "cmp": {...} or None, "scale": "linear" or "log"}."""
+    `show` the first view: {"head": {layer, head}, "cmp": {...} or None, "scale": "linear" or "log"};
+    `ablation` an /api/ablate response with `ablate` (the heads switched off) and `mode`: the next-token
+    predictions with and without them, drawn as the Heads page's panel draws them."""
 
     title: str
     model: str
@@ -48,6 +50,7 @@ class Snapshot:
     roles: list[dict[str, Any]] = field(default_factory=list)
     figures: list[dict[str, Any]] = field(default_factory=list)
     show: dict[str, Any] | None = None
+    ablation: dict[str, Any] | None = None
     date: str = field(default_factory=_now)
     version: str = __version__
 

@@ -4,7 +4,10 @@ import { ApiError } from "../lib/api.js";
 import { authHeaders } from "../lib/auth.js";
 import { download } from "../lib/util.js";
 
-/** What the file holds for `view` ("grid", "heat" or "sim"): the grid always, the shown heads' maps, the matrix. */
+/**
+ * What the file holds for `view` ("grid", "heat" or "sim"): the grid always, the shown heads' maps, the matrix,
+ * and with heads switched off the next-token predictions with and without them (the server runs both).
+ */
 export function snapshotBody(text, S, view) {
   const heads = [S.head, S.mode === "compare" ? S.cmp : null].filter(Boolean);
   return {
@@ -14,6 +17,8 @@ export function snapshotBody(text, S, view) {
     thumbnails: true,
     similarity: view === "sim" ? S.metric : null,
     scale: S.scale,
+    ablate: S.mask,
+    mode: S.abl,
   };
 }
 

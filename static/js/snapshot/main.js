@@ -2,6 +2,8 @@
 // (the grid, the head view's maps, the similarity matrix). It never makes a request: the data, plotly.js and
 // this code are all in the file (app/snapshot/page.py writes it; app/snapshot/bundle.py links these modules).
 // Every figure exports SVG the way the page does: Plotly's own SVG in the browser (the grid: its own SVG).
+// Heads switched off: the next-token panel before and after, drawn by the Heads page's own Ablation view.
+import { Ablation } from "../heads/ablation.js";
 import { exportGrid, exportPlot, slug } from "../heads/export.js";
 import { Grid } from "../heads/grid.js";
 import { drawMaps } from "../heads/heatmap.js";
@@ -71,6 +73,25 @@ function laidOut(node) {
 
 const held = (maps, h) => maps.heads.findIndex((m) => sameHead(m, h));
 
+/** The next-token predictions with and without the heads a snapshot switched off, as the Heads page shows them. */
+function ablationPanel(data) {
+  const a = data.ablation;
+  const nodes = {
+    panel: el("section", { class: "hs-ablation" }),
+    metrics: el("div", { class: "metrics" }),
+    topk: el("div", { class: "topk" }),
+    tokens: el("div", { class: "token-text" }),
+    caption: el("span", { class: "muted" }),
+  };
+  const off = a.ablate.map(headLabel).join(", ");
+  fill(nodes.panel, el("h3", {}, `Next token, ${off} switched off (${a.mode})`), nodes.metrics, nodes.topk, el("h3", { class: "sub" }, "Text ", nodes.caption), nodes.tokens);
+  const view = new Ablation(nodes, () => {});
+  view.run = { text: data.text, tokens: a.tokens, token_ids: a.token_ids, prediction: a.baseline };
+  view.result = { ...a, n: a.ablate.length, mode: a.mode };
+  view.render();
+  return nodes.panel;
+}
+
 /** Draw the snapshot whose data sits in `root` (its script.hs-data, and script.hs-plotly when it carries one). */
 export async function mount(root) {
   const data = JSON.parse(root.querySelector("script.hs-data").textContent);
@@ -116,6 +137,7 @@ export async function mount(root) {
     body.append(el("section", { class: "hs-fig" }, el("div", { class: "controls" }, el("h3", {}, fig.title), save), div));
     return [div, fig];
   });
+  if (data.ablation) body.append(ablationPanel(data));
   let sim = null;
   if (data.similarity) {
     sim = el("div", { class: "plot hs-similarity" });
@@ -129,10 +151,14 @@ export async function mount(root) {
   }
   if (sim) await drawSimilarity(sim, data.similarity, (a, b) => show({ head: a, cmp: b }));
 
+  const mask = data.ablation?.ablate ?? [];
   /** Change what is shown: a head the snapshot holds is drawn; any other is named as missing. */
   async function show(patch) {
     Object.assign(state, patch);
-    if (!data.maps) return;
+    if (!data.maps) {
+      grid?.mark({ mask, head: null, cmp: null, mode: "compare" });
+      return;
+    }
     const heads = [state.head, state.cmp].filter((h) => h && held(data.maps, h) >= 0);
     const missing = [state.head, state.cmp].filter((h) => h && held(data.maps, h) < 0).map(headLabel);
     parts.info.textContent = missing.length ? `${missing.join(", ")}: not in this snapshot (it holds ${data.maps.heads.map(headLabel).join(", ")})` : "";
@@ -141,7 +167,7 @@ export async function mount(root) {
     parts.pickA.value = headLabel(shown[0]);
     parts.pickB.value = shown[1] ? headLabel(shown[1]) : "";
     parts.scale.value = state.scale;
-    grid?.mark({ mask: [], head: shown[0], cmp: shown[1] ?? null, mode: "compare" });
+    grid?.mark({ mask, head: shown[0], cmp: shown[1] ?? null, mode: "compare" });
     const panels = shown.map((h) => ({ title: headLabel(h), weights: weights[held(data.maps, h)] }));
     await drawMaps(parts.heatmap, data.tokens, panels, { scale: state.scale, maxHeight: 700 });
     parts.heatmap.dataset.heads = panels.map((p) => p.title).join(",");
