@@ -9,9 +9,10 @@ from __future__ import annotations
 from app import __version__
 from headscope.errors import HeadScopeError
 from headscope.scope import Scope, connect, open
-from headscope.views import Attention, Combined, Overview, Similarity
+from headscope.views import Ablation, Attention, Combined, Overview, Similarity
 
 __all__ = [
+    "Ablation",
     "Attention",
     "Combined",
     "HeadScopeError",

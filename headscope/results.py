@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from headscope.figures import Exportable, matrix_figure
 from headscope.heads import label
 
 if TYPE_CHECKING:
     import pandas as pd
+
+SIGNED = {"patch", "dla"}  # head matrices whose sign means something: drawn on a diverging scale
 
 
 def _pandas() -> Any:
@@ -45,8 +48,9 @@ class Result:
         return f"<{type(self).__name__}: {fields}>"
 
 
-class HeadMatrix(Result):
-    """One number per head (importance, patching, direct logit attribution): `to_numpy()` is (n_layers, n_heads)."""
+class HeadMatrix(Result, Exportable):
+    """One number per head (importance, patching, direct logit attribution): `to_numpy()` is (n_layers, n_heads);
+    `save_svg` / `save_pdf` draw it as a layers × heads heatmap."""
 
     def __init__(self, raw: dict[str, Any], field: str, name: str) -> None:
         super().__init__(raw)
@@ -72,6 +76,12 @@ class HeadMatrix(Result):
         layers, heads = np.indices(m.shape)
         return _pandas().DataFrame({"layer": layers.ravel(), "head": heads.ravel(), self.name: m.ravel()})
 
+    def figure(self) -> dict[str, Any]:
+        """Layers down, heads across; signed scores (patching, DLA, any negative) on a scale centred on 0."""
+        m = self.to_numpy()
+        x, y = [f"H{h}" for h in range(m.shape[1])], [f"L{ly}" for ly in range(m.shape[0])]
+        return matrix_figure(m, self.name, x, y, diverging=self.name in SIGNED or bool((m < 0).any()))
+
 
 class HeadTable(Result):
     """Every head's metrics (POST /api/heads): `to_pandas()` has columns layer, head, kv_group and one per
@@ -92,37 +102,6 @@ class HeadTable(Result):
     def to_pandas(self) -> pd.DataFrame:
         columns = ["layer", "head", "kv_group", *self.metrics]
         return _pandas().DataFrame([{c: r.get(c) for c in columns} for r in self.raw["heads"]], columns=columns)
-
-
-class Ablation(Result):
-    """POST /api/ablate: `delta_loss`, `kl_last`, `kl_per_position` (n_tokens,), and both predictions."""
-
-    @property
-    def delta_loss(self) -> float | None:
-        value: float | None = self.raw["delta_loss"]
-        return value
-
-    @property
-    def kl_last(self) -> float:
-        return float(self.raw["kl_last"])
-
-    def to_numpy(self) -> np.ndarray:
-        """KL(baseline ‖ ablated) at every position, (n_tokens,)."""
-        return np.asarray(self.raw["kl_per_position"], dtype=np.float64)
-
-    def _repr_html_(self) -> str:
-        def column(name: str) -> str:
-            p = self.raw[name]
-            loss = "–" if p["loss"] is None else f"{p['loss']:.4f}"
-            rows = "".join(
-                f"<tr><td><code>{html.escape(repr(t['token']))}</code></td><td>{t['prob']:.4f}</td></tr>"
-                for t in p["top_k"]
-            )
-            return f"<td style='vertical-align:top'><b>{name}</b> (loss {loss})<table>{rows}</table></td>"
-
-        delta = "–" if self.delta_loss is None else f"{self.delta_loss:+.4f}"
-        head = f"<p>Δ loss {delta} nats · KL after the last token {self.kl_last:.4g}</p>"
-        return f"<div>{head}<table><tr>{column('baseline')}{column('ablated')}</tr></table></div>"
 
 
 class Generation(Result):

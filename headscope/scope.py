@@ -15,9 +15,9 @@ from headscope.corpus import Datasets, Jobs
 from headscope.errors import HeadScopeError
 from headscope.heads import Head, refs
 from headscope.inprocess import InProcess
-from headscope.results import Ablation, Dla, Generation, HeadMatrix, HeadTable, LogitLens
+from headscope.results import Dla, Generation, HeadMatrix, HeadTable, LogitLens
 from headscope.transport import Client, http
-from headscope.views import Attention, Combined, Context, Overview, Similarity
+from headscope.views import Ablation, Attention, Combined, Context, Overview, Similarity
 
 Heads = Head | list[Head] | tuple[Head, ...] | None
 
@@ -113,9 +113,11 @@ class Scope:
         return Similarity(self._post("/api/similarity", body), text, self.context)
 
     def ablate(self, text: str, heads: Heads, mode: str = "zero", top_k: int = 10) -> Ablation:
-        """Switch `heads` off ("zero" or "mean"). `.delta_loss`, `.kl_last`, `.to_numpy()`: KL per position."""
-        body = {"text": text, "ablate": refs(heads), "mode": mode, "top_k": top_k}
-        return Ablation(self._post("/api/ablate", body))
+        """Switch `heads` off ("zero" or "mean"). `.delta_loss`, `.kl_last`, `.to_numpy()`: KL per position;
+        drawn (and `save_html`) as the next-token predictions before and after."""
+        off = refs(heads)
+        body = {"text": text, "ablate": off, "mode": mode, "top_k": top_k}
+        return Ablation(self._post("/api/ablate", body), text, self.context, off, mode)
 
     def importance(self, text: str, method: str = "gradient") -> HeadMatrix:
         """Head importance: "gradient" (|∂loss/∂gate|) or "ablation" (loss increase). `.to_numpy()`: (L, H)."""
@@ -177,13 +179,21 @@ class Scope:
         return Generation(self._post("/api/generate", body))
 
     def snapshot(
-        self, text: str, heads: Heads = None, thumbnails: bool = True, similarity: str | None = None
+        self,
+        text: str,
+        heads: Heads = None,
+        thumbnails: bool = True,
+        similarity: str | None = None,
+        ablate: Heads = None,
+        mode: str = "zero",
     ) -> Combined:
-        """One view of `text` to show or save: the all-heads grid, the maps of `heads`, a similarity matrix."""
+        """One view of `text` to show or save: the all-heads grid, the maps of `heads`, a similarity matrix, and
+        with `ablate` the next-token predictions before and after switching those heads off."""
         ov = self.overview(text) if thumbnails else None
         maps = self.attention(text, heads) if heads is not None else None
         sim = self.similarity(text, similarity) if similarity else None
-        return Combined(text, self.context, overview=ov, attention=maps, similarity=sim)
+        off = self.ablate(text, ablate, mode) if ablate else None
+        return Combined(text, self.context, overview=ov, attention=maps, similarity=sim, ablation=off)
 
 
 def _wait_ready(client: Client, timeout_s: float) -> None:
@@ -216,6 +226,9 @@ def open(
         settings: any other app.config.Settings field (max_tokens, …).
     """
     store = data_dir or os.environ.get("HEADSCOPE_DATA_DIR") or Path.home() / ".cache" / "headscope"
+    # A server warms its model before it says it is ready, so that its first client does not wait; in this
+    # process the first request is the only client, and it warms the model itself (warmup=True to warm first).
+    settings.setdefault("warmup", False)
     config = Settings(
         model=model, device=device or "auto", dtype=dtype or "auto", data_dir=Path(store), api_key=None, **settings
     )
@@ -232,8 +245,11 @@ def open(
 def connect(url: str, api_key: str | None = None, timeout_s: float = 600.0) -> Scope:
     """A HeadScope server at `url` (e.g. "http://127.0.0.1:8000"); `api_key` when it has HEADSCOPE_API_KEY set.
 
-    Raises HeadScopeError (code "unreachable") when nothing answers there.
+    Raises HeadScopeError: code "unreachable" when nothing answers there, the server's 401 "unauthorized"
+    when it wants a key and `api_key` is missing or wrong (asked of GET /api/roles, which needs the key but
+    not the model, so a server still loading its model is connected to).
     """
     client = Client(http(url, timeout_s), api_key=api_key)
     client.request("GET", "/api/health")
+    client.request("GET", "/api/roles")  # needs the key, not the model: a missing or wrong key fails here
     return Scope(client)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from app.snapshot.page import Snapshot, render
+from headscope.figures import Exportable, maps_figure, matrix_figure
 from headscope.heads import Head, label, parse
 from headscope.results import Result, _pandas, _torch, thumbnails
 
@@ -73,9 +74,10 @@ class View(Result):
         )
 
 
-class Attention(View):
+class Attention(View, Exportable):
     """POST /api/attention: `to_numpy()` is (n_maps, n_queries, n_keys) float32 in the order asked (`heads`);
-    `map("L3H5")` one (n_queries, n_keys) map; causal entries above the diagonal are 0."""
+    `map("L3H5")` one (n_queries, n_keys) map; causal entries above the diagonal are 0. `save_svg` / `save_pdf`:
+    the maps side by side, token labels on both axes."""
 
     @property
     def tokens(self) -> list[str]:
@@ -108,6 +110,9 @@ class Attention(View):
         heads = ", ".join(label(*h) for h in self.heads[:4]) + ("…" if len(self.heads) > 4 else "")
         return self._snap(title or f"Attention of {heads}", maps=self.raw["maps"])
 
+    def figure(self) -> dict[str, Any]:
+        return maps_figure(self.tokens, self.heads, self.to_numpy())
+
 
 class Overview(View):
     """POST /api/overview: `to_numpy()` is every head's thumbnail (n_layers, n_heads, s, s) of block means;
@@ -133,8 +138,9 @@ class Overview(View):
         return self._snap(title or "All heads", overview=self.raw)
 
 
-class Similarity(View):
-    """POST /api/similarity: `to_numpy()` is the (n, n) matrix over `heads` (JS divergence in nats, or cosine)."""
+class Similarity(View, Exportable):
+    """POST /api/similarity: `to_numpy()` is the (n, n) matrix over `heads` (JS divergence in nats, or cosine);
+    `save_svg` / `save_pdf` draw it with the heads' labels."""
 
     @property
     def heads(self) -> list[tuple[int, int]]:
@@ -154,9 +160,45 @@ class Similarity(View):
     def snapshot(self, title: str | None = None) -> Snapshot:
         return self._snap(title or f"Head similarity ({self.raw['metric']})", similarity=self.raw)
 
+    def figure(self) -> dict[str, Any]:
+        labels = [label(*h) for h in self.heads]
+        return matrix_figure(self.to_numpy(), f"Head similarity ({self.raw['metric']})", labels, labels)
+
+
+class Ablation(View):
+    """POST /api/ablate: `delta_loss`, `kl_last`, `to_numpy()` KL per position (n_tokens,), and both next-token
+    predictions (`raw["baseline"]`, `raw["ablated"]`), drawn before and after as the Heads page draws them."""
+
+    def __init__(
+        self, raw: dict[str, Any], text: str, context: Context, heads: list[dict[str, int]], mode: str
+    ) -> None:
+        super().__init__(raw, text, context)
+        self.heads = [(h["layer"], h["head"]) for h in heads]
+        self.mode = mode
+
+    @property
+    def delta_loss(self) -> float | None:
+        value: float | None = self.raw["delta_loss"]
+        return value
+
+    @property
+    def kl_last(self) -> float:
+        return float(self.raw["kl_last"])
+
+    def to_numpy(self) -> np.ndarray:
+        """KL(baseline ‖ ablated) at every position, (n_tokens,)."""
+        return np.asarray(self.raw["kl_per_position"], dtype=np.float64)
+
+    def snapshot(self, title: str | None = None) -> Snapshot:
+        off = [{"layer": ly, "head": h} for ly, h in self.heads]
+        shown = ", ".join(label(*h) for h in self.heads[:4]) + ("…" if len(self.heads) > 4 else "")
+        ablation = {**self.raw, "ablate": off, "mode": self.mode}
+        return self._snap(title or f"{shown} switched off ({self.mode})", ablation=ablation)
+
 
 class Combined(View):
-    """Several views of one text in one snapshot: the grid (`overview`), maps (`attention`), `similarity`."""
+    """Several views of one text in one snapshot: the grid (`overview`), maps (`attention`), `similarity`, and
+    the predictions before and after switching heads off (`ablation`)."""
 
     def __init__(
         self,
@@ -165,10 +207,11 @@ class Combined(View):
         overview: Overview | None = None,
         attention: Attention | None = None,
         similarity: Similarity | None = None,
+        ablation: Ablation | None = None,
     ) -> None:
-        shown = overview or attention
+        shown = overview or attention or ablation
         super().__init__({"tokens": shown.raw["tokens"] if shown else []}, text, context)
-        self.overview, self.attention, self.similarity = overview, attention, similarity
+        self.overview, self.attention, self.similarity, self.ablation = overview, attention, similarity, ablation
 
     def snapshot(self, title: str | None = None) -> Snapshot:
         return self._snap(
@@ -176,4 +219,5 @@ class Combined(View):
             overview=self.overview.raw if self.overview else None,
             maps=self.attention.raw["maps"] if self.attention else [],
             similarity=self.similarity.raw if self.similarity else None,
+            ablation=self.ablation.snapshot().ablation if self.ablation else None,
         )

@@ -11,6 +11,7 @@ import pytest
 
 import headscope
 from headscope.heads import parse, refs
+from headscope.transport import Client, http
 from tests.support.checks import FLOAT32_ATOL
 from tests.support.server import free_port, serve
 
@@ -135,3 +136,22 @@ def test_heads_are_tuples_labels_or_dicts() -> None:
     assert refs([(1, 2), "L0H3"]) == [{"layer": 1, "head": 2}, {"layer": 0, "head": 3}]
     with pytest.raises(ValueError, match="L3H5"):
         parse("head 3")
+
+
+def test_connect_with_an_api_key(scopes: Pair, tiny_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """A server started with HEADSCOPE_API_KEY: no key or a wrong one raises its 401 at connect(), with its code
+    and message, and so does a request sent with a wrong key; the right key gives what open() gives."""
+    key = "s3cret-key-for-the-test"
+    detail = "send the API key as 'Authorization: Bearer KEY' or 'X-API-Key'"
+    with serve(str(tiny_dirs["llama"]), tmp_path, api_key=key, data_dir=str(tmp_path / "data")) as server:
+        for given in (None, "wrong-key"):
+            with pytest.raises(headscope.HeadScopeError) as err:
+                headscope.connect(server.url, api_key=given)
+            assert (err.value.status, err.value.code, err.value.message) == (401, "unauthorized", detail)
+        keyed = headscope.connect(server.url, api_key=key)
+        got = keyed.attention(TEXT, "L1H2").to_numpy()
+        np.testing.assert_allclose(got, scopes[0].attention(TEXT, "L1H2").to_numpy(), atol=F16_ULP, rtol=0)
+        wrong = headscope.Scope(Client(http(server.url), api_key="wrong-key"))
+        with pytest.raises(headscope.HeadScopeError) as err:
+            wrong.heads(TEXT)
+        assert (err.value.status, err.value.code, err.value.message) == (401, "unauthorized", detail)

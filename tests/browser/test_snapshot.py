@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -157,4 +158,71 @@ def test_the_corpus_pages_save_as_html_keeps_the_jobs_figures(
     assert any(t.startswith("Heads by two metrics") for t in titles), titles
     assert any(t.startswith("Similarity across the dataset") for t in titles), titles
     assert other.locator(".hs-figure .main-svg").count() >= 2 and asked == [path.as_uri()]
+    other.context.close()
+
+
+def shown_token(token: str) -> str:
+    """A token as the page's lists show it (lib/util.js visible): spaces and control characters made visible."""
+    marks = {" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"}
+    return "".join(marks.get(c, c) for c in token) or "∅"
+
+
+def ablation_panel(page: Any) -> dict[str, Any]:
+    """What a file's before/after panel shows: its metric tiles and the tokens of both top-k columns."""
+    root = page.locator(".hs-snap .hs-ablation")
+    return {
+        "title": root.locator("> h3").first.text_content(),
+        "tiles": root.locator(".stat-value").all_text_contents(),
+        "base": root.locator(".top-col >> nth=0 >> .tok").all_text_contents(),
+        "ablated": root.locator(".top-col >> nth=1 >> .tok").all_text_contents(),
+    }
+
+
+def test_an_ablation_saved_from_python_shows_the_predictions_before_and_after_offline(
+    page: Any, scope: headscope.Scope, tmp_path: Path, artifacts: Path
+) -> None:
+    result = scope.ablate(TEXT, ["L0H1", "L1H3"], mode="zero")
+    path = scope.snapshot(TEXT, heads="L1H2", ablate=["L0H1", "L1H3"]).save_html(tmp_path / "ablation.html")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    asked = offline(page)
+    page.goto(path.as_uri())
+    page.wait_for_selector(".hs-snap[data-ready]")
+    shown = ablation_panel(page)
+    assert shown["title"] == "Next token, L0H1, L1H3 switched off (zero)"
+    # the tiles are loss, ablated loss, Δ loss and KL last as /api/ablate gave them (3 and 4 digits shown)
+    assert result.delta_loss and float(shown["tiles"][2]) == pytest.approx(result.delta_loss, abs=5e-4, rel=0.05)
+    assert float(shown["tiles"][3]) == pytest.approx(result.kl_last, abs=5e-5, rel=0.05)
+    assert shown["base"] == [shown_token(t["token"]) for t in result["baseline"]["top_k"]]
+    assert shown["ablated"] == [shown_token(t["token"]) for t in result["ablated"]["top_k"]]
+    assert page.locator(".hs-snap .grid .cell.masked").count() == 2  # the grid crosses out the heads off
+    assert page.locator(".hs-heatmap").get_attribute("data-heads") == "L1H2"
+    page.screenshot(path=str(artifacts / "snapshot-ablation.png"), full_page=True)
+    assert asked == [path.as_uri()] and errors == []
+
+    headscope.views.Notebook.plotly_sent = False
+    inline = result._repr_html_()  # the notebook output of scope.ablate() alone: the same panel
+    (tmp_path / "nb.html").write_text(f"<!doctype html><meta charset='utf-8'><body>{inline}</body>")
+    page.goto((tmp_path / "nb.html").as_uri())
+    page.wait_for_selector(".hs-snap[data-ready]")
+    assert ablation_panel(page)["ablated"] == shown["ablated"]
+
+
+def test_the_heads_pages_save_as_html_carries_the_heads_switched_off(
+    page: Any, browser: Any, tiny_server: Server, tmp_path: Path
+) -> None:
+    open_app(page, tiny_server.url, urlencode({"text": TEXT, "mask": "L0H2,L1H0", "abl": "mean"}))
+    page.wait_for_selector('#prediction[data-state="ablated"]')
+    on_page = page.locator("#topk .top-col >> nth=1 >> .tok").all_text_contents()
+    with page.expect_download() as download:
+        page.click("#grid-html")
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    other = browser.new_context().new_page()
+    asked = offline(other)
+    other.goto(path.as_uri())
+    other.wait_for_selector(".hs-snap[data-ready]")
+    shown = ablation_panel(other)
+    assert shown["title"] == "Next token, L0H2, L1H0 switched off (mean)" and shown["ablated"] == on_page
+    assert other.locator(".grid .cell.masked").count() == 2 and asked == [path.as_uri()]
     other.context.close()
