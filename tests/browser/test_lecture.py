@@ -177,3 +177,33 @@ def test_a_threshold_at_the_curves_resolution_reads_as_a_range(tiny_server: Serv
     assert "Random order: 0–3 (2 seeds: 0–3, 0–3)" in summary, summary
     assert "0.0" not in summary.split("Loss with")[0]
     assert "4 heads apart" in summary
+
+
+def test_save_as_html_keeps_both_figures_and_opens_offline(
+    tiny_server: Server, page: Any, browser: Any, tmp_path: Path, artifacts: Path
+) -> None:
+    """The Lecture's Save as HTML: the pruning curve and the trade-off as drawn, in a file that opens with every
+    request but file: aborted, draws both, and asks for nothing."""
+    open_lecture(page, tiny_server.url, {"text": TEXT, "steps": "4", "seeds": "2"})
+    drawn = page.evaluate("document.getElementById('curve-plot').data.map((t) => [t.name, t.y])")
+    with page.expect_download() as download:
+        page.click("#lecture-html")
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    assert path.name.startswith("headscope-Lecture-In-the-beginning") and path.suffix == ".html"
+    other = browser.new_context(viewport={"width": 1280, "height": 720}).new_page()
+    errors: list[str] = []
+    other.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    asked: list[str] = []
+    other.on("request", lambda r: asked.append(r.url))
+    other.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+    other.goto(path.as_uri())
+    other.wait_for_selector(".hs-snap[data-ready]")
+    titles = other.locator(".hs-fig h3").all_text_contents()
+    assert titles == ["Pruning curve · curve plot", "Head-count trade-off · tradeoff plot"], titles
+    assert other.locator(".hs-figure .main-svg").count() >= 2 and other.locator(".hs-text").text_content() == TEXT
+    saved = other.evaluate("document.querySelector('.hs-figure').data.map((t) => [t.name, t.y])")
+    assert saved == drawn  # the curve's every trace, exactly as the page drew it
+    other.screenshot(path=str(artifacts / "lecture-saved-offline.png"), full_page=True)
+    assert asked == [path.as_uri()] and errors == []
+    other.context.close()
