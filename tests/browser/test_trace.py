@@ -304,3 +304,86 @@ def test_dla_bar_click_opens_the_head_view_with_it_switched_off(page: Any, tiny_
     with page.expect_navigation():
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     assert query(page) == {"text": CLEAN, "head": top, "mask": top}
+
+
+TRACE_APIS = {"/api/patch", "/api/dla", "/api/logit_lens", "/api/attention_from"}
+PANELS = ("lens-panel", "dla-panel", "patch-panel", "token-panel")
+
+
+def test_back_to_the_trace_draws_the_kept_answers_without_asking_again(page: Any, tiny_server: Server) -> None:
+    """Back to /trace, or a reload, draws each panel from the tab's answers: none is asked again (issue 26, item 8)."""
+    open_trace(page, tiny_server.url, {**IOI, "res": "1", "grid": "1", "tok": "9"})
+    for panel in PANELS:
+        wait_painted(page, panel)
+    asked: list[str] = []
+
+    def watch(request: Any) -> None:
+        path = urlparse(request.url).path
+        if path in TRACE_APIS:
+            asked.append(path)
+
+    page.on("request", watch)
+    with page.expect_navigation():
+        page.locator("#top-heads a").first.click()
+    page.wait_for_selector("body[data-ready]")
+    expected = post(tiny_server.url, "/api/patch", {**IOI, "residual": True})
+    lens = post(tiny_server.url, "/api/logit_lens", {"text": CLEAN, "target": " Mary", "top_k": 1, "grid": True})
+    att = post(tiny_server.url, "/api/attention_from", {"text": CLEAN, "query_pos": 9})
+
+    def shown_without_asking() -> None:
+        for panel in PANELS:
+            wait_painted(page, panel)
+        assert asked == []
+        assert close(plot_z(page, "patch-plot"), expected["scores"])
+        assert close(plot_z(page, "residual-plot"), expected["residual_scores"])
+        assert page.get_attribute("#dla-heads", "data-bars") == "8"
+        assert page.locator("#lens-table tbody tr").count() == 3
+        assert close(plot_z(page, "lens-grid"), lens["grid"]["top_probs"])
+        assert close(plot_z(page, "token-layer-plot"), [row[:10] for row in att["weights"][0]])
+
+    page.go_back()
+    page.wait_for_selector("body[data-ready]")
+    shown_without_asking()
+    page.reload()  # a reload never comes from the back-forward cache: the page starts again, from the tab's answers
+    page.wait_for_selector("body[data-ready]")
+    shown_without_asking()
+    # a question not asked before is asked, and only that one
+    before = painted(page, "patch-panel")
+    page.click('#direction button[data-dir="noise"]')
+    wait_painted(page, "patch-panel", before)
+    assert asked == ["/api/patch"]
+
+
+KEEP = """async () => {
+  const { SessionMemo } = await import("/static/js/trace/memo.js");
+  const ours = () => Object.keys(sessionStorage).filter((k) => k.startsWith("headscope:trace:")).sort();
+  sessionStorage.clear();
+  const memo = new SessionMemo(6, 100); // 6 answers in memory, 100 characters of them stored
+  memo.open("model a");
+  for (let i = 0; i < 10; i++) memo.set(`k${i}`, { v: "x".repeat(30) }); // 38 characters of JSON each
+  const stored = ours();
+  const inMemory = [...memo.entries.keys()];
+  const again = new SessionMemo(6, 100);
+  again.open("model a");
+  const kept = [...again.entries.keys()].map((k) => [k, again.get(k).v.length]);
+  const other = new SessionMemo(6, 100);
+  other.open("model b");
+  const afterOther = [other.size, ours().length - 1];
+  const big = new SessionMemo(6, Infinity); // over the browser's own quota: the oldest go, the newest stays
+  big.open("model b");
+  for (let i = 0; i < 3; i++) big.set(`b${i}`, "y".repeat(4_000_000));
+  const last = new SessionMemo(6, Infinity);
+  last.open("model b");
+  return { stored, inMemory, kept, other: afterOther, big: [...last.entries.keys()] };
+}"""
+
+
+def test_kept_answers_stay_within_their_budget_and_their_model(page: Any, tiny_server: Server) -> None:
+    open_trace(page, tiny_server.url)
+    kept = page.evaluate(KEEP)
+    # memory keeps the last 6; 100 characters store the last two, read back whole by the next page
+    assert kept["inMemory"] == [f"k{i}" for i in range(4, 10)]
+    assert kept["stored"] == ["headscope:trace:index", "headscope:trace:k8", "headscope:trace:k9"]
+    assert kept["kept"] == [["k8", 30], ["k9", 30]]
+    assert kept["other"] == [0, 0]  # another model's answers are dropped, from storage too
+    assert kept["big"] and kept["big"][-1] == "b2" and len(kept["big"]) < 3

@@ -2,13 +2,13 @@
 // and the token view, all driven by one state that lives in the URL.
 import { headsURL } from "../heads/state.js";
 import * as api from "../lib/api.js";
-import { BoundedCache } from "../lib/cache.js";
 import { hideError, showError, showModel, wireChrome } from "../lib/chrome.js";
 import { Latest } from "../lib/latest.js";
 import { panelTask } from "../lib/paneltask.js";
 import { el, fill, fmt, headLabel, isAbort, parseHead, sameHead, signed, visible } from "../lib/util.js";
 import { clearDLA, drawHeads, drawLayers, renderSummary } from "./dlaview.js";
 import { drawLens, drawLensGrid, renderLensTable } from "./lensview.js";
+import { SessionMemo } from "./memo.js";
 import { drawPatch, drawResidual, drawRows, rank, renderLegend, renderTopHeads } from "./patchview.js";
 import { clear } from "./plot.js";
 import { renderPicker, renderStrip, wireStrip } from "./promptview.js";
@@ -34,9 +34,10 @@ const traces = new Latest(); // the trace's requests: lens, attribution, lens gr
 const tokenReads = new Latest(); // the token view's requests
 let patched = null; // the last /api/patch result drawn
 
-// -- requests: resolved results are kept (the last 48) so Back/Forward and toggles redraw without asking again
+// -- requests: answers are kept for the tab (see memo.js), so toggles, Back/Forward within the page and Back to it
+// from another page redraw without asking again
 
-const memo = new BoundedCache(48);
+const memo = new SessionMemo();
 async function cached(name, body, fn, signal) {
   const key = name + JSON.stringify(body);
   if (memo.has(key)) return memo.get(key);
@@ -373,6 +374,7 @@ async function start() {
     $("corrupted").value = ex.corrupted;
   } else syncInputs();
   model = await api.model();
+  memo.open([model.name, model.dtype, model.device, model.n_params].join("|"));
   showModel(model, "heads");
   document.body.dataset.ready = "1";
   if (S.clean && S.corrupted) await trace();
