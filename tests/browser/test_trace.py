@@ -306,6 +306,60 @@ def test_dla_bar_click_opens_the_head_view_with_it_switched_off(page: Any, tiny_
     assert query(page) == {"text": CLEAN, "head": top, "mask": top}
 
 
+def layer_mask(layer: int, n_heads: int = 4) -> str:
+    return ",".join(f"L{layer}H{h}" for h in range(n_heads))
+
+
+# The screen point of a lens reading (block `layer`) in the middle of the curve's plot area.
+LENS_POINT = """(el, layer) => {
+  const xa = el._fullLayout.xaxis, ya = el._fullLayout.yaxis, r = el.getBoundingClientRect();
+  return [r.left + xa._offset + xa.l2p(layer), r.top + ya._offset + ya._length / 2];
+}"""
+
+
+def test_lens_layer_click_opens_the_head_view_with_the_layer_switched_off(page: Any, tiny_server: Server) -> None:
+    """A lens row or reading answers a click as a patching cell does, for the layer's heads (issue 26, item 8)."""
+    scores = post(tiny_server.url, "/api/patch", IOI)["scores"]
+    # the head view shows the layer's head of largest patching effect (denoise: |score|)
+    top = [max(range(4), key=lambda h, row=row: abs(row[h])) for row in scores]
+    open_trace(page, tiny_server.url, IOI)
+    wait_painted(page, "lens-panel")
+    wait_painted(page, "patch-panel")
+    assert page.locator("#lens-table tbody tr[data-layer]").count() == 2  # the embeddings' row is no layer
+    row = page.locator('#lens-table tbody tr[data-layer="1"]')
+    expected = {"text": CLEAN, "head": f"L1H{top[1]}", "mask": layer_mask(1)}
+    assert query_of(row.locator("a").get_attribute("href")) == expected  # a link too: keyboard, a new tab
+    trace_url = page.url
+    with page.expect_navigation():
+        row.locator("td").nth(2).click()
+    assert query(page) == expected
+    page.wait_for_selector("body[data-ready]")
+    page.wait_for_function("() => document.querySelectorAll('#grid .cell.masked').length === 4")
+    masked = page.eval_on_selector_all("#grid .cell.masked", "cs => cs.map(c => c.dataset.head)")
+    assert sorted(masked) == layer_mask(1).split(",")
+    page.go_back()
+    assert page.url == trace_url
+    wait_painted(page, "lens-panel")
+    wait_painted(page, "patch-panel")
+    # the curve: block 0's reading
+    x, y = page.eval_on_selector("#lens-plot", LENS_POINT, 0)
+    with page.expect_navigation():
+        page.mouse.click(x, y)
+    assert query(page) == {"text": CLEAN, "head": f"L0H{top[0]}", "mask": layer_mask(0)}
+    page.wait_for_selector("body[data-ready]")
+    page.go_back()
+    wait_painted(page, "patch-panel")
+    # Shift: the layer's heads patched per position, as Shift on a patching cell adds that head's row
+    before = painted(page, "patch-panel")
+    page.locator('#lens-table tbody tr[data-layer="1"] td').nth(1).click(modifiers=["Shift"])
+    wait_painted(page, "patch-panel", before)
+    assert page.url.split("?")[0].endswith("/trace") and query(page)["rows"] == layer_mask(1)
+    per_position = post(
+        tiny_server.url, "/api/patch", {**IOI, "by_position": [{"layer": 1, "head": h} for h in range(4)]}
+    )
+    assert close(plot_z(page, "rows-plot"), [r["scores"] for r in per_position["position_scores"]])
+
+
 TRACE_APIS = {"/api/patch", "/api/dla", "/api/logit_lens", "/api/attention_from"}
 PANELS = ("lens-panel", "dla-panel", "patch-panel", "token-panel")
 

@@ -32,8 +32,11 @@ function readings(res) {
   return res.embed ? [{ ...res.embed, x: -1, label: "emb" }, ...blocks] : blocks;
 }
 
-/** Target probability (left axis) and rank (right axis, log, rank 1 on top) per layer, from the embeddings on. */
-export function drawLens(div, res, height = 240) {
+/**
+ * Target probability (left axis) and rank (right axis, log, rank 1 on top) per layer, from the embeddings on.
+ * Clicking a block's reading calls onLayer(layer, mouseEvent).
+ */
+export function drawLens(div, res, height = 240, onLayer = null) {
   const rows = readings(res);
   const x = rows.map((r) => r.x);
   const target = plotlyText(visible(res.target.token));
@@ -80,11 +83,24 @@ export function drawLens(div, res, height = 240) {
     margin: { l: 48, r: 44, t: 22, b: 36 },
     hovermode: "x",
   });
-  return draw(div, [prob, rank], lay);
+  return draw(div, [prob, rank], lay).then(() => onLayerClick(div, onLayer, (point) => point.x));
 }
 
-/** One row per layer, last first, then the embeddings: its top tokens with probabilities, the target's rank and logit. */
-export function renderLensTable(node, res) {
+/** Route a plot's clicks to onLayer(layer, mouseEvent); `layerOf(point)` reads the layer (< 0: the embeddings). */
+function onLayerClick(div, onLayer, layerOf) {
+  div.removeAllListeners?.("plotly_click");
+  if (!onLayer) return;
+  div.on("plotly_click", (ev) => {
+    const layer = layerOf(ev.points[0]);
+    if (layer >= 0) onLayer(layer, ev.event);
+  });
+}
+
+/**
+ * One row per layer, last first, then the embeddings: its top tokens with probabilities, the target's rank and
+ * logit. With `links`, a block's row carries data-layer and its label is a link (its href set by the page).
+ */
+export function renderLensTable(node, res, links = false) {
   const targetId = res.target.id;
   const logit = `the raw logit of ${visible(res.target.token)} read from this stream`;
   fill(
@@ -100,8 +116,12 @@ export function renderLensTable(node, res) {
       readings(res).reverse().map((r) =>
         el(
           "tr",
-          { class: r.x < 0 ? "embed" : null, title: r.x < 0 ? "the embeddings, before block 0" : null },
-          el("td", { class: "num" }, r.label),
+          r.x < 0
+            ? { class: "embed", title: "the embeddings, before block 0" }
+            : links
+              ? { dataset: { layer: r.layer }, title: `open the head view with layer ${r.layer} switched off (Shift-click: patch its heads per position)` }
+              : {},
+          el("td", { class: "num" }, links && r.x >= 0 ? el("a", { class: "head-link", dataset: { layer: r.layer } }, r.label) : r.label),
           el("td", { class: "num" }, String(r.target_rank)),
           el("td", { class: "num" }, fmt(r.target_logit, 2)),
           el(
@@ -125,20 +145,23 @@ const COLORBAR = 72; // px the colour bar (with its ticks and title) takes besid
 /** A cell's label cut to `n` characters (the last one an ellipsis), so it never runs into the next cell. */
 const fit = (s, n) => (s.length <= n ? s : `${s.slice(0, Math.max(0, n - 1))}…`);
 
-const drawnGrids = new WeakMap(); // div → {res, width}: what each grid was drawn from, to redraw at a new width
+const drawnGrids = new WeakMap(); // div → {res, width, onLayer}: what each grid was drawn from, to redraw at a new width
 
 /** Redraw a grid whose width changed: its labels are cut (and its token ticks thinned) to the width drawn at. */
 const resized = new ResizeObserver((entries) => {
   for (const { target } of entries) {
     const drawn = drawnGrids.get(target);
-    if (drawn && target.isConnected && Math.abs(target.clientWidth - drawn.width) > 4) drawLensGrid(target, drawn.res);
+    if (drawn && target.isConnected && Math.abs(target.clientWidth - drawn.width) > 4) drawLensGrid(target, drawn.res, drawn.onLayer);
   }
 });
 
-/** Layers × positions: the top-1 token after each block at each position, shaded by its probability. */
-export function drawLensGrid(div, res) {
+/**
+ * Layers × positions: the top-1 token after each block at each position, shaded by its probability. Clicking a
+ * cell calls onLayer(its layer, mouseEvent).
+ */
+export function drawLensGrid(div, res, onLayer = null) {
   if (!drawnGrids.has(div)) resized.observe(div);
-  drawnGrids.set(div, { res, width: div.clientWidth });
+  drawnGrids.set(div, { res, width: div.clientWidth, onLayer });
   const g = res.grid;
   const tokens = res.tokens;
   const width = div.clientWidth || 400;
@@ -169,5 +192,5 @@ export function drawLensGrid(div, res) {
     yaxis: { type: "category", autorange: "reversed", fixedrange: true },
     margin: GRID_MARGIN,
   });
-  return draw(div, [trace], lay);
+  return draw(div, [trace], lay).then(() => onLayerClick(div, onLayer, (point) => point.pointIndex[0]));
 }

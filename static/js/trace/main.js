@@ -149,10 +149,11 @@ async function drawLensPanel(lens) {
   const t = lens.layers.at(-1);
   fill(
     $("lens-summary"),
-    `p(${visible(lens.target.token)}) after each block at position ${lens.position}; the last block is the model's output (rank ${t.target_rank}, p ${fmt(t.target_prob)}).`,
+    `p(${visible(lens.target.token)}) after each block at position ${lens.position}; the last block is the model's output (rank ${t.target_rank}, p ${fmt(t.target_prob)}). Click a layer to open the head view with its heads switched off.`,
   );
-  renderLensTable($("lens-table"), { ...lens, layers: lens.layers.map((r) => ({ ...r, top_k: r.top_k.slice(0, 5) })) });
-  await drawLens($("lens-plot"), lens, 250);
+  renderLensTable($("lens-table"), { ...lens, layers: lens.layers.map((r) => ({ ...r, top_k: r.top_k.slice(0, 5) })) }, true);
+  linkLayers($("lens-table"), S.clean);
+  await drawLens($("lens-plot"), lens, 250, (layer, event) => onLayerClick(S.clean, layer, event));
 }
 
 async function drawGrid(signal) {
@@ -160,7 +161,7 @@ async function drawGrid(signal) {
   if (!S.grid) return clear($("lens-grid"));
   const body = { text: S.clean, position: S.pos, target: S.answer, top_k: 1, grid: true };
   const res = await cached("lens", body, api.logitLens, signal);
-  await drawLensGrid($("lens-grid"), res);
+  await drawLensGrid($("lens-grid"), res, (layer, event) => onLayerClick(S.clean, layer, event));
 }
 
 async function drawDLA(signal) {
@@ -217,6 +218,7 @@ async function drawPatching(signal) {
     `logit[${visible(res.answer.token)}] − logit[${visible(res.wrong.token)}]: clean ${signed(res.clean_logit_diff, 2)}, corrupted ${signed(res.corrupted_logit_diff, 2)}. ${note} Heads rank by their distance from "no change". Click a head to open it in the head view (switched off); Shift-click adds a per-position row.`,
   );
   patched = res;
+  for (const [table, text] of layerLinks) linkLayers(table, text); // each layer's head to open follows patching
   renderLegend($("patch-legend"), res.direction);
   await drawPatch($("patch-plot"), res, onHeadClick);
   renderTopHeads($("top-heads"), res, S.clean);
@@ -231,6 +233,44 @@ function onHeadClick(h, event) {
     return trace({ rows }, { push: true });
   }
   location.assign(headsURL({ text: S.clean, head: h, mask: [h] }));
+}
+
+// -- a layer of the lens, clicked: what a patching cell's click does, for the layer's heads --------------------
+
+const layerHeads = (layer) => Array.from({ length: model.n_heads }, (_, head) => ({ layer, head }));
+
+/** The head view on `text` with every head of `layer` off, showing its head of largest patching effect (or H0). */
+function layerURL(text, layer) {
+  const top = patched?.scores[layer] ? rank([patched.scores[layer]], 1, patched.direction)[0].head : 0;
+  return headsURL({ text, head: { layer, head: top }, mask: layerHeads(layer) });
+}
+
+/** Open the head view with `layer` switched off; Shift: add its heads to the per-position rows (or take them out). */
+function onLayerClick(text, layer, event) {
+  if (event?.shiftKey) {
+    const heads = layerHeads(layer);
+    const shown = heads.every((h) => S.rows.some((r) => sameHead(r, h)));
+    const rest = S.rows.filter((r) => r.layer !== layer);
+    return trace({ rows: shown ? rest : [...rest, ...heads] }, { push: true });
+  }
+  location.assign(layerURL(text, layer));
+}
+
+const layerLinks = new Map(); // a lens table → the text its rows open in the head view
+
+/** Point a lens table's layer links at the head view on `text` (again once patching says which head to show). */
+function linkLayers(table, text) {
+  layerLinks.set(table, text);
+  for (const a of table.querySelectorAll("a[data-layer]")) a.href = layerURL(text, Number(a.dataset.layer));
+}
+
+/** A click in a lens table's block row: its link, or the row (Shift: the per-position rows, as in patching). */
+function onLensRow(event) {
+  const row = event.target.closest("tr[data-layer]");
+  if (!row) return;
+  if (event.shiftKey) event.preventDefault(); // a link's Shift-click would open a window
+  else if (event.target.closest("a")) return; // the link goes there itself (Ctrl-click: a new tab)
+  onLayerClick(layerLinks.get(event.currentTarget), Number(row.dataset.layer), event);
 }
 
 // -- the token view -------------------------------------------------------------------------------
@@ -266,8 +306,9 @@ function refreshToken() {
     );
     drawTokenAttention();
     fill($("token-lens-caption"), next === undefined ? "(target: the model's top-1)" : `(target: the next token, ${visible(lens.target.token)})`);
-    renderLensTable($("token-lens-table"), lens);
-    await drawLens($("token-lens-plot"), lens, 200);
+    renderLensTable($("token-lens-table"), lens, true);
+    linkLayers($("token-lens-table"), text);
+    await drawLens($("token-lens-plot"), lens, 200, (layer, event) => onLayerClick(text, layer, event));
   }, tokenReads);
 }
 
@@ -347,6 +388,7 @@ function wire() {
   $("rows-clear").addEventListener("click", () => {
     trace({ rows: [] }, { push: true });
   });
+  for (const id of ["lens-table", "token-lens-table"]) $(id).addEventListener("click", onLensRow);
   wireStrip($("clean-tokens"), () => runs?.clean.tokens.length ?? 0, () => (S.tp === "clean" ? S.tok : null), (i, push) => pickToken("clean", i, push));
   wireStrip($("corrupted-tokens"), () => runs?.corrupted.tokens.length ?? 0, () => (S.tp === "corrupted" ? S.tok : null), (i, push) => pickToken("corrupted", i, push));
   wireStrip($("token-text"), () => att?.tokens.length ?? 0, () => S.tok, (i, push) => pickToken(S.tp, i, push));
