@@ -6,8 +6,10 @@ import { Latest } from "../lib/latest.js";
 import { SimilarityView } from "../lib/similarity.js";
 import { el, fill, headLabel, isAbort, parseHead, sameHead } from "../lib/util.js";
 import { Ablation, allButTop, kvGroupHeads, layerHeads, toggleAll } from "./ablation.js";
+import { CompositionView } from "./composition.js";
 import { exportGrid, exportJSON, exportPlot, slug } from "./export.js";
 import { Grid } from "./grid.js";
+import { CircuitsView } from "./headcircuits.js";
 import { HeadView } from "./heatmap.js";
 import { renderModel } from "./modelcard.js";
 import { IMPORTANCE, Overlays } from "./overlays.js";
@@ -15,6 +17,7 @@ import { Progress } from "./progress.js";
 import { saveHTML } from "./savehtml.js";
 import * as store from "./state.js";
 import { TokenCounter, plural } from "./tokencount.js";
+import { WhyHere } from "./whyhere.js";
 
 const EXAMPLES = [
   ["Repeated phrase", "Mr and Mrs Dursley, of number four, Privet Drive, were proud to say that they were perfectly normal, thank you very much. Mr and Mrs Dursley, of number four, Privet Drive"],
@@ -33,6 +36,9 @@ const runs = new Latest(); // the /api/overview run; its signal also stops the r
 const grid = new Grid($("grid"), { legend: $("legend"), info: $("grid-info") }, { select, toggle, compare });
 const headView = new HeadView({ plot: $("heatmap"), info: $("head-info"), note: $("head-note") });
 const similarityView = new SimilarityView({ plot: $("simplot"), collapse: $("collapse"), collapseBox: $("collapse-box") }, pickPair);
+const whyHere = new WhyHere($("why"), { onHead: select, onClose: () => step({ why: null }) });
+const circuitsView = new CircuitsView($("circuits"), select);
+const compositionView = new CompositionView({ plot: $("compplot"), caption: $("comp-caption") }, select);
 const counter = new TokenCounter($("token-count"));
 const overlays = new Overlays();
 const progress = new Progress({
@@ -89,6 +95,7 @@ function syncControls() {
   seg("metric", "metric", S.metric);
   seg("order", "order", S.order);
   seg("click-mode", "mode", grid.clickMode);
+  seg("comp-kind", "kind", S.comp);
   for (const b of document.querySelectorAll(".tabs button")) {
     const on = b.dataset.view === S.view;
     b.classList.toggle("on", on);
@@ -97,6 +104,8 @@ function syncControls() {
   }
   $("view-head").hidden = S.view !== "head";
   $("view-similarity").hidden = S.view !== "similarity";
+  $("view-circuits").hidden = S.view !== "circuits";
+  $("view-composition").hidden = S.view !== "composition";
   $("color-by").value = S.color;
   $("abl-mode").value = S.abl;
   $("scope").value = S.scope;
@@ -148,12 +157,14 @@ async function run(text, { push = true } = {}) {
     if (runs.isCurrent(signal)) progress.stop();
   }
   if (!runs.isCurrent(signal)) return;
+  const why = !push || ov?.text === text ? S.why : null; // a new text typed in: the open cell was another text's
   ov = { ...result, text };
   overlays.setRun(ov, signal);
   headView.setRun(ov);
+  whyHere.setRun(ov);
   similarityView.setRun(ov);
   counter.setRunText(text, ov.tokens.length);
-  update({ text, color: colorChoice(S.color) }, { push });
+  update({ text, color: colorChoice(S.color), why }, { push });
   grid.render(ov);
   grid.mark(S);
   markPainted($("grid"), "hs:grid", "hs:enter");
@@ -218,7 +229,7 @@ function toggle(h) {
 function select(h) {
   performance.mark("hs:select");
   const cmp = sameHead(S.cmp, h) && S.mode === "compare" ? null : S.cmp;
-  update({ head: h, cmp, view: "head" }, { push: true });
+  update({ head: h, cmp, view: S.view === "circuits" ? "circuits" : "head" }, { push: true });
   refreshView().then(revealView);
   if (S.mode === "diff") refreshAblation();
 }
@@ -236,7 +247,7 @@ function pickPair(a, b) {
 
 /** In the one-column layout the map is drawn far below the grid: bring it into sight. */
 function revealView() {
-  const top = $(S.view === "head" ? "heatmap" : "simplot").getBoundingClientRect().top;
+  const top = $({ head: "heatmap", circuits: "circuits", composition: "compplot" }[S.view] ?? "simplot").getBoundingClientRect().top;
   if (top > window.innerHeight - 150 || top < 0) $("view-panel").scrollIntoView({ block: "start", behavior: "smooth" });
 }
 
@@ -245,6 +256,8 @@ function revealView() {
 function refreshView() {
   if (!ov) return Promise.resolve();
   if (S.view === "head") return track(drawHead(), "loading map…");
+  if (S.view === "circuits") return track(drawCircuits(), "reading the head's weights…");
+  if (S.view === "composition") return track(drawComposition(), "composition scores…");
   return track(drawSimilarityView(), "comparing heads…");
 }
 
@@ -252,7 +265,43 @@ const plotHeight = (div) => Math.max(420, window.innerHeight - div.getBoundingCl
 
 async function drawHead() {
   const plot = $("heatmap");
-  if (await headView.draw(S, ablation.result, plotHeight(plot))) markPainted(plot, "hs:heatmap", "hs:select");
+  const painted = await headView.draw(S, ablation.result, plotHeight(plot));
+  $("why-hint").hidden = !S.head || !!S.why;
+  if (painted) {
+    whyHere.bindMap(plot, mapHead, openWhy);
+    await whyHere.markCell(plot, S.why, mapHead);
+    markPainted(plot, "hs:heatmap", "hs:select");
+  }
+  await drawWhy();
+}
+
+/** The head whose unchanged map panel `i` of the head view draws (null: an ablated or difference panel). */
+function mapHead(i) {
+  if (i === 0) return S.head;
+  return i === 1 && S.mode === "compare" ? S.cmp : null;
+}
+
+function openWhy(h, q, k) {
+  update({ why: { layer: h.layer, head: h.head, q, k } }, { push: true });
+  $("why-hint").hidden = true;
+  whyHere.markCell($("heatmap"), S.why, mapHead);
+  track(drawWhy().then((ok) => ok && $("why").scrollIntoView({ block: "start", behavior: "smooth" })), "explaining the score…");
+}
+
+/** Draw the open "Why here?" cell (or hide the panel); resolves to true when painted. */
+async function drawWhy() {
+  const painted = await whyHere.draw(S.why, S.mask.length);
+  if (painted) markPainted($("why"), "hs:why", "hs:enter");
+  return painted;
+}
+
+async function drawCircuits() {
+  if (await circuitsView.draw(S.head)) markPainted($("circuits"), "hs:circuits", "hs:select");
+}
+
+async function drawComposition() {
+  const plot = $("compplot");
+  if (await compositionView.draw(S.comp, S.head, plotHeight(plot))) markPainted(plot, "hs:composition", "hs:enter");
 }
 
 async function drawSimilarityView() {
@@ -300,6 +349,9 @@ function exportData() {
     scores: overlays.arrived,
     ablation: S.mask.length ? ablation.result : null,
     heatmap: S.view === "head" ? headView.shown : null,
+    why_here: S.view === "head" ? whyHere.shown : null,
+    circuits: S.view === "circuits" ? circuitsView.shown : null,
+    composition: S.view === "composition" ? compositionView.shown : null,
     similarity: S.view === "similarity" ? similarityView.shown : null,
   };
 }
@@ -372,6 +424,7 @@ function wire() {
   onSeg("scale", "scale", (s) => step({ scale: s }));
   onSeg("metric", "metric", (m) => step({ metric: m }));
   onSeg("order", "order", (o) => step({ order: o }));
+  onSeg("comp-kind", "kind", (k) => step({ comp: k }));
   const tabs = [...document.querySelectorAll(".tabs button")];
   for (const tab of tabs) {
     tab.addEventListener("click", () => step({ view: tab.dataset.view }));
@@ -413,6 +466,7 @@ function wire() {
     );
     $(`sim-${format}`).addEventListener("click", () => plotExport($("simplot"), `headscope-similarity-${S.metric}`, format));
     $(`collapse-${format}`).addEventListener("click", () => plotExport($("collapse"), `headscope-within-layer-${S.metric}`, format));
+    $(`comp-${format}`).addEventListener("click", () => plotExport($("compplot"), `headscope-composition-${S.comp}`, format));
   }
   $("export-json").addEventListener("click", () => exportJSON(exportData()));
   for (const view of ["grid", "heat", "sim"]) {
@@ -433,7 +487,8 @@ function validHeads(s) {
   const ok = (h) => h && h.layer < model.n_layers && h.head < model.n_heads;
   const scope = s.scope !== "all" && Number(s.scope) >= model.n_layers ? "all" : s.scope;
   const kv = scope === "all" || Number(s.kv) >= model.n_kv_heads ? "all" : s.kv;
-  return { ...s, mask: s.mask.filter(ok), head: ok(s.head) ? s.head : null, cmp: ok(s.cmp) ? s.cmp : null, scope, kv };
+  const why = ok(s.why) ? s.why : null;
+  return { ...s, mask: s.mask.filter(ok), head: ok(s.head) ? s.head : null, cmp: ok(s.cmp) ? s.cmp : null, scope, kv, why };
 }
 
 async function start() {

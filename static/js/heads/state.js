@@ -8,7 +8,7 @@ const DEFAULTS = {
   mask: [], // heads switched off
   head: null, // selected head (heatmap A)
   cmp: null, // compare head (heatmap B)
-  view: "head", // head | similarity
+  view: "head", // head | circuits | composition | similarity
   mode: "single", // single | compare | diff
   scale: "linear", // linear | log
   color: "none", // grid overlay
@@ -17,15 +17,18 @@ const DEFAULTS = {
   order: "layer",
   scope: "all", // similarity scope: all | a layer number
   kv: "all", // with a layer: all its heads | the query heads of one KV head
+  why: null, // the open "Why here?" cell: {layer, head, q, k}
+  comp: "k", // the composition heatmap's kind: q | k | v
 };
 
 const CHOICES = {
-  view: ["head", "similarity"],
+  view: ["head", "circuits", "composition", "similarity"],
   mode: ["single", "compare", "diff"],
   scale: ["linear", "log"],
   abl: ["zero", "mean"],
   metric: Object.keys(SIMILARITY),
   order: ["layer", "cluster"],
+  comp: ["q", "k", "v"],
 };
 
 export function defaults() {
@@ -46,6 +49,8 @@ export function fromURL(search = location.search) {
   if (/^[a-z_:]+$/.test(q.get("color") || "")) s.color = q.get("color");
   if (/^(all|\d+)$/.test(q.get("scope") || "")) s.scope = q.get("scope");
   if (/^(all|\d+)$/.test(q.get("kv") || "")) s.kv = q.get("kv");
+  const why = /^L(\d+)H(\d+):(\d+):(\d+)$/i.exec(q.get("why") || "");
+  if (why && Number(why[4]) <= Number(why[3])) s.why = { layer: Number(why[1]), head: Number(why[2]), q: Number(why[3]), k: Number(why[4]) };
   return s;
 }
 
@@ -56,7 +61,8 @@ export function toQuery(s) {
   if (s.mask.length) q.set("mask", s.mask.map(headLabel).join(","));
   if (s.head) q.set("head", headLabel(s.head));
   if (s.cmp) q.set("cmp", headLabel(s.cmp));
-  for (const key of ["view", "mode", "scale", "color", "abl", "metric", "order", "scope", "kv"]) {
+  if (s.why) q.set("why", `${headLabel(s.why)}:${s.why.q}:${s.why.k}`);
+  for (const key of ["view", "mode", "scale", "color", "abl", "metric", "order", "scope", "kv", "comp"]) {
     if (s[key] !== DEFAULTS[key]) q.set(key, s[key]);
   }
   return q.toString();

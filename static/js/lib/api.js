@@ -141,6 +141,18 @@ export const pathPatch = (body, opts) => request("POST", "/api/path_patch", body
 export const attentionFrom = (text, queryPos, opts) =>
   request("POST", "/api/attention_from", { text, query_pos: queryPos }, opts);
 
+// -- why a head attends (the Heads page's Why here?, Circuits and Composition) --
+
+/** A head's pre-softmax score at (query_pos, key_pos) split exactly into query-node × key-node terms. */
+export const qkAttribution = (body, opts) => request("POST", "/api/qk_attribution", body, opts);
+
+/** One head's QK and OV circuits from the weights: singular values, copying score, OV token map, top senders. */
+export const headCircuits = ({ layer, head }, opts) =>
+  request("GET", `/api/head_circuits?${new URLSearchParams({ layer, head })}`, null, opts);
+
+/** Composition scores ("q", "k" or "v") of every sender head into every later receiver head, and the baseline. */
+export const composition = (kind, opts) => request("GET", `/api/composition?${new URLSearchParams({ kind })}`, null, opts);
+
 // -- corpus mode: datasets and jobs ----------------------------------------------------------------
 
 export const datasets = (opts) => request("GET", "/api/datasets", null, opts);
