@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from tests.browser.pages import download
 from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
@@ -195,3 +197,147 @@ def test_circuit_shows_the_api_error_for_unequal_prompts(page: Any, tiny_server:
     page.wait_for_selector("#error:not([hidden])")
     assert "same number" in page.inner_text("#error-text")
     assert page.get_attribute("#error", "data-code")
+
+
+def hover_text(page: Any, index: int) -> str:
+    """The hover template of edge `index`'s handle."""
+    return str(
+        page.eval_on_selector(
+            "#graph", "(el, i) => el.data.find((d) => d.name === 'edge handles').hovertemplate[i]", index
+        )
+    )
+
+
+def test_circuit_over_the_builtin_ioi_pairs_draws_mean_scores_with_their_cis(
+    page: Any, tiny_server: Server, artifacts: Path
+) -> None:
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.goto(tiny_server.url + "/circuit")
+    page.wait_for_selector("body[data-ready]")
+    page.select_option("#pair-set", "builtin:ioi-pairs")
+    assert page.is_disabled("#clean") and "32 pairs" in page.inner_text("#pairs-note")
+    page.click("#run")
+    wait_graph(page, 0)
+    api = post(
+        tiny_server.url,
+        "/api/circuit_pairs",
+        {"pair_set": "builtin:ioi-pairs", "method": "eap-ig", "steps": 5, "top_n": 300, "direction": "denoise"},
+    )
+    edges, nodes, widths = drawn(page)
+    assert edges == [edge_id(e) for e in api["edges"][:30]]  # the graph is drawn from the mean scores
+    assert set(nodes) == {n for e in api["edges"][:30] for n in (e["source"], e["target"])}
+    assert widths == sorted(widths, reverse=True)
+    first = api["edges"][0]
+    low, high = (float(x) for x in re.findall(r"\[([^,\]]+), ([^\]]+)\]", hover_text(page, 0))[0])
+    assert low == pytest.approx(first["ci_low"], abs=2e-3) and high == pytest.approx(first["ci_high"], abs=2e-3)
+    assert "95% CI over 32 pairs" in hover_text(page, 0)
+    assert "mean over 32 pairs" in page.inner_text("#summary") and "(95% CI)" in page.inner_text("#summary")
+    assert page.eval_on_selector("#faith", "el => (el.data || []).length") == 0  # the curve is one pair's
+    assert parse_qs(urlparse(page.url).query)["pair_set"] == ["builtin:ioi-pairs"]
+
+    # an edge's details: its mean, CI and pairs, and a dot per pair
+    click_handle(page, 0)
+    page.wait_for_selector("#detail[data-spread]")
+    assert page.get_attribute("#detail", "data-spread") == edge_id(first)
+    cells = page.locator("#edge-table td.num").all_text_contents()
+    assert float(cells[0]) == pytest.approx(first["score"], abs=1e-4)
+    low, high = (float(x) for x in cells[1].strip("[]").split(","))
+    assert low == pytest.approx(first["ci_low"], abs=1e-3) and high == pytest.approx(first["ci_high"], abs=1e-3)
+    assert cells[2] == "32"
+    assert page.eval_on_selector("#pair-spread", "el => el.data[0].x.length") == 32
+    page.screenshot(path=str(artifacts / "circuit-pairs-1280x720.png"))
+
+    # opening the pair where the edge is largest runs that pair alone
+    before = int(page.get_attribute("#graph", "data-painted") or 0)
+    page.click("#open-pair")
+    wait_graph(page, before)
+    assert page.input_value("#pair-set") == "" and not page.is_disabled("#clean") and page.is_visible("#clean")
+    assert page.eval_on_selector("#faith", "el => el.data[0].x.length") >= 2
+
+
+def test_circuit_over_uploaded_pairs(page: Any, tiny_server: Server, tmp_path: Path) -> None:
+    page.watch.allow("422")
+    pairs = [
+        {**{k: IOI[k] for k in ("clean", "corrupted", "answer", "wrong")}},
+        {
+            "clean": "When Anna and Paul went to the park, Paul gave a ball to",
+            "corrupted": "When Anna and Paul went to the park, Anna gave a ball to",
+            "answer": " Anna",
+            "wrong": " Paul",
+        },
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(pairs[0]) + "\n{not json\n")
+    good = tmp_path / "pairs.jsonl"
+    good.write_text("\n".join(json.dumps(p) for p in pairs) + "\n\n")
+    page.goto(tiny_server.url + "/circuit")
+    page.wait_for_selector("body[data-ready]")
+    with page.expect_file_chooser() as chooser:
+        page.select_option("#pair-set", "upload")
+    chooser.value.set_files(str(bad))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "bad.jsonl: line 2: not valid JSON" in page.inner_text("#error-text")
+    page.set_input_files("#pairs-file", str(good))
+    page.wait_for_function(
+        "() => document.getElementById('pairs-note').textContent.includes('2 pairs from pairs.jsonl')"
+    )
+    page.click("#run")
+    wait_graph(page, 0)
+    api = post(tiny_server.url, "/api/circuit_pairs", {"pairs": pairs, "top_n": 300})
+    assert drawn(page)[0] == [edge_id(e) for e in api["edges"][:30]]
+    assert "95% CI over 2 pairs" in hover_text(page, 0)
+
+    # a pair the server refuses: the one error bar names it
+    page.set_input_files("#pairs-file", str(_write(tmp_path, [pairs[0], {**pairs[1], "answer": " Maryland Mary"}])))
+    note_says(page, "2 pairs from refused.jsonl")
+    page.click("#run")
+    page.wait_for_function("() => document.getElementById('error-text').textContent.includes('pair 2: answer')")
+
+
+def note_says(page: Any, text: str) -> None:
+    page.wait_for_function("t => document.getElementById('pairs-note').textContent.includes(t)", arg=text)
+
+
+def _write(tmp_path: Path, pairs: list[dict[str, str]]) -> Path:
+    path = tmp_path / "refused.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in pairs))
+    return path
+
+
+def test_circuit_position_token_view_links_exports_and_history(page: Any, tiny_server: Server) -> None:
+    query = "&".join(f"{k}={urllib.parse.quote(v)}" for k, v in IOI.items() if k != "direction")
+    page.goto(tiny_server.url + f"/circuit?{query}&pos=12&method=eap")
+    page.wait_for_selector("body[data-ready]")
+    wait_graph(page, 0)  # a link with a pair runs it
+    assert page.input_value("#position") == "12" and "position 12" in page.inner_text("#summary")
+    api = post(tiny_server.url, "/api/circuit", {**IOI, "method": "eap", "position": 12, "top_n": 300})
+    assert drawn(page)[0] == [edge_id(e) for e in api["edges"][:30]]
+
+    # a head's token view: the Trace page at the position read, that head, on either prompt
+    head_edge = next(i for i, e in enumerate(api["edges"][:30]) if re.fullmatch(r"L\d+H\d+", e["source"]))
+    click_handle(page, head_edge)
+    page.wait_for_selector("#detail[data-exact]")
+    head = api["edges"][head_edge]["source"]
+    layer, h = (int(x) for x in re.findall(r"\d+", head))
+    hrefs = [str(a.get_attribute("href")) for a in page.locator("#detail a.token-link").all()][:2]
+    for href, which in zip(hrefs, ("clean", "corrupted"), strict=True):
+        q = parse_qs(urlparse(href).query)
+        assert urlparse(href).path == "/trace" and q["clean"] == [IOI["clean"]] and q["tok"] == ["12"]
+        assert q.get("tl", ["0"]) == [str(layer)] and q["th"] == [str(h)]  # layer 0 is the default
+        assert q.get("tp", ["clean"]) == [which]
+
+    # SVG of the graph and of the faithfulness curve, as drawn
+    for button in ("#graph-svg", "#faith-svg"):
+        assert download(page, button).lstrip().startswith(b"<svg")
+
+    # Back and Forward ask again when the question in the URL changed
+    page.select_option("#method", "eap-ig")
+    painted = int(page.get_attribute("#graph", "data-painted") or 0)
+    page.click("#run")
+    wait_graph(page, painted)
+    assert "EAP-IG" in page.inner_text("#summary")
+    painted = int(page.get_attribute("#graph", "data-painted") or 0)
+    page.go_back()  # the selected edge of the EAP run
+    page.wait_for_function("b => Number(document.getElementById('graph').dataset.painted) > b", arg=painted)
+    page.wait_for_function("() => document.getElementById('summary').textContent.startsWith('EAP,')")
+    assert page.input_value("#method") == "eap" and parse_qs(urlparse(page.url).query)["method"] == ["eap"]

@@ -6,6 +6,8 @@ const DEFAULTS = {
   corrupted: "",
   answer: "",
   wrong: "",
+  pos: -1, // the query position read (negative counts from the end)
+  pair_set: "", // "" = the one pair above; a built-in set's id (GET /api/pair_sets); "upload" = pairs from a .jsonl
   method: "eap-ig", // eap-ig | eap
   steps: 5, // EAP-IG interpolation steps
   dir: "denoise", // denoise | noise
@@ -16,7 +18,11 @@ const DEFAULTS = {
 /** Edges the page asks the API for; the slider prunes among them. */
 export const MAX_EDGES = 300;
 
+/** The fields whose change asks the server again (the rest only redraws). */
+export const ASKED = ["clean", "corrupted", "answer", "wrong", "pos", "pair_set", "method", "steps", "dir"];
+
 const int = (v) => (v !== null && /^\d+$/.test(v) ? Number(v) : null);
+const signedInt = (v) => (v !== null && /^-?\d+$/.test(v) ? Number(v) : null);
 
 export const defaults = () => ({ ...DEFAULTS });
 
@@ -28,6 +34,8 @@ export function fromURL(search = location.search) {
   const q = new URLSearchParams(search);
   const s = defaults();
   for (const key of ["clean", "corrupted", "answer", "wrong"]) if (q.has(key)) s[key] = q.get(key);
+  s.pos = signedInt(q.get("pos")) ?? DEFAULTS.pos;
+  if (/^(builtin:[\w-]+|upload)$/.test(q.get("pair_set") || "")) s.pair_set = q.get("pair_set");
   if (q.get("method") === "eap") s.method = "eap";
   if (q.get("dir") === "noise") s.dir = "noise";
   const steps = int(q.get("steps"));
@@ -42,6 +50,8 @@ export function fromURL(search = location.search) {
 export function toQuery(s) {
   const q = new URLSearchParams();
   for (const key of ["clean", "corrupted", "answer", "wrong"]) if (s[key]) q.set(key, s[key]);
+  if (s.pos !== DEFAULTS.pos) q.set("pos", String(s.pos));
+  if (s.pair_set) q.set("pair_set", s.pair_set);
   if (s.method !== DEFAULTS.method) q.set("method", s.method);
   if (s.steps !== DEFAULTS.steps) q.set("steps", String(s.steps));
   if (s.dir !== DEFAULTS.dir) q.set("dir", s.dir);

@@ -137,6 +137,12 @@ export const circuit = (body, opts) => request("POST", "/api/circuit", body, opt
 /** Exact path patching of chosen edges (or "all"): the metric with only those edges carrying the other run. */
 export const pathPatch = (body, opts) => request("POST", "/api/path_patch", body, opts);
 
+/** Edge attribution over a set of prompt pairs (`pair_set` or `pairs`): each edge's mean score with a bootstrap CI. */
+export const circuitPairs = (body, opts) => request("POST", "/api/circuit_pairs", body, opts);
+
+/** The built-in prompt-pair sets (with their pairs) and the most pairs one request measures. */
+export const pairSets = (opts) => request("GET", "/api/pair_sets", null, opts);
+
 /** Every head's attention row from one query position (the token view). */
 export const attentionFrom = (text, queryPos, opts) =>
   request("POST", "/api/attention_from", { text, query_pos: queryPos }, opts);
