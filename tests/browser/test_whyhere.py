@@ -176,3 +176,26 @@ def test_composition_heatmap_switches_kind_and_selects_the_receiver(page: Any, t
     wait_repaint(page, "#heatmap", before)
     assert query(page)["head"] == "L1H2" and "view" not in query(page)  # the head view, the default
     assert "selected" in (page.get_attribute('.cell[data-head="L1H2"]', "class") or "").split()
+
+
+WORDS = (
+    "tulip orbit marble quiet saxophone lantern drift ember canyon velvet pigeon quartz meadow rocket saffron glacier"
+)
+
+
+@pytest.mark.slow
+def test_default_model_induction_head_reads_the_previous_token_head_at_the_key(page: Any, smollm: Server) -> None:
+    """L18H6 on random words said twice, at a cell of its induction stripe: the key side is carried by the
+    previous-token head L16H0 (K-composition), and the page's total is the API's score."""
+    page.set_viewport_size({"width": 1280, "height": 720})
+    text = f"{WORDS} {WORDS}"
+    tokens = post(smollm.url, "/api/tokenize", {"text": text})["tokens"]
+    q = len(tokens) - 3
+    k = next(i + 1 for i in range(q) if tokens[i] == tokens[q])  # the token after the earlier copy
+    open_app(page, smollm.url, urllib.parse.urlencode({"text": text, "head": "L18H6", "why": f"L18H6:{q}:{k}"}))
+    page.wait_for_function("() => Number(document.getElementById('why').dataset.painted || 0) > 0", timeout=120_000)
+    api = post(smollm.url, "/api/qk_attribution", {"text": text, "layer": 18, "head": 6, "query_pos": q, "key_pos": k})
+    assert api["weight"] > 0.5  # the head attends there
+    assert float(page.inner_text("#why-total")) == pytest.approx(api["score"], abs=5e-4)
+    names, values = page.eval_on_selector("#why .why-bars", "el => [el.data[1].y, el.data[1].x]")
+    assert names[-1] == "L16H0" and values[-1] > 0.5 * api["score"]  # the key side's largest bar
