@@ -91,6 +91,15 @@ def test_why_here_explains_a_clicked_cell_with_terms_that_add_up_to_the_score(pa
     shape = page.eval_on_selector("#heatmap", "el => el.layout.shapes[0]")
     assert (shape["x0"] + 0.5, shape["y0"] + 0.5) == (k, q)
 
+    # switching a head off: the panel says it is computed on the unchanged model
+    before = painted(page, "#why")
+    page.click('.cell[data-head="L0H1"]', modifiers=["Shift"])
+    wait_repaint(page, "#why", before)
+    assert "the 1 switched-off head is on here" in page.inner_text("#why")
+    assert float(page.inner_text("#why-total")) == pytest.approx(api["total"], abs=5e-4)  # the same numbers
+    page.click("#reset")
+    page.wait_for_function("() => !new URLSearchParams(location.search).has('mask')")
+
     # a head node selects that head; the panel stays on the cell it explains
     head_node = page.locator("#why .why-terms .head-link").first
     label = head_node.inner_text()

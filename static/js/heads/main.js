@@ -220,6 +220,7 @@ function setMask(mask) {
   performance.mark("hs:toggle");
   update({ mask }, { push: true });
   refreshAblation();
+  if (S.why && S.view === "head") track(drawWhy(), "explaining the score…"); // its note counts the heads off
 }
 
 function toggle(h) {
