@@ -8,6 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from pypdf import PdfReader
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,9 +27,12 @@ def test_the_quickstart_runs_in_a_real_kernel(tmp_path: Path) -> None:
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     html = [o["data"]["text/html"] for c in nb.cells for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
     views = [h for h in html if 'class="hs-snap"' in h]
-    assert len(views) == 2  # the maps and the similarity matrix drew themselves
+    assert len(views) == 3  # the maps, the similarity matrix and the ablation's before/after drew themselves
     assert sum('class="hs-plotly"' in v for v in views) == 1  # plotly.js travels with the first view only
+    assert '"ablation":{' in views[2]
     saved = tmp_path / "quickstart-snapshot.html"
-    assert 0 < saved.stat().st_size <= 8_000_000
+    assert 0 < saved.stat().st_size <= 8_000_000 and '"ablation":{' in saved.read_text()
+    pdf = PdfReader(tmp_path / "quickstart-maps.pdf")
+    assert len(pdf.pages) == 1 and "L3H5" in pdf.pages[0].extract_text()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, ARTIFACTS / "quickstart.ipynb")  # executed, for a person to look at
