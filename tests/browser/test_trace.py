@@ -255,6 +255,13 @@ def test_default_model_ioi_trace(page: Any, smollm: Server, artifacts: Path) -> 
     residual = plot_z(page, "residual-plot")
     assert len(residual) == 30 and len(residual[0]) == page.locator("#clean-tokens .t").count()
     assert page.locator("#lens-table tbody tr").count() == 30 + 1  # every block and the embeddings
+    # the curve's layer ticks, "emb" first, do not run into each other (rotated or not)
+    ticks = page.eval_on_selector_all(
+        "#lens-plot .xtick text",
+        "ts => ts.map(t => { const r = t.getBoundingClientRect(); return [r.left, r.right]; })",
+    )
+    assert len(ticks) >= 5 and page.locator("#lens-plot .xtick text").first.text_content() == "emb"
+    assert all(left[1] <= right[0] for left, right in zip(sorted(ticks), sorted(ticks)[1:], strict=False)), ticks
     for width, height in SIZES:
         page.set_viewport_size({"width": width, "height": height})
         page.wait_for_timeout(400)  # Plotly's responsive relayout
@@ -346,6 +353,18 @@ def test_lens_layer_click_opens_the_head_view_with_the_layer_switched_off(page: 
     with page.expect_navigation():
         page.mouse.click(x, y)
     assert query(page) == {"text": CLEAN, "head": f"L0H{top[0]}", "mask": layer_mask(0)}
+    page.wait_for_selector("body[data-ready]")
+    page.go_back()
+    wait_painted(page, "patch-panel")
+    # the layers × positions grid: a row is a layer
+    before = painted(page, "lens-panel")
+    page.click("#grid-toggle")
+    wait_painted(page, "lens-panel", before)
+    n_tokens = page.locator("#clean-tokens .t").count()
+    x, y = cell_center(page, "lens-grid", row=1, col=3, n_rows=2, n_cols=n_tokens)
+    with page.expect_navigation():
+        page.mouse.click(x, y)
+    assert query(page) == expected
     page.wait_for_selector("body[data-ready]")
     page.go_back()
     wait_painted(page, "patch-panel")

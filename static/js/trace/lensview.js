@@ -68,7 +68,8 @@ export function drawLens(div, res, height = 240, onLayer = null) {
     hovertemplate: `%{customdata[0]}: rank %{y}<extra></extra>`,
   };
   const step = res.layers.length > 16 ? 4 : 1;
-  const ticks = x.filter((v) => v < 0 || v % step === 0);
+  // every step-th block, and "emb" in place of block 0 when the two would touch
+  const ticks = x.filter((v) => v < 0 || (v % step === 0 && !(v === 0 && step > 1 && res.embed)));
   const lay = layout(height, {
     xaxis: {
       title: { text: "layer (emb: the embeddings, before block 0)", standoff: 2 },
