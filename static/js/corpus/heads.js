@@ -28,7 +28,14 @@ function tokenSpan(token, i, ex) {
   return el("span", { class: ["ctok", ...roles].join(" "), title }, token.replace(/\n/g, "↵").replace(/\t/g, "⇥") || "∅");
 }
 
-function exampleItem(ex, head, rank) {
+const defaultTextURL = (ex, head) => headsURL({ text: ex.text, head });
+
+/**
+ * One example card: its rank (or decile), score, the marked query and key tokens in context, and a link that opens
+ * the text in the one-prompt view (`textURL(ex, head)`; null: no link, as in the static atlas).
+ */
+export function exampleItem(ex, head, rank, textURL = defaultTextURL) {
+  const url = textURL ? textURL(ex, head) : null;
   const parts = [];
   let prev = 0;
   for (const [a, b] of windows(ex.tokens.length, [ex.query_pos, ex.key_pos])) {
@@ -46,21 +53,25 @@ function exampleItem(ex, head, rank) {
     el(
       "div",
       { class: "cx-head" },
-      el("span", { class: "cx-rank" }, `#${rank + 1}`),
+      Number.isInteger(ex.decile)
+        ? el("span", { class: "cx-rank", title: `decile ${ex.decile} of the head's per-text scores (9 = highest)` }, `D${ex.decile}`)
+        : el("span", { class: "cx-rank" }, `#${rank + 1}`),
       el("span", { class: "cx-score" }, `score ${fmt(ex.score)}`),
       el("span", { class: "muted" }, `text ${ex.text_index} · ${where}`),
       el("span", { class: "spacer" }),
-      el(
-        "a",
-        { class: "btn small cx-open", href: headsURL({ text: ex.text, head }), title: `Open text ${ex.text_index} on ${headLabel(head)} in the Heads view` },
-        `Open on ${headLabel(head)} ↗`,
-      ),
+      url
+        ? el(
+            "a",
+            { class: "btn small cx-open", href: url, title: `Open text ${ex.text_index} on ${headLabel(head)} in the Heads view` },
+            `Open on ${headLabel(head)} ↗`,
+          )
+        : null,
     ),
     el("div", { class: "cx-text" }, parts),
   );
 }
 
-function statTable(h, metrics) {
+export function statTable(h, metrics) {
   const row = (m) => {
     const s = h[m];
     const cells = s && s.n ? [fmt(s.mean), `± ${fmt((s.ci_high - s.ci_low) / 2)}`, `[${fmt(s.ci_low)}, ${fmt(s.ci_high)}]`, String(s.n)] : ["–", "", "", "0"];
@@ -79,7 +90,7 @@ function statTable(h, metrics) {
  * @param {HTMLElement} root
  * @param {{data: object, head: {layer: number, head: number} | null, metric: string, examples: object | null}} view
  */
-export function renderHead(root, { data, head, metric, examples }) {
+export function renderHead(root, { data, head, metric, examples, pageURL = null }) {
   if (!head) return fill(root, el("p", { class: "empty" }, "Click a head in the grid or the scatter to see its top examples."));
   const h = data.heads.find((x) => x.layer === head.layer && x.head === head.head);
   if (!h) return fill(root, el("p", { class: "empty" }, `${headLabel(head)} is not a head of this model.`));
@@ -90,7 +101,13 @@ export function renderHead(root, { data, head, metric, examples }) {
     : el("p", { class: "muted" }, "loading examples…");
   fill(
     root,
-    el("div", { class: "hp-title" }, el("b", {}, headLabel(head)), el("span", { class: "muted" }, `KV group ${h.kv_group}`)),
+    el(
+      "div",
+      { class: "hp-title" },
+      el("b", {}, headLabel(head)),
+      el("span", { class: "muted" }, `KV group ${h.kv_group}`),
+      pageURL ? el("a", { class: "btn small hp-page", href: pageURL, title: `everything this job knows of ${headLabel(head)}` }, "Head page →") : null,
+    ),
     statTable(h, data.metrics),
     el(
       "h3",

@@ -5,8 +5,10 @@ import { hideError, showError, showModel, track, wireChrome } from "../lib/chrom
 import { Latest } from "../lib/latest.js";
 import { drawSimilarity } from "../lib/similarity.js";
 import { download, el, fill, headLabel, isAbort, sameHead } from "../lib/util.js";
+import { headsURL } from "../heads/state.js";
 import { DatasetForm } from "./data.js";
 import { CorpusGrid, metricDescription, metricLabel, setMetricNames } from "./grid.js";
+import { drawQK, qkNote, renderHeadPage } from "./headpage.js";
 import { renderHead } from "./heads.js";
 import { RESUMABLE, RUNNING, renderJobList, renderProgress, watchJob } from "./jobs.js";
 import { drawScatter } from "./scatter.js";
@@ -44,6 +46,8 @@ const jobReads = new Latest();
 const headsReads = new Latest();
 const examplesReads = new Latest();
 const similarityReads = new Latest();
+const pageReads = new Latest();
+let qkShown = null; // the head page's Q/K embedding, with .key (job|head)
 
 function painted(node) {
   requestAnimationFrame(() => (node.dataset.painted = String(Number(node.dataset.painted || 0) + 1)));
@@ -212,6 +216,15 @@ function showResults() {
   showReliability();
   drawScatterView();
   showHead();
+  showView();
+}
+
+/** All heads, or the selected head's own page. */
+function showView() {
+  const page = S.view === "head" && !!heads && !!S.head;
+  document.querySelector("main.corpus").dataset.view = page ? "head" : "all";
+  $("head-page").hidden = !page;
+  if (page) track(loadHeadPage(), "reading the head…");
 }
 
 /** The split-half reliability of the grid's metric, with what it means. */
@@ -240,7 +253,8 @@ function drawScatterView() {
 
 function showHead() {
   const key = S.head ? `${S.job}|${headLabel(S.head)}|${S.metric}` : null;
-  renderHead($("head-body"), { data: heads, head: S.head, metric: S.metric, examples: examples?.key === key ? examples : null });
+  const pageURL = S.head ? store.pageURL(S, S.head) : null;
+  renderHead($("head-body"), { data: heads, head: S.head, metric: S.metric, examples: examples?.key === key ? examples : null, pageURL });
   $("head-h").textContent = S.head ? `Head ${headLabel(S.head)}` : "Head";
 }
 
@@ -270,6 +284,65 @@ async function loadSimilarity() {
   painted($("simplot"));
 }
 
+/** The head page: statistics, nearest heads and examples first, then the Q/K embedding (computed on demand). */
+async function loadHeadPage() {
+  const [id, head, metric] = [S.job, S.head, S.metric];
+  const headKey = `${id}|${headLabel(head)}`;
+  const withSimilarity = job.analyses.includes("similarity");
+  const [top, deciles, similarity] = await pageReads.run((signal) =>
+    Promise.all([
+      api.jobExamples(id, head, metric, EXAMPLES_K, { signal }),
+      api.jobDecileExamples(id, head, metric, 1, { signal }),
+      withSimilarity ? api.jobSimilarity(id, "js", { signal }).then((d) => ({ ...d, metric: "js" })) : null,
+    ]),
+  );
+  const name = form.names.get(job.dataset) ?? job.dataset;
+  const qkDiv = renderHeadPage($("head-page"), {
+    title: `${name} · job ${id}`,
+    heads,
+    head,
+    metric,
+    top,
+    deciles,
+    similarity,
+    headURL: (h) => store.pageURL(S, h),
+    backURL: store.pageURL(S, head, "all"),
+    textURL: (ex, h) => headsURL({ text: ex.text, head: h }),
+    onMetric: (m) => setMetric(m),
+  });
+  if (!$("hp-qk-color")) return; // not a head of this model: the page says so
+  $("hp-qk-color").addEventListener("click", (e) => {
+    const b = e.target.closest("button[data-color]");
+    if (!b || b.dataset.color === S.color) return;
+    store.update(S, { color: b.dataset.color });
+    drawQKView(qkDiv);
+  });
+  painted($("head-page"));
+  if (qkShown?.key !== headKey) {
+    const found = await api.jobQKEmbedding(id, head);
+    if (`${S.job}|${headLabel(S.head)}` !== headKey) return;
+    qkShown = { ...found, key: headKey, clickable: true };
+  }
+  await drawQKView(qkDiv);
+}
+
+async function drawQKView(div) {
+  if (!div.isConnected || !qkShown) return;
+  toggleGroup($("hp-qk-color"), "color", S.color);
+  $("hp-qk-note").textContent = qkNote(qkShown);
+  const texts = new Map(); // a clicked point's text, read once
+  await drawQK(div, qkShown, S.color, (p) =>
+    track(
+      (async () => {
+        if (!texts.has(p.text_index)) texts.set(p.text_index, (await api.datasetTexts(job.dataset, p.text_index, 1)).texts[0].text);
+        location.href = headsURL({ text: texts.get(p.text_index), head: S.head });
+      })(),
+      "opening the text…",
+    ),
+  );
+  painted(div);
+}
+
 // -- view changes --------------------------------------------------------------------------------
 
 function selectHead(h) {
@@ -286,6 +359,7 @@ function setMetric(metric) {
   painted($("cgrid"));
   showReliability();
   track(loadExamples(), "reading examples…");
+  if (S.view === "head") track(loadHeadPage(), "reading the head…");
 }
 
 /** Back / forward: show the view the URL now holds. */

@@ -182,6 +182,9 @@ export const resumeJob = (id, opts) => request("POST", jobPath(id, "/resume"), n
 export const jobHeads = (id, opts) => request("GET", jobPath(id, "/heads"), null, opts);
 export const jobExamples = (id, { layer, head }, metric, k = 5, opts) =>
   request("GET", jobPath(id, `/heads/${layer}/${head}/examples?${new URLSearchParams({ metric, k })}`), null, opts);
+export const jobDecileExamples = (id, { layer, head }, metric, k = 1, opts) =>
+  request("GET", jobPath(id, `/heads/${layer}/${head}/examples?${new URLSearchParams({ metric, k, sample: "deciles" })}`), null, opts);
+export const jobQKEmbedding = (id, { layer, head }, opts) => request("GET", jobPath(id, `/heads/${layer}/${head}/qk_embedding`), null, opts);
 export const jobSimilarity = (id, metric = "js", opts) =>
   request("GET", jobPath(id, `/similarity?${new URLSearchParams({ metric })}`), null, opts);
 
