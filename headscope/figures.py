@@ -92,8 +92,9 @@ def maps_figure(tokens: list[str], heads: list[tuple[int, int]], maps: np.ndarra
         x0, x1 = c / cols + 0.09 / cols, (c + 1) / cols - 0.02 / cols
         y1 = 1 - r / rows - 0.06 / rows
         y0 = 1 - (r + 1) / rows + 0.16 / rows
-        layout[f"xaxis{ax}"] = {"domain": [x0, x1], "anchor": f"y{ax}", "tickangle": -90, **_ticks(labels)}
-        layout[f"yaxis{ax}"] = {"domain": [y0, y1], "anchor": f"x{ax}", "autorange": "reversed", **_ticks(labels)}
+        bare = {"showgrid": False, "zeroline": False, **_ticks(labels)}
+        layout[f"xaxis{ax}"] = {"domain": [x0, x1], "anchor": f"y{ax}", "tickangle": -90, **bare}
+        layout[f"yaxis{ax}"] = {"domain": [y0, y1], "anchor": f"x{ax}", "autorange": "reversed", **bare}
         layout["annotations"].append(
             {
                 "text": f"<b>{label(*head)}</b>",

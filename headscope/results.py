@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SIGNED = {"patch", "dla"}  # head matrices whose sign means something: drawn on a diverging scale
+TITLES = {
+    "gradient": "Head importance: |∂loss/∂gate|",
+    "ablation": "Head importance: loss increase when switched off (nats)",
+    "patch": "Activation patching: recovered fraction",
+    "dla": "Direct logit attribution",
+}
 
 
 def _pandas() -> Any:
@@ -80,7 +86,8 @@ class HeadMatrix(Result, Exportable):
         """Layers down, heads across; signed scores (patching, DLA, any negative) on a scale centred on 0."""
         m = self.to_numpy()
         x, y = [f"H{h}" for h in range(m.shape[1])], [f"L{ly}" for ly in range(m.shape[0])]
-        return matrix_figure(m, self.name, x, y, diverging=self.name in SIGNED or bool((m < 0).any()))
+        title = TITLES.get(self.name, self.name)
+        return matrix_figure(m, title, x, y, diverging=self.name in SIGNED or bool((m < 0).any()))
 
 
 class HeadTable(Result):

@@ -60,7 +60,7 @@ def test_svg_keeps_text_as_text_and_every_figure_exports(scope: headscope.Scope,
     assert len(reader.pages) == 1 and "L1H3" in text and "Headsimilarity(js)" in re.sub(r"\s+", "", text)
     imp = scope.importance(TEXT)
     reader, text = _pdf_text(imp.save_pdf(tmp_path / "importance.pdf"))
-    assert len(reader.pages) == 1 and {"L0", "L1", "H3", "gradient"} <= set(text.split())
+    assert len(reader.pages) == 1 and {"L0", "L1", "H3", "|∂loss/∂gate|"} <= set(text.split())
     clean, corrupted = "When Mary and John went, John gave it to", "When Mary and John went, Mary gave it to"
     drawn = scope.patch(clean, corrupted, " Mary", " John").figure()["data"][0]
     assert drawn["zmin"] == -drawn["zmax"] < 0  # signed scores: a diverging scale centred on 0
