@@ -223,7 +223,8 @@ def open(
         model: a registry name (models/registry.toml), a local directory, or a hub id.
         device: "cpu", "cuda", "cuda:N", "mps" (default: auto). dtype: "float32", "bfloat16", "float16".
         data_dir: where corpus datasets and jobs are kept (default: HEADSCOPE_DATA_DIR, else ~/.cache/headscope).
-        settings: any other app.config.Settings field (max_tokens, …).
+        settings: any other app.config.Settings field (max_tokens, …); `warmup` is off here (the first request
+            warms the model) unless given.
     """
     store = data_dir or os.environ.get("HEADSCOPE_DATA_DIR") or Path.home() / ".cache" / "headscope"
     # A server warms its model before it says it is ready, so that its first client does not wait; in this
