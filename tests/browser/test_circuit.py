@@ -329,6 +329,8 @@ def test_circuit_position_token_view_links_exports_and_history(page: Any, tiny_s
     # SVG of the graph and of the faithfulness curve, as drawn
     for button in ("#graph-svg", "#faith-svg"):
         assert download(page, button).lstrip().startswith(b"<svg")
+    saved = download(page, "#circuit-html").decode()  # every figure on screen, as drawn, in one file
+    assert "<html" in saved.lower() and "Circuit · graph" in saved and "Faithfulness · faith" in saved
 
     # Back and Forward ask again when the question in the URL changed
     page.select_option("#method", "eap-ig")
