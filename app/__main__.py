@@ -1,4 +1,5 @@
-"""Command line: `python -m app serve [--model NAME] [--host] [--port] [--device] [--dtype] [--device-map]`."""
+"""Command line: `python -m app serve [--model NAME] [--host] [--port] [--device] [--dtype] [--device-map]`,
+`python -m app prepare [--model NAME]`, `python -m app atlas --job ID --out DIR [--model NAME]`."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
+from app.atlas import build as atlas_build
 from app.config import Settings
+from app.corpus.datasets import DatasetStore
+from app.corpus.jobstore import JobStore
+from app.errors import ServiceError
 from app.inspect import loading
 from app.main import create_app
 
@@ -32,7 +38,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens", dest="max_tokens", type=int)
     prep = sub.add_parser("prepare", help="prepare a registry model's cached weights and exit")
     prep.add_argument("--model", help="registry name (default: HEADSCOPE_MODEL, else smollm2-135m)")
+    atlas = sub.add_parser("atlas", help="write a finished corpus job's static atlas: index.html and a page per head")
+    atlas.add_argument("--job", required=True, help="a job id (GET /api/jobs) in HEADSCOPE_DATA_DIR")
+    atlas.add_argument("--out", required=True, type=Path, help="the folder to write (created)")
+    atlas.add_argument("--model", help="the model the job ran on (default: HEADSCOPE_MODEL)")
+    atlas.add_argument("--device", help="auto, cpu, cuda, …")
     return parser
+
+
+def write_atlas(settings: Settings, job_id: str, out: Path) -> int:
+    """Load the model, write the job's atlas into `out`, say where and how big; 2 when the job cannot have one."""
+    loaded = loading.load(settings.model, settings.device, settings.dtype)
+    datasets, store = DatasetStore(settings.data_dir, settings.max_dataset_texts), JobStore(settings.data_dir)
+    try:
+        written = atlas_build.build(loaded, datasets, store, job_id, out)
+    except ServiceError as exc:
+        log.error("no atlas: %s", exc)
+        return 2
+    finally:
+        datasets.close()
+        store.close()
+    log.info("%s", atlas_build.summary(job_id, written))
+    return 0
 
 
 def setting_name(field: str) -> str:
@@ -68,13 +95,16 @@ def checked_settings(overrides: dict[str, Any], serving: bool = True) -> Setting
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    local = {"command", "job", "out"}  # what is not a setting
+    overrides = {k: v for k, v in vars(args).items() if k not in local and v is not None}
     settings = checked_settings(overrides, serving=args.command == "serve")
     if settings is None:
         return 2
     if args.command == "prepare":
         log.info("%s ready", settings.model)
         return 0
+    if args.command == "atlas":
+        return write_atlas(settings, args.job, args.out)
 
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal through the handler that was
     # installed before it started. A graceful drain is a clean exit, so that handler does nothing: exit 0.
