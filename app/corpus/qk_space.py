@@ -10,9 +10,10 @@ by 1/a so that both clouds have the same mean length, then keys are shifted by c
 queries' (AttentionViz's normalisation). Neither changes any attention row: (a·q)·(k/a + c) = q·k + a·q·c, and
 a·q·c is the same for every key of one query, which softmax ignores. The projection is PCA (an SVD of the
 stacked, centred matrix): exact, linear (distances along its axes are dot-product structure, not an artefact of
-a neighbour graph), deterministic, and a 20,000 × 64 SVD takes milliseconds. UMAP (umap-learn) would pull in
-numba and llvmlite and take tens of seconds on CPU for 20,000 points; scikit-learn's t-SNE is not installed
-here and takes minutes at that size, and neither keeps the global layout a reader compares across heads.
+a neighbour graph), deterministic, and a 20,000 × 64 SVD takes milliseconds. umap-learn, openTSNE and
+scikit-learn are not installed; umap-learn would pull in numba and llvmlite, and UMAP and t-SNE are stochastic
+neighbour embeddings whose distances between clusters mean little, so they would not keep the global layout a
+reader compares across heads.
 """
 
 from __future__ import annotations
