@@ -287,6 +287,12 @@ def test_circuit_over_uploaded_pairs(page: Any, tiny_server: Server, tmp_path: P
     assert drawn(page)[0] == [edge_id(e) for e in api["edges"][:30]]
     assert "95% CI over 2 pairs" in hover_text(page, 0)
 
+    # more pairs than a request measures: the first 64 are kept, and the page says so
+    many = tmp_path / "many.jsonl"
+    many.write_text("\n".join(json.dumps(pairs[i % 2]) for i in range(70)))
+    page.set_input_files("#pairs-file", str(many))
+    note_says(page, "the first 64 of 70 pairs in many.jsonl (a request measures at most 64)")
+
     # a pair the server refuses: the one error bar names it
     page.set_input_files("#pairs-file", str(_write(tmp_path, [pairs[0], {**pairs[1], "answer": " Maryland Mary"}])))
     note_says(page, "2 pairs from refused.jsonl")
