@@ -342,7 +342,9 @@ function exportJSON() {
 
 function exportSVG(div, what) {
   const name = `headscope-circuit-${what}-${slug(overSet() ? result.pair_set || "pairs" : S.clean)}`;
-  if (!exportPlot(div, name, "svg")) showError(new Error("nothing drawn yet: press Run"));
+  if (exportPlot(div, name, "svg")) return;
+  const why = overSet() && what === "faithfulness" ? "the faithfulness curve is one pair's: choose “one pair”" : "nothing drawn yet: press Run";
+  showError(new Error(why));
 }
 
 // -- history: Back and Forward show the state in the URL, asking the server again when its question changed --
