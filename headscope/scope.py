@@ -11,9 +11,10 @@ from typing import Any
 
 from app.config import Settings
 from app.main import create_app
+from headscope.circuits import Circuit, Composition, HeadCircuits, PathPatch, QkAttribution
 from headscope.corpus import Datasets, Jobs
 from headscope.errors import HeadScopeError
-from headscope.heads import Head, refs
+from headscope.heads import Head, parse, refs
 from headscope.inprocess import InProcess
 from headscope.results import Dla, Generation, HeadMatrix, HeadTable, LogitLens
 from headscope.transport import Client, http
@@ -133,14 +134,7 @@ class Scope:
         direction: str = "denoise",
     ) -> HeadMatrix:
         """Activation patching per head: (patched − corrupted) / (clean − corrupted). `.to_numpy()`: (L, H)."""
-        body = {
-            "clean": clean,
-            "corrupted": corrupted,
-            "position": position,
-            "direction": direction,
-            **_token("answer", answer),
-            **_token("wrong", wrong),
-        }
+        body = self._pair(clean, corrupted, answer, wrong, position, direction)
         return HeadMatrix(self._post("/api/patch", body), "scores", "patch")
 
     def dla(
@@ -177,6 +171,93 @@ class Scope:
         if heads is not None:
             body["ablate"] = refs(heads)
         return Generation(self._post("/api/generate", body))
+
+    def circuit(
+        self,
+        clean: str,
+        corrupted: str,
+        answer: str | int | None = None,
+        wrong: str | int | None = None,
+        position: int = -1,
+        method: str = "eap-ig",
+        steps: int = 5,
+        direction: str = "denoise",
+        top_n: int = 300,
+        faithfulness: bool = False,
+    ) -> Circuit:
+        """Edge attribution ("eap" or "eap-ig") on one prompt pair: `.to_pandas()` the top_n edges (source, target,
+        channel, score), `.node_scores()`, and with `faithfulness` the exact metric recovered by the top n edges."""
+        body = {
+            **self._pair(clean, corrupted, answer, wrong, position, direction),
+            "method": method,
+            "steps": steps,
+            "top_n": top_n,
+            "faithfulness": faithfulness,
+        }
+        return Circuit(self._post("/api/circuit", body))
+
+    def circuit_pairs(
+        self,
+        pair_set: str | None = None,
+        pairs: list[dict[str, str]] | None = None,
+        position: int = -1,
+        method: str = "eap-ig",
+        steps: int = 5,
+        direction: str = "denoise",
+        top_n: int = 300,
+        seed: int = 0,
+    ) -> Circuit:
+        """The circuit over a set of prompt pairs: a built-in `pair_set` ("builtin:ioi-pairs") or `pairs` (dicts
+        of clean, corrupted, answer, wrong). Each edge's mean with a seeded 95% bootstrap CI over the pairs."""
+        body = {"pair_set": pair_set, "pairs": pairs, "position": position, "method": method, "steps": steps}
+        body |= {"direction": direction, "top_n": top_n, "seed": seed}
+        return Circuit(self._post("/api/circuit_pairs", body))
+
+    def path_patch(
+        self,
+        clean: str,
+        corrupted: str,
+        edges: list[tuple[str, str, str]] | str,
+        answer: str | int | None = None,
+        wrong: str | int | None = None,
+        position: int = -1,
+        direction: str = "denoise",
+    ) -> PathPatch:
+        """Exact path patching: only `edges` ((source, target, channel) tuples, or "all") carry the other run's
+        values. `.metric`, `.recovered`."""
+        listed = edges if isinstance(edges, str) else [{"source": s, "target": t, "channel": c} for s, t, c in edges]
+        body = {**self._pair(clean, corrupted, answer, wrong, position, direction), "edges": listed}
+        return PathPatch(self._post("/api/path_patch", body))
+
+    def composition(self, kind: str = "k") -> Composition:
+        """Q-, K- or V-composition scores of every sender head with every later head, from the weights.
+        `.to_numpy()`: (n_senders, n_receivers), NaN where the receiver is not later; `.baseline`."""
+        return Composition(self._client.request("GET", "/api/composition", None, {"kind": kind}))
+
+    def head_circuits(self, head: Head) -> HeadCircuits:
+        """One head's QK and OV circuits from the weights: singular values, copying score, OV token map."""
+        layer, h = parse(head)
+        return HeadCircuits(self._client.request("GET", "/api/head_circuits", None, {"layer": layer, "head": h}))
+
+    def qk_attribution(self, text: str, head: Head, query_pos: int = -1, key_pos: int | None = None) -> QkAttribution:
+        """Why `head` attends from query_pos to key_pos: the score split into query-node × key-node terms
+        (`.to_pandas()`), which add up to `.score`."""
+        layer, h = parse(head)
+        body = {"text": text, "layer": layer, "head": h, "query_pos": query_pos, "key_pos": key_pos}
+        return QkAttribution(self._post("/api/qk_attribution", body))
+
+    @staticmethod
+    def _pair(
+        clean: str, corrupted: str, answer: str | int | None, wrong: str | int | None, position: int, direction: str
+    ) -> dict[str, Any]:
+        return {
+            "clean": clean,
+            "corrupted": corrupted,
+            "position": position,
+            "direction": direction,
+            **_token("answer", answer),
+            **_token("wrong", wrong),
+        }
 
     def snapshot(
         self,

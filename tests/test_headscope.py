@@ -99,6 +99,53 @@ def test_the_other_methods_answer_with_their_documented_shapes(scopes: Pair) -> 
     assert patch.to_numpy().shape == (L, H)
 
 
+def test_circuit_methods_are_the_same_in_process_and_over_http(scopes: Pair, tmp_path: Path) -> None:
+    local, remote = scopes
+    clean, corrupted = "When Mary and John went, John gave it to", "When Mary and John went, Mary gave it to"
+    pair = {"answer": " Mary", "wrong": " John"}
+    a, b = (
+        local.circuit(clean, corrupted, method="eap", top_n=0, **pair),
+        remote.circuit(clean, corrupted, method="eap", top_n=0, **pair),
+    )
+    table = a.to_pandas()
+    assert list(table.columns) == ["source", "target", "channel", "score"] and len(table) == a["n_edges"]
+    np.testing.assert_allclose(table["score"], b.to_pandas()["score"], atol=FLOAT32_ATOL)
+    assert (np.abs(table["score"].to_numpy())[:-1] >= np.abs(table["score"].to_numpy())[1:]).all()  # |score| desc
+    for node, score in a.node_scores().items():  # a sender's score is the sum of its outgoing edges
+        assert score == pytest.approx(table.loc[table["source"] == node, "score"].sum(), abs=1e-4), node
+    every = local.path_patch(clean, corrupted, "all", **pair)
+    assert every.metric == pytest.approx(every["metric_clean"], abs=1e-4) and every.recovered == pytest.approx(
+        1, abs=1e-4
+    )
+    source, target, channel, _ = a.edges()[0]
+    one = remote.path_patch(clean, corrupted, [(source, target, channel)], **pair)
+    assert one.metric == pytest.approx(local.path_patch(clean, corrupted, [(source, target, channel)], **pair).metric)
+
+    pairs = [{"clean": clean, "corrupted": corrupted, **pair}] * 2
+    over = local.circuit_pairs(pairs=pairs, method="eap", top_n=5)
+    assert over.over_pairs and list(over.to_pandas().columns)[-3:] == ["ci_low", "ci_high", "n"]
+    assert over.edges()[0][3] == pytest.approx(a.edges()[0][3], abs=1e-5)  # the mean of two equal pairs
+
+    comp, same = local.composition("k"), remote.composition("k")
+    m = comp.to_numpy()
+    assert m.shape == (len(comp.senders), len(comp.receivers)) and comp.senders[0] == "L0H0"
+    later = np.array(
+        [[int(r[1 : r.index("H")]) > int(s[1 : s.index("H")]) for r in comp.receivers] for s in comp.senders]
+    )
+    assert np.isnan(m[~later]).all() and np.isfinite(m[later]).all()  # only later receivers have a score
+    np.testing.assert_allclose(m[later], same.to_numpy()[later], atol=1e-6)
+    assert comp.top(1)[0][2] == pytest.approx(np.nanmax(m))
+    svg = comp.save_svg(tmp_path / "k.svg").read_text()
+    assert svg.startswith("<svg") and "K-composition" in svg and comp.receivers[-1] in svg
+    hc = local.head_circuits("L1H0")
+    assert hc.qk_singular_values.shape == hc.ov_singular_values.shape and -1 <= hc.copying_score <= 1
+    assert (np.diff(hc.ov_singular_values) <= 0).all() and hc.token_map()
+    qk = remote.qk_attribution(TEXT, "L1H2", query_pos=-1, key_pos=3)
+    assert qk.total == pytest.approx(qk.score, abs=1e-4)
+    assert sum(qk.query_sums().values()) == pytest.approx(qk.score, abs=1e-4)
+    assert list(qk.to_pandas().columns) == ["query_node", "key_node", "value"]
+
+
 def test_errors_are_typed_with_the_servers_code_and_message(scopes: Pair) -> None:
     remote = scopes[1]
     caught = []
