@@ -118,8 +118,10 @@ def test_l18h6_on_the_default_model(page: Any, tmp_path_factory: pytest.TempPath
         body = {"dataset": "builtin:induction", "analyses": ["roles", "similarity"], "max_tokens": 64}
         job = finished_job(server.url, body, timeout=1800)
         page.set_viewport_size({"width": 1280, "height": 720})
+        page.set_default_timeout(600_000)  # the embedding's forwards: about a minute on a busy 2-core CPU
         open_head_page(page, server.url, job, "L18H6")
         assert page.locator(".hp-head h1").text_content() == "L18H6"
         assert page.locator("#hp-deciles .cx").count() == 10
         page.screenshot(path=str(artifacts / "head-page-L18H6.png"))
         page.locator("#hp-qk-panel").screenshot(path=str(artifacts / "head-page-L18H6-qk.png"))
+        page.goto("about:blank")  # before the server stops: nothing left to ask it
