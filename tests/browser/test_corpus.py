@@ -342,3 +342,8 @@ def test_a_job_not_started_says_so_instead_of_zero_of_zero(page: Any, corpus_ser
     assert "0 / 0" not in page.evaluate(line, {"state": "running", "progress": empty})
     running = {"done": 3, "total": 8, "tokens": 120, "tokens_per_s": 40.0, "eta_s": 5}
     assert page.evaluate(line, {"state": "running", "progress": running}).startswith("3 / 8 texts · 120 tokens")
+    count = "(job) => import('/static/js/corpus/jobs.js').then((m) => m.countText(job))"  # the Recent jobs list
+    assert page.evaluate(count, {"state": "queued", "progress": empty}) == "queued"
+    assert page.evaluate(count, {"state": "running", "progress": empty}) == "starting"
+    assert page.evaluate(count, {"state": "running", "progress": running}) == "3/8"
+    assert page.evaluate(count, {"state": "done", "progress": {**running, "done": 8}}) == "8/8"

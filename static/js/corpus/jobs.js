@@ -104,6 +104,13 @@ function when(iso) {
   return today ? d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : d.toLocaleDateString();
 }
 
+/** The recent-jobs list's count: "37/256", or why there is none yet ("queued", "starting") instead of "0/0". */
+export function countText(job) {
+  const p = job.progress ?? {};
+  if (!p.total && RUNNING.has(job.state)) return job.state === "queued" ? "queued" : "starting";
+  return `${number(p.done ?? 0)}/${number(p.total)}`;
+}
+
 /** The recent-jobs list: each job opens on click; interrupted, cancelled and failed ones can be resumed. */
 export function renderJobList(root, jobs, { current, names, onOpen, onResume }) {
   if (!jobs.length) return fill(root, el("li", { class: "muted" }, "No jobs yet."));
@@ -121,7 +128,7 @@ export function renderJobList(root, jobs, { current, names, onOpen, onResume }) 
           onclick: () => onOpen(job.id),
         },
         el("span", { class: "job-name" }, names.get(job.dataset) ?? job.dataset),
-        el("span", { class: "job-meta muted" }, `${job.analyses.join(" + ")} · ${number(p.done)}/${number(p.total)} · ${when(job.created)}`),
+        el("span", { class: "job-meta muted" }, `${job.analyses.join(" + ")} · ${countText(job)} · ${when(job.created)}`),
       );
       const resume = RESUMABLE.has(job.state)
         ? el("button", { type: "button", class: "btn small", title: "continue from the last finished batch", onclick: () => onResume(job.id) }, "Resume")
