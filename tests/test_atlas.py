@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,19 @@ def test_the_cli_refuses_an_unknown_job(tmp_path: Path, tiny_dirs: dict[str, Pat
     monkeypatch.setenv("HEADSCOPE_DATA_DIR", str(tmp_path / "data"))
     code = cli(["atlas", "--job", "job_nope", "--out", str(tmp_path / "site"), "--model", str(tiny_dirs["llama"])])
     assert code == 2 and not (tmp_path / "site").exists()
+
+
+def test_the_atlas_button_downloads_the_same_site_as_a_zip(built: tuple[Any, ...]) -> None:
+    """GET /api/jobs/{id}/atlas (the Corpus page's Atlas button): the files `build` wrote, byte for byte."""
+    client, job, written, _ = built
+    got = client.get(f"/api/jobs/{job}/atlas")
+    assert got.status_code == 200 and got.headers["content-type"] == "application/zip"
+    assert got.headers["content-disposition"] == f'attachment; filename="{job}-atlas.zip"'
+    archive = zipfile.ZipFile(io.BytesIO(got.content))
+    out: Path = written.out
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert sorted(archive.namelist()) == files and "index.html" in files and "data/L1H3.js" in files
+    for name in ("index.html", "data/job.js", "data/L1H3.js", "L0H2.html", "atlas.js"):
+        assert archive.read(name) == (out / name).read_bytes(), name
+    missing = client.get("/api/jobs/job_000000000000/atlas")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"

@@ -7,7 +7,9 @@ import csv
 import io
 import json
 import math
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 import pyarrow as pa
@@ -34,6 +36,7 @@ from app.api.corpus_schemas import (
 from app.api.deps import JobsDep, ServiceDep, checked_index
 from app.api.encode import dumps
 from app.api.schemas import CONFLICT, ERRORS, NOT_FOUND
+from app.atlas import build as atlas
 from app.corpus.examples import describe
 from app.corpus.jobs import JobSpec, progress
 from app.corpus.jobstore import JobRecord
@@ -286,3 +289,24 @@ def export_job(
     body = _encode(export_rows(table), format)
     disposition = f'attachment; filename="{job_id}-heads.{format}"'
     return Response(body, media_type=MEDIA[format], headers={"Content-Disposition": disposition})
+
+
+@router.get(
+    "/jobs/{job_id}/atlas",
+    response_class=Response,
+    responses={**ERRORS, **NOT_FOUND, **CONFLICT, 200: {"content": {"application/zip": {}}}},
+)
+async def job_atlas(job_id: JobId, request: Request, jobs: JobsDep, svc: ServiceDep) -> Response:
+    """The finished job's static atlas (what `python -m app atlas` writes) as one zip: index.html, a page per head,
+    their data and the view code; unzipped, it opens from disk with no server. Built on the model worker (the
+    Q/K sample's forwards over the job's texts run in slices; a disconnected client stops it)."""
+    job = await asyncio.to_thread(jobs.get, job_id)
+    if job.state != "done":
+        raise Conflict(f"job {job_id} is {job.state}; an atlas is made from a finished job")
+    with tempfile.TemporaryDirectory(prefix="headscope-atlas-") as folder:
+        out = FilePath(folder) / "atlas"
+        steps = atlas.build_steps(svc.model, jobs.datasets, jobs.store, job.id, out)
+        await svc.sliced("atlas", steps, request.is_disconnected)
+        body = await asyncio.to_thread(atlas.zipped, out)
+    disposition = f'attachment; filename="{job_id}-atlas.zip"'
+    return Response(body, media_type="application/zip", headers={"Content-Disposition": disposition})

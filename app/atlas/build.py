@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import logging
 import shutil
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from app.corpus.jobstore import JobStore
 from app.corpus.results import Results
 from app.errors import Conflict
 from app.inspect.engine.runs import encode, token_strings
-from app.inspect.engine.steps import drain
+from app.inspect.engine.steps import Progress, drain
 from app.inspect.model.loaded import Loaded
 from app.inspect.observe import registry
 from app.snapshot.assets import PLOTLY_JS, STATIC
@@ -100,6 +102,13 @@ def head_file(layer: int, head: int) -> str:
 
 def build(loaded: Loaded, datasets: DatasetStore, store: JobStore, job_id: str, out: Path) -> Atlas:
     """Write the atlas of job `job_id` into `out` (created; files of an earlier atlas there are replaced)."""
+    return drain(build_steps(loaded, datasets, store, job_id, out))
+
+
+def build_steps(
+    loaded: Loaded, datasets: DatasetStore, store: JobStore, job_id: str, out: Path
+) -> Generator[Progress, None, Atlas]:
+    """`build` a slice at a time (the Q/K sample's forwards yield), for the model worker: GET /api/jobs/{id}/atlas."""
     job = store.get(job_id)
     if job.state != "done":
         raise Conflict(f"job {job_id} is {job.state}; an atlas is made from a finished job")
@@ -117,7 +126,7 @@ def build(loaded: Loaded, datasets: DatasetStore, store: JobStore, job_id: str, 
     indices = sorted(store.stored_texts(job.id))
     items = [(i, encode(loaded.tokenizer, texts[i])[: job.max_tokens]) for i in indices]
     log.info("atlas of %s: sampling queries and keys of every layer over %d texts", job_id, len(items))
-    sample = drain(qk_space.sample_steps(loaded, items, list(range(n_layers)), MAX_POSITIONS, job.seed))
+    sample = yield from qk_space.sample_steps(loaded, items, list(range(n_layers)), MAX_POSITIONS, job.seed)
     by_index = dict(items)
     tokens = {int(i): token_strings(loaded.tokenizer, by_index[int(i)]) for i in np.unique(sample.text_index)}
     words = [tokens[int(i)][int(p)] for i, p in zip(sample.text_index, sample.position, strict=True)]
@@ -186,6 +195,15 @@ def build(loaded: Loaded, datasets: DatasetStore, store: JobStore, job_id: str, 
         shutil.copyfile(STATIC / "css" / css, out / css)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return Atlas(out, n_layers * n_heads, size)
+
+
+def zipped(folder: Path) -> bytes:
+    """Every file of an atlas folder in one zip, paths relative to it (unzipped, index.html opens from disk)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
 
 
 def summary(job_id: str, atlas: Atlas) -> str:

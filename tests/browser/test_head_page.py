@@ -5,6 +5,7 @@ real default model, L18H6 over a built-in dataset (slow), with a 1280×720 scree
 from __future__ import annotations
 
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,23 @@ def test_l18h6_on_the_default_model(page: Any, tmp_path_factory: pytest.TempPath
         page.screenshot(path=str(artifacts / "head-page-L18H6.png"))
         page.locator("#hp-qk-panel").screenshot(path=str(artifacts / "head-page-L18H6-qk.png"))
         page.goto("about:blank")  # before the server stops: nothing left to ask it
+
+
+def test_the_atlas_button_downloads_a_zip_that_opens_from_disk(
+    page: Any, tiny_job: tuple[Server, str], tmp_path: Path
+) -> None:
+    """The Corpus page's "Atlas (.zip)" on a finished job: the server's atlas, unzipped, has the index and a page per
+    head (tests/browser/test_atlas.py opens such a folder from file:// with every request blocked)."""
+    server, job = tiny_job
+    page.goto(f"{server.url}/corpus?job={job}")
+    page.wait_for_selector("body[data-ready]")
+    page.wait_for_selector("#export-atlas:not([disabled])")
+    with page.expect_download(timeout=120_000) as got:
+        page.click("#export-atlas")
+    saved = tmp_path / "atlas.zip"
+    got.value.save_as(saved)
+    assert got.value.suggested_filename == f"{job}-atlas.zip"
+    names = set(zipfile.ZipFile(saved).namelist())
+    model = httpx.get(f"{server.url}/api/model").json()
+    pages = {f"L{ly}H{h}.html" for ly in range(model["n_layers"]) for h in range(model["n_heads"])}
+    assert {"index.html", "atlas.js", "plotly.min.js", "data/job.js"} | pages <= names

@@ -160,6 +160,13 @@ async function exportAs(format) {
   download(filename, blob);
 }
 
+/** Download the open, finished job's static atlas (the server builds it: the Q/K sample's forwards, then files). */
+async function exportAtlas() {
+  if (!S.job) return;
+  const { blob, filename } = await api.jobAtlas(S.job);
+  download(filename, blob);
+}
+
 async function resume(id) {
   await api.resumeJob(id);
   await openJob(id, id !== S.job);
@@ -201,6 +208,7 @@ function showResults() {
       : "Pick a dataset, choose the analyses and start a job, or reopen one from Recent jobs.";
   $("partial").hidden = !heads?.partial;
   for (const format of ["csv", "json", "parquet"]) $(`export-${format}`).disabled = !heads;
+  $("export-atlas").disabled = !heads || job?.state !== "done";
   if (!heads) return;
   const metrics = heads.metrics;
   const x = pick(S.x, metrics, metrics.includes("previous_token") ? "previous_token" : metrics[0]);
@@ -386,6 +394,7 @@ function wire() {
   for (const b of document.querySelectorAll("button[data-format]")) {
     b.addEventListener("click", () => track(exportAs(b.dataset.format), `exporting ${b.dataset.format}…`));
   }
+  $("export-atlas").addEventListener("click", () => track(exportAtlas(), "building the atlas (the Q/K sample's forwards over the job's texts)…"));
   $("imp-method").addEventListener("click", (e) => {
     const b = e.target.closest("button[data-method]");
     if (b) toggleGroup($("imp-method"), "method", b.dataset.method);

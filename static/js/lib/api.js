@@ -198,6 +198,13 @@ export async function jobExport(id, format, opts) {
   return { blob: await res.blob(), filename: named || `${id}-heads.${format}` };
 }
 
+/** A finished job's static atlas as a zip (index.html + a page per head; built on the server, minutes on big jobs). */
+export async function jobAtlas(id, opts) {
+  const res = await send("GET", jobPath(id, "/atlas"), null, opts);
+  const named = /filename="([^"]+)"/.exec(res.headers.get("content-disposition") || "")?.[1];
+  return { blob: await res.blob(), filename: named || `${id}-atlas.zip` };
+}
+
 // -- the lecture's experiments (the Lecture page) --
 
 /** Loss as heads are switched off in one order ("importance" or "random"), on {text} or {dataset, max_texts, …}. */
