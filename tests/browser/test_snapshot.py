@@ -226,3 +226,29 @@ def test_the_heads_pages_save_as_html_carries_the_heads_switched_off(
     assert shown["title"] == "Next token, L0H2, L1H0 switched off (mean)" and shown["ablated"] == on_page
     assert other.locator(".grid .cell.masked").count() == 2 and asked == [path.as_uri()]
     other.context.close()
+
+
+def test_the_composition_tabs_save_as_html_keeps_the_matrix_as_drawn(
+    page: Any, browser: Any, tiny_server: Server, tmp_path: Path
+) -> None:
+    """The Heads page's Composition tab (from the weights): its Save as HTML file redraws the same matrix offline."""
+    open_app(page, tiny_server.url)
+    page.click("#tab-composition")
+    page.wait_for_selector("#compplot .main-svg")
+    page.click('#comp-kind button[data-kind="q"]')
+    page.wait_for_function("() => document.querySelector('#compplot')?.layout && location.search.includes('comp=q')")
+    page.wait_for_function("() => !document.querySelector('#status.busy')")
+    drawn = page.eval_on_selector("#compplot", "el => el.data[0].z")
+    with page.expect_download() as download:
+        page.click("#comp-html")
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    other = browser.new_context().new_page()
+    asked = offline(other)
+    other.goto(path.as_uri())
+    other.wait_for_selector(".hs-snap[data-ready]")
+    assert other.locator(".hs-fig h3").all_text_contents() == ["Q-composition of every head pair, from the weights"]
+    saved = other.eval_on_selector(".hs-figure", "el => el.data[0].z")
+    assert saved == drawn and asked == [path.as_uri()]
+    assert other.locator(".hs-figure .main-svg").count() >= 1  # drawn by plotly.js inside the file
+    other.context.close()

@@ -14,7 +14,7 @@ import { HeadView } from "./heatmap.js";
 import { renderModel } from "./modelcard.js";
 import { IMPORTANCE, Overlays } from "./overlays.js";
 import { Progress } from "./progress.js";
-import { saveHTML } from "./savehtml.js";
+import { saveCompositionHTML, saveHTML } from "./savehtml.js";
 import * as store from "./state.js";
 import { TokenCounter, plural } from "./tokencount.js";
 import { WhyHere } from "./whyhere.js";
@@ -475,6 +475,7 @@ function wire() {
       ov ? track(saveHTML(ov.text, S, view), "saving HTML…") : showError(new Error("run a prompt first")),
     );
   }
+  $("comp-html").addEventListener("click", () => track(saveCompositionHTML($("compplot"), S.comp, ov?.text), "saving HTML…"));
   window.addEventListener("popstate", restore);
   let resizeTimer = 0;
   window.addEventListener("resize", () => {

@@ -2,6 +2,7 @@
 // the page's view code and plotly.js, so it opens from disk with no network and no server.
 import { ApiError } from "../lib/api.js";
 import { authHeaders } from "../lib/auth.js";
+import { saveFigures } from "../lib/savefigures.js";
 import { download } from "../lib/util.js";
 
 /**
@@ -35,4 +36,15 @@ export async function saveHTML(text, S, view) {
   }
   const name = /filename="([^"]+)"/.exec(res.headers.get("content-disposition") || "")?.[1] ?? "headscope.html";
   download(name, await res.blob());
+}
+
+/**
+ * The Composition tab's matrix as drawn (POST /api/snapshot with `figures`): it comes from the weights, so the
+ * file names the kind and, for context only, the prompt on the page (or says there was none).
+ */
+export function saveCompositionHTML(plot, kind, text) {
+  if (!plot?.data?.length) return Promise.reject(new Error("the composition matrix is not drawn yet"));
+  const title = `${kind.toUpperCase()}-composition of every head pair, from the weights`;
+  const figure = { title, data: plot.data, layout: plot.layout ?? {} };
+  return saveFigures({ text: text || "(no prompt: composition scores come from the weights)", title, figures: [figure] });
 }
