@@ -27,6 +27,20 @@ def offline(page: Any) -> list[str]:
     return asked
 
 
+def saved_and_opened_offline(page: Any, browser: Any, button: str, tmp_path: Path) -> tuple[Any, list[str], Path]:
+    """Click a Save as HTML `button`, keep the file, open it in a fresh context with every request but file:
+    aborted; returns (that page, every URL it asked for, the file)."""
+    with page.expect_download() as download:
+        page.click(button)
+    path = tmp_path / download.value.suggested_filename
+    download.value.save_as(path)
+    other = browser.new_context().new_page()
+    asked = offline(other)
+    other.goto(path.as_uri())
+    other.wait_for_selector(".hs-snap[data-ready]")
+    return other, asked, path
+
+
 def hover_map(page: Any, nth: int = 0) -> str:
     """Hover the lower-left quarter of a view's first map (below the diagonal) and return Plotly's hover text."""
     root = page.locator(".hs-snap").nth(nth)
@@ -214,14 +228,7 @@ def test_the_heads_pages_save_as_html_carries_the_heads_switched_off(
     open_app(page, tiny_server.url, urlencode({"text": TEXT, "mask": "L0H2,L1H0", "abl": "mean"}))
     page.wait_for_selector('#prediction[data-state="ablated"]')
     on_page = page.locator("#topk .top-col >> nth=1 >> .tok").all_text_contents()
-    with page.expect_download() as download:
-        page.click("#grid-html")
-    path = tmp_path / download.value.suggested_filename
-    download.value.save_as(path)
-    other = browser.new_context().new_page()
-    asked = offline(other)
-    other.goto(path.as_uri())
-    other.wait_for_selector(".hs-snap[data-ready]")
+    other, asked, path = saved_and_opened_offline(page, browser, "#grid-html", tmp_path)
     shown = ablation_panel(other)
     assert shown["title"] == "Next token, L0H2, L1H0 switched off (mean)" and shown["ablated"] == on_page
     assert other.locator(".grid .cell.masked").count() == 2 and asked == [path.as_uri()]
@@ -239,14 +246,7 @@ def test_the_composition_tabs_save_as_html_keeps_the_matrix_as_drawn(
     page.wait_for_function("() => document.querySelector('#compplot')?.layout && location.search.includes('comp=q')")
     page.wait_for_function("() => !document.querySelector('#status.busy')")
     drawn = page.eval_on_selector("#compplot", "el => el.data[0].z")
-    with page.expect_download() as download:
-        page.click("#comp-html")
-    path = tmp_path / download.value.suggested_filename
-    download.value.save_as(path)
-    other = browser.new_context().new_page()
-    asked = offline(other)
-    other.goto(path.as_uri())
-    other.wait_for_selector(".hs-snap[data-ready]")
+    other, asked, path = saved_and_opened_offline(page, browser, "#comp-html", tmp_path)
     assert other.locator(".hs-fig h3").all_text_contents() == ["Q-composition of every head pair, from the weights"]
     saved = other.eval_on_selector(".hs-figure", "el => el.data[0].z")
     assert saved == drawn and asked == [path.as_uri()]
