@@ -147,13 +147,11 @@ def test_resume_from_each_block_equals_the_full_forward(model_type: str) -> None
         torch.testing.assert_close(resumed, full, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("model_type", REFUSED)
-def test_refused_at_start_naming_what_is_missing(model_type: str) -> None:
-    spec = by_type(model_type)
-    model = build(spec)
-    with pytest.raises(UnsupportedArchitecture, match=spec.refused):
-        capture.install(model)
-        checks.check_served(model, Adapter(model))
+def test_every_family_is_served_and_none_marked_refused() -> None:
+    """Since BLOOM, MPT and Falcon were served (issue 27) no family is refused at start, so a parametrised refusal
+    test over the refused families would collect nothing and skip. A family marked `refused` again needs its own
+    refusal test; the refusal path itself is tested below (own attention code without a reader)."""
+    assert REFUSED == [] and len(SERVED) == len(SPECS)
 
 
 def test_own_attention_code_without_a_reader_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
