@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-pytestmark = pytest.mark.slow
+from tests.support.prompts import IOI
 
-IOI = {
-    "clean": "When Mary and John went to the store, John gave a drink to",
-    "corrupted": "When Mary and John went to the store, Mary gave a drink to",
-    "answer": " Mary",
-    "wrong": " John",
-}
+pytestmark = pytest.mark.slow
 
 
 def test_ioi_edges_agree_with_exact_patching(real: TestClient) -> None:

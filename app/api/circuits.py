@@ -95,9 +95,6 @@ def token_ref(svc: Service, token_id: int) -> TokenRef:
 
 
 def pair_out(svc: Service, body: PairIn, pair: Pair, clean: Run, corrupted: Run) -> PairOut:
-    def ref(token_id: int) -> TokenRef:
-        return token_ref(svc, token_id)
-
     return PairOut(
         tokens_clean=clean.tokens,
         tokens_corrupted=corrupted.tokens,
@@ -105,8 +102,8 @@ def pair_out(svc: Service, body: PairIn, pair: Pair, clean: Run, corrupted: Run)
         token_ids_corrupted=corrupted.token_ids,
         position=pair.position,
         direction=body.direction,
-        answer=ref(pair.answer),
-        wrong=None if pair.wrong is None else ref(pair.wrong),
+        answer=token_ref(svc, pair.answer),
+        wrong=None if pair.wrong is None else token_ref(svc, pair.wrong),
     )
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Generator, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Generator
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -31,7 +31,7 @@ import torch
 from app.corpus.measure import length_batches, pad
 from app.corpus.sampling import Reservoir
 from app.errors import Conflict
-from app.inspect.engine.hooks import editing_block_inputs
+from app.inspect.engine import segments
 from app.inspect.engine.runs import encode, token_strings
 from app.inspect.engine.segments import SLICE_TOKENS
 from app.inspect.engine.steps import Progress
@@ -43,23 +43,6 @@ MAX_BATCH_TEXTS = 64
 CACHED = 8  # head embeddings kept (per job, texts done, head): each holds up to 20,000 points
 K = TypeVar("K")
 V = TypeVar("V")
-
-
-class _Enough(Exception):
-    """Raised at the block after the last one whose queries and keys are wanted: the rest of the forward is moot."""
-
-
-@contextmanager
-def _stopping_before(loaded: Loaded, layer: int) -> Iterator[None]:
-    if layer >= loaded.adapter.layout.n_layers:
-        yield
-        return
-
-    def stop(x: torch.Tensor) -> torch.Tensor:
-        raise _Enough
-
-    with editing_block_inputs({layer: loaded.adapter.layers[layer]}, {layer: stop}, prepend=True):
-        yield
 
 
 def sample_steps(
@@ -89,8 +72,8 @@ def sample_steps(
         with (
             torch.inference_mode(),
             capture.recording(frozenset(layers)) as rec,
-            _stopping_before(loaded, stop),
-            suppress(_Enough),  # raised at block `stop`: the blocks after `layers` are not run
+            suppress(segments.Reached),  # raised at block `stop`: the blocks after `layers` are not run
+            segments.stopping(loaded, stop),
         ):
             loaded.adapter.backbone()(**padded.inputs(), use_cache=False)
         for row, (index, ids) in enumerate(items):

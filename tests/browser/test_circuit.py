@@ -14,17 +14,12 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from tests.browser.pages import download
+from tests.support import prompts
 from tests.support.server import Server
 
 pytestmark = pytest.mark.browser
 
-IOI = {
-    "clean": "When Mary and John went to the store, John gave a drink to",
-    "corrupted": "When Mary and John went to the store, Mary gave a drink to",
-    "answer": " Mary",
-    "wrong": " John",
-    "direction": "denoise",
-}
+IOI = {**prompts.IOI, "direction": "denoise"}
 
 
 def post(url: str, path: str, body: dict[str, Any]) -> Any:

@@ -47,8 +47,8 @@ class Segment:
     end: torch.Tensor
 
 
-class _Reached(Exception):
-    """Raised at the segment's end: the stream entering the next block, before any hook of that block."""
+class Reached(Exception):
+    """Raised by `stopping` at the segment's end: the stream entering the next block, before any hook of that block."""
 
     def __init__(self, stream: torch.Tensor) -> None:
         super().__init__()
@@ -89,11 +89,11 @@ def forward(
             torch.enable_grad() if grad else torch.inference_mode(),
             install(),
             _resumed(loaded, a, start),
-            _stopping(loaded, b),
+            stopping(loaded, b),
         ):
             try:
                 end = loaded.adapter.backbone()(**inputs, use_cache=False).last_hidden_state
-            except _Reached as reached:
+            except Reached as reached:
                 end = reached.stream
         segments.append(Segment(a, b, start, end))
         stream = end
@@ -128,14 +128,15 @@ def _resumed(loaded: Loaded, first: int, stream: torch.Tensor | None) -> Abstrac
 
 
 @contextmanager
-def _stopping(loaded: Loaded, stop: int) -> Iterator[None]:
-    """End the forward at the stream entering block `stop` (raising _Reached), before the block's own hooks."""
+def stopping(loaded: Loaded, stop: int) -> Iterator[None]:
+    """End the forward at the stream entering block `stop` (raising Reached with it), before the block's own hooks;
+    the blocks from `stop` on are not run. Nothing happens when `stop` is past the last block."""
     if stop >= loaded.adapter.layout.n_layers:
         yield
         return
 
     def reached(x: torch.Tensor) -> torch.Tensor:
-        raise _Reached(x)
+        raise Reached(x)
 
     with editing_block_inputs({stop: loaded.adapter.layers[stop]}, {stop: reached}, prepend=True):
         yield

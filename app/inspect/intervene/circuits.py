@@ -84,11 +84,14 @@ class Focus:
 
     def edges(self, graph: Graph) -> list[tuple[int, int, torch.Tensor]]:
         """(sender, receiver, per-position scores (T,)) of every edge of the node."""
-        out = [(self.sender, r, self.outgoing[r]) for r in range(len(graph.receivers))]
-        out = [(s, r, v) for s, r, v in out if s is not None and s < graph.prefix[r]]
+        out: list[tuple[int, int, torch.Tensor]] = []
+        if self.sender is not None:
+            out += [
+                (self.sender, r, self.outgoing[r]) for r in range(len(graph.receivers)) if self.sender < graph.prefix[r]
+            ]
         for i, r in enumerate(self.receivers):
             out += [(s, r, self.incoming[i, s]) for s in range(graph.prefix[r])]
-        return [(s, r, v) for s, r, v in out if s is not None]
+        return out
 
 
 def attribute(
